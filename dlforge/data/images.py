@@ -1,0 +1,300 @@
+"""Image datasets by name, decoded once into uint8 tensors (N, C, H, W).
+
+digits (scikit-learn, bundled) · mnist · fashion-mnist (IDX, gzip or raw) · gtsrb (official
+archives: PPM + per-class CSV with ROI boxes) · folder (class sub-folders of PNG/JPEG).
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import math
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from dlforge.data.download import cache_dir, download, safe_extract
+from dlforge.errors import DlforgeError
+
+
+@dataclass
+class ImageData:
+    name: str
+    train_x: torch.Tensor  # (N, C, H, W) uint8
+    train_y: torch.Tensor  # (N,) int64
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list[str]
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.mean:  # the dataset's own per-channel statistics, from its training images
+            x = self.train_x.float().div_(255)
+            self.mean = tuple(x.mean(dim=(0, 2, 3)).tolist())
+            self.std = tuple(x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
+
+    @property
+    def channels(self) -> int:
+        return self.train_x.shape[1]
+
+
+# ---------------------------------------------------------------- IDX (MNIST family)
+IDX_MAX_BYTES = 1 << 31  # refuse to inflate more than 2 GiB: a gzip bomb is an error, not an allocation
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file of unsigned bytes (magic 0x00 0x00 0x08 ndim), gzip or raw."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            gz = f.read(2) == b"\x1f\x8b"
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            head = f.read(4)
+            if len(head) < 4 or head[:3] != b"\x00\x00\x08" or not 1 <= head[3] <= 4:
+                raise DlforgeError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
+            dims = struct.unpack(">" + "I" * head[3], f.read(4 * head[3]).ljust(4 * head[3], b"\0"))
+            size = math.prod(dims)
+            if size > IDX_MAX_BYTES:
+                raise DlforgeError(f"{path}: IDX header declares {size} bytes, more than the {IDX_MAX_BYTES} allowed")
+            body = f.read(size + 1)
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DlforgeError(f"{path}: cannot read IDX data ({e})") from None
+    if len(body) != size:
+        what = "truncated" if len(body) < size else "longer than its header says"
+        raise DlforgeError(f"{path}: IDX file {what} (header {dims}, {len(body)} data bytes)")
+    return np.frombuffer(body, np.uint8).reshape(dims)
+
+
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+MIRRORS = {
+    "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/",
+              ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
+               "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c")),
+    "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+                      ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
+                       "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310")),
+}
+SYSTEM_DIRS = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
+MNIST_CLASSES = [str(i) for i in range(10)]
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+def _find(dirs: list[Path], stem: str) -> Path | None:
+    for d in dirs:
+        for name in (stem, stem + ".gz"):
+            if (d / name).is_file():
+                return d / name
+    return None
+
+
+def mnist_dir(name: str, data_dir: str | None, fetch: bool = True) -> Path | None:
+    """Where the four IDX files are: --data-dir, else the system copy, else the cache (downloaded)."""
+    if data_dir:
+        missing = [s for s in MNIST_FILES if _find([Path(data_dir)], s) is None]
+        if missing:
+            raise DlforgeError(f"--data-dir {data_dir}: missing {', '.join(missing)} (raw or .gz) for {name}")
+        return Path(data_dir)
+    for d in [SYSTEM_DIRS.get(name), cache_dir() / name]:
+        if d and all(_find([d], s) for s in MNIST_FILES):
+            return d
+    if not fetch:
+        return None
+    base, md5s = MIRRORS[name]
+    for stem, md5 in zip(MNIST_FILES, md5s):
+        download(base + stem + ".gz", cache_dir() / name / (stem + ".gz"), "md5:" + md5)
+    return cache_dir() / name
+
+
+def _load_mnist_family(name: str, classes: list[str], stats: tuple | None) -> Callable[..., ImageData]:
+    def load(data_dir: str | None = None, img_size: int = 28) -> ImageData:
+        d = mnist_dir(name, data_dir)
+        arrays = [read_idx(_find([d], s)) for s in MNIST_FILES]
+        for imgs, labels, split in ((arrays[0], arrays[1], "train"), (arrays[2], arrays[3], "t10k")):
+            if imgs.ndim != 3 or labels.ndim != 1 or len(imgs) != len(labels):
+                raise DlforgeError(f"{d}: {split} images {imgs.shape} and labels {labels.shape} do not match")
+            if labels.max() >= len(classes):
+                raise DlforgeError(f"{d}: {split} labels go up to {labels.max()}, but {name} has {len(classes)} classes")
+        tx, ty, vx, vy = (torch.from_numpy(a.copy()) for a in arrays)
+        mean, std = stats or ((), ())
+        return ImageData(name, tx[:, None], ty.long(), vx[:, None], vy.long(), classes, mean, std, source=str(d))
+    return load
+
+
+# ---------------------------------------------------------------- digits (scikit-learn, bundled)
+def load_digits(data_dir: str | None = None, img_size: int = 8) -> ImageData:
+    """scikit-learn's 1,797 8×8 digits (values 0..16), a fixed stratified 80/20 train/test split."""
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    d = sk_digits()
+    x = np.round(d.images * (255 / 16)).astype(np.uint8)[:, None]  # (1797, 1, 8, 8)
+    tx, vx, ty, vy = train_test_split(x, d.target, test_size=0.2, stratify=d.target, random_state=0)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    return ImageData("digits", t(tx), t(ty).long(), t(vx), t(vy).long(), MNIST_CLASSES, source="scikit-learn (bundled)")
+
+
+# ---------------------------------------------------------------- decoded image files (gtsrb, folder)
+def decode_image(path: Path, size: int, mode: str, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """One image file -> uint8 (C, size, size); mode 'L' or 'RGB'; optional ROI crop."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert(mode)
+            if box:
+                im = im.crop(box)
+            im = im.resize((size, size), Image.Resampling.BILINEAR)
+            a = np.asarray(im, dtype=np.uint8)
+    except Image.DecompressionBombError as e:
+        raise DlforgeError(f"{path}: refused, image too large ({e})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DlforgeError(f"{path}: cannot decode image ({e})") from None
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def _stack(images: list[np.ndarray], labels: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.long)
+
+
+GTSRB_URL = "https://sid.erda.dk/public/archives/daaeac0d7ce1152aea9b61d9f1e19370/"
+GTSRB_ARCHIVES = {"GTSRB_Final_Training_Images.zip": "md5:f33fd80ac59bff73c82d25ab499e03a3",
+                  "GTSRB_Final_Test_Images.zip": "md5:c7e4e6327067d32654124b0fe9e82185",
+                  "GTSRB_Final_Test_GT.zip": "md5:fe31e9c9270bbcd7b84b7f21a9d9d9e5"}
+
+
+def _read_gtsrb_csv(csv_path: Path, images_dir: Path, size: int) -> tuple[list[np.ndarray], list[int]]:
+    """Rows 'Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId' -> ROI-cropped images and labels."""
+    images, labels = [], []
+    with open(csv_path, newline="") as f:
+        for i, row in enumerate(csv.DictReader(f, delimiter=";"), start=2):
+            try:
+                box = tuple(int(row[k]) for k in ("Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2"))
+                label = int(row["ClassId"])
+            except (KeyError, TypeError, ValueError):
+                raise DlforgeError(f"{csv_path}:{i}: expected Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId") from None
+            if not 0 <= label < 43:
+                raise DlforgeError(f"{csv_path}:{i}: ClassId {label} outside 0..42")
+            images.append(decode_image(images_dir / row["Filename"], size, "RGB", box))
+            labels.append(label)
+    return images, labels
+
+
+def gtsrb_root(data_dir: str | None) -> Path:
+    """The folder holding GTSRB/Final_Training and GTSRB/Final_Test (+ GT-final_test.csv)."""
+    root = Path(data_dir) if data_dir else cache_dir() / "gtsrb"
+    if (root / "GTSRB" / "Final_Training").is_dir():
+        return root
+    if data_dir:
+        raise DlforgeError(f"--data-dir {data_dir}: expected the GTSRB archive layout GTSRB/Final_Training/Images/<class>/GT-<class>.csv")
+    for name, checksum in GTSRB_ARCHIVES.items():
+        safe_extract(download(GTSRB_URL + name, root / "archives" / name, checksum), root)
+    return root
+
+
+def load_gtsrb(data_dir: str | None = None, img_size: int = 48) -> ImageData:
+    root = gtsrb_root(data_dir)
+    train_dir = root / "GTSRB" / "Final_Training" / "Images"
+    images, labels = [], []
+    for class_dir in sorted(p for p in train_dir.iterdir() if p.is_dir()):
+        im, lb = _read_gtsrb_csv(class_dir / f"GT-{class_dir.name}.csv", class_dir, img_size)
+        images += im
+        labels += lb
+    gt = next((p for p in (root / "GT-final_test.csv", root / "GTSRB" / "GT-final_test.csv") if p.is_file()), None)
+    if gt is None or not images:
+        raise DlforgeError(f"{root}: GTSRB training images or GT-final_test.csv (test labels) not found")
+    test_im, test_lb = _read_gtsrb_csv(gt, root / "GTSRB" / "Final_Test" / "Images", img_size)
+    tx, ty = _stack(images, labels)
+    vx, vy = _stack(test_im, test_lb)
+    return ImageData("gtsrb", tx, ty, vx, vy, [f"sign {i:02d}" for i in range(43)], source=str(root))
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".gif", ".webp"}
+
+
+def _scan_folder(root: Path, classes: list[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
+    classes = classes or sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise DlforgeError(f"--data-dir {root}: expected one sub-folder of images per class")
+    files, labels = [], []
+    for i, c in enumerate(classes):
+        for p in sorted((root / c).glob("*")) if (root / c).is_dir() else []:
+            if p.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(p)
+                labels.append(i)
+    if not files:
+        raise DlforgeError(f"--data-dir {root}: no {'/'.join(sorted(IMAGE_SUFFIXES))} images in its class folders")
+    return files, labels, classes
+
+
+def load_folder(data_dir: str | None = None, img_size: int = 48) -> ImageData:
+    """root/<class>/*.png|jpg; root/train and root/test if present, else a fixed stratified 80/20 split."""
+    if not data_dir or not Path(data_dir).is_dir():
+        raise DlforgeError(f"--data-dir: the folder dataset needs a directory of class sub-folders, got {data_dir!r}")
+    root = Path(data_dir)
+    from PIL import Image
+
+    split = (root / "train").is_dir() and (root / "test").is_dir()
+    files, labels, classes = _scan_folder(root / "train" if split else root)
+    with Image.open(files[0]) as im:
+        mode = "L" if im.mode in ("L", "1", "I", "I;16") else "RGB"
+    if split:
+        test_files, test_labels, _ = _scan_folder(root / "test", classes)
+    else:
+        from sklearn.model_selection import train_test_split
+        strat = labels if min(np.bincount(labels)) >= 2 else None
+        files, test_files, labels, test_labels = train_test_split(files, labels, test_size=0.2, random_state=0, stratify=strat)
+    tx, ty = _stack([decode_image(p, img_size, mode) for p in files], labels)
+    vx, vy = _stack([decode_image(p, img_size, mode) for p in test_files], test_labels)
+    return ImageData("folder", tx, ty, vx, vy, classes, source=str(root))
+
+
+# ---------------------------------------------------------------- the table of datasets
+@dataclass(frozen=True)
+class DatasetInfo:
+    load: Callable[..., ImageData]
+    description: str
+    where: Callable[[], str] = field(default=lambda: "")
+
+
+def _mnist_where(name: str) -> Callable[[], str]:
+    return lambda: str(mnist_dir(name, None, fetch=False) or f"not yet downloaded (cache: {cache_dir() / name})")
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "digits": DatasetInfo(load_digits, "scikit-learn 8×8 handwritten digits, 10 classes, 1,797 images (default)",
+                          lambda: "bundled with scikit-learn"),
+    "mnist": DatasetInfo(_load_mnist_family("mnist", MNIST_CLASSES, ((0.1307,), (0.3081,))),
+                         "MNIST handwritten digits, 10 classes, 60,000 + 10,000 28×28", _mnist_where("mnist")),
+    "fashion-mnist": DatasetInfo(_load_mnist_family("fashion-mnist", FASHION_CLASSES, None),
+                                 "Zalando Fashion-MNIST, 10 classes, 60,000 + 10,000 28×28", _mnist_where("fashion-mnist")),
+    "gtsrb": DatasetInfo(load_gtsrb, "German Traffic Sign Recognition Benchmark, 43 classes, RGB (ROI-cropped)",
+                         lambda: str(cache_dir() / "gtsrb")),
+    "folder": DatasetInfo(load_folder, "your images: --data-dir DIR with one sub-folder per class", lambda: "--data-dir"),
+}
+
+
+def load_dataset(name: str, data_dir: str | None = None, img_size: int = 48) -> ImageData:
+    if name not in DATASETS:
+        raise DlforgeError(f"unknown dataset {name!r}; expected one of: {', '.join(DATASETS)}")
+    return DATASETS[name].load(data_dir=data_dir, img_size=img_size)
+
+
+def split_validation(data: ImageData, fraction: float, seed: int) -> ImageData:
+    """Carve a seeded validation set of `fraction` of the training images (0 disables)."""
+    if fraction <= 0:
+        return data
+    n = len(data.train_y)
+    n_val = max(1, int(round(n * fraction)))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val, train = perm[:n_val], perm[n_val:]
+    data.val_x, data.val_y = data.train_x[val], data.train_y[val]
+    data.train_x, data.train_y = data.train_x[train], data.train_y[train]
+    return data
