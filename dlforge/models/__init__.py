@@ -1,0 +1,2 @@
+"""Model families, one per file; importing this package registers every variant."""
+from dlforge.models import cnn, mlp  # noqa: F401
