@@ -1,0 +1,74 @@
+"""Figures written as PNG into the run directory (matplotlib, Agg backend: no screen needed)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_confusion(cm: list[list[int]], classes: list[str], path: Path, title: str = "Confusion matrix") -> Path:
+    cm = np.asarray(cm)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)  # row-normalised: recall on the diagonal
+    k = len(classes)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * k, 1.0 + 0.5 * k))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_learning_curves(records: list[dict], path: Path) -> Path | None:
+    """Loss and accuracy per epoch, training and validation."""
+    recs = [r for r in records if "epoch" in r]
+    if not recs:
+        return None
+    ep = [r["epoch"] for r in recs]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy (%)")):
+        scale = 100 if key == "accuracy" else 1
+        for prefix, style in (("", "o-"), ("val_", "s--")):
+            ys = [r.get(prefix + key) for r in recs]
+            if all(y is not None for y in ys):
+                ax.plot(ep, [scale * y for y in ys], style, label=(prefix or "train_").rstrip("_"))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Learning curves")
+    return _save(fig, path)
+
+
+def plot_image_grid(images: np.ndarray, titles: list[str], path: Path, title: str, cols: int = 8) -> Path:
+    """images: (N, C, H, W) uint8 or float in [0,1]."""
+    n = len(images)
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, t in zip(axes.flat, images, titles):
+        img = np.asarray(img).transpose(1, 2, 0)
+        ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None)
+        ax.set_title(t, fontsize=7)
+    fig.suptitle(title)
+    return _save(fig, path)

@@ -1,0 +1,96 @@
+"""Checkpoints that describe themselves and load without pickle.
+
+One `.safetensors` file per checkpoint: tensors under `model.*`, `optim.<i>.<key>`, `rng.*`,
+and in the header's metadata one JSON document (format version, model name and config, step,
+epoch, optimiser hyper-parameters, anything the trainer needs). One file, written atomically,
+means weights and metadata can never disagree.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load, save as st_save
+
+from dlforge.errors import DlforgeError
+from dlforge.runs import atomic_write_bytes
+
+CKPT_FORMAT = 1
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, plain = {}, {}
+    for idx, state in sd["state"].items():
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"optim.{idx}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                plain[f"{idx}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "plain_state": plain}
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, meta: dict[str, Any],
+                    optimizer: torch.optim.Optimizer | None = None, extra: dict[str, torch.Tensor] | None = None) -> None:
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": CKPT_FORMAT, **meta}
+    if optimizer is not None:
+        opt_tensors, meta["optimizer"] = _optimizer_tensors(optimizer)
+        tensors.update(opt_tensors)
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    tensors.update(extra or {})
+    data = st_save(tensors, metadata={"dlforge": json.dumps(meta)})
+    try:
+        atomic_write_bytes(Path(path), data)
+    except OSError as e:
+        raise DlforgeError(f"{path}: cannot save checkpoint ({e.strerror}); the previous checkpoint is kept") from None
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """-> (tensors, metadata). Never unpickles: safetensors holds only raw tensors and a JSON header."""
+    path = Path(path)
+    if not path.is_file():
+        raise DlforgeError(f"{path}: checkpoint not found")
+    raw = path.read_bytes()
+    try:
+        tensors = st_load(raw)
+        n = int.from_bytes(raw[:8], "little")  # safetensors: u64 header length, then the JSON header
+        meta = json.loads(json.loads(raw[8:8 + n]).get("__metadata__", {}).get("dlforge", "null"))
+    except (SafetensorError, json.JSONDecodeError, ValueError, UnicodeDecodeError) as e:
+        raise DlforgeError(f"{path}: not a valid dlforge checkpoint ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != CKPT_FORMAT:
+        raise DlforgeError(f"{path}: not a dlforge checkpoint of format {CKPT_FORMAT}")
+    return tensors, meta
+
+
+def restore_model(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path | str = "checkpoint") -> None:
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[1:2] or [str(e)]
+        raise DlforgeError(f"{path}: weights do not fit this model ({first[0].strip()})") from None
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    saved = meta["optimizer"]
+    state: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, idx, key = k.split(".", 2)
+            state.setdefault(int(idx), {})[key] = v
+    for k, v in saved["plain_state"].items():
+        idx, key = k.split(".", 1)
+        state.setdefault(int(idx), {})[key] = v
+    opt.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+
+
+def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
