@@ -1,0 +1,241 @@
+"""The `dlforge` command: one table of subcommands -> plain functions that fill config dataclasses.
+
+dlforge's own errors (DlforgeError) become one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+from dlforge.errors import DlforgeError
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 64,32; got {text!r}") from None
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive sizes such as 64,32; got {text!r}")
+    return vals
+
+
+def _print_json(obj: dict) -> None:
+    print(json.dumps(obj, default=float))
+
+
+# ---------------------------------------------------------------- data, models, summary
+def cmd_data(args: argparse.Namespace) -> None:
+    from dlforge.data.images import DATASETS
+    print(f"{'name':<15} {'where':<48} description")
+    for name, info in DATASETS.items():
+        print(f"{name:<15} {info.where():<48} {info.description}")
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from dlforge.registry import entries
+    for e in entries():
+        print(f"{e.name:<14} {e.task:<16} {e.doc}")
+
+
+def cmd_summary(args: argparse.Namespace) -> None:
+    from dlforge.pipelines.classify import summary
+    from dlforge.registry import create_model
+    kw = {"in_channels": args.in_channels, "img_size": args.img_size, "num_classes": args.num_classes}
+    model = create_model(args.model, **kw)
+    rows, total = summary(model, (args.in_channels, args.img_size, args.img_size))
+    print(f"{args.model}: input (B, {args.in_channels}, {args.img_size}, {args.img_size})")
+    print(f"{'layer':<12} {'type':<12} {'output shape':<22} {'parameters':>12}")
+    print("-" * 60)
+    for name, kind, shape, n in rows:
+        dims = "(B, " + ", ".join(map(str, shape[1:])) + ")"
+        print(f"{name:<12} {kind:<12} {dims:<22} {n:>12,}")
+    print("-" * 60)
+    print(f"{'total':<47} {total:>12,}")
+
+
+# ---------------------------------------------------------------- train / eval / predict
+def _out_dir(args: argparse.Namespace) -> str:
+    if args.out:
+        p = Path(args.out)
+        if not args.resume and (p / "checkpoints").is_dir() and any((p / "checkpoints").iterdir()):
+            raise DlforgeError(f"--out {p}: already holds a run; pass --resume to continue it or choose another --out")
+        return str(p)
+    base = Path("runs") / f"{args.model}-{args.data}"
+    if args.resume:
+        return str(base)
+    p, n = base, 1
+    while p.exists():
+        n += 1
+        p = base.with_name(f"{base.name}-{n}")
+    return str(p)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from dlforge.pipelines import classify
+    from dlforge.train.trainer import TrainConfig
+    tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                       optimizer=args.optimizer, seed=args.seed, device=args.device, precision=args.precision,
+                       max_steps=args.max_steps, max_time=args.max_time, grad_clip=args.grad_clip,
+                       tensorboard=args.tensorboard, progress=not args.no_progress)
+    dc = classify.DataConfig(name=args.data, data_dir=args.data_dir, val_fraction=args.val_fraction,
+                             grayscale=args.grayscale)
+    model_kw = {k: v for k, v in (("hidden", args.hidden), ("activation", args.activation)) if v is not None}
+    out = _out_dir(args)
+    cfg, data = classify.new_config(args.model, dc, tcfg, args.img_size, args.loss, args.positive_class,
+                                    args.channels_last, model_kw)
+    report = classify.train(cfg, data, out, args.resume)
+    if args.json:
+        _print_json({k: v for k, v in report.items() if k not in ("per_class", "confusion_matrix")})
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from dlforge.pipelines import classify
+    from dlforge.runs import Run
+    report = classify.evaluate(Run.open(args.run, "classify"), data_name=args.data, data_dir=args.data_dir,
+                               quiet=args.json, device=args.device)
+    if args.json:
+        _print_json(report)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from dlforge.pipelines import classify
+    from dlforge.runs import Run
+    results = classify.predict(Run.open(args.run, "classify"), args.images, args.top_k, args.device)
+    if args.json:
+        _print_json({"predictions": results})
+        return
+    for r in results:
+        print(r["image"])
+        for t in r["top"]:
+            print(f"  {t['class']:<20} {100 * t['probability']:6.2f}%")
+
+
+# ---------------------------------------------------------------- the NumPy engine
+def cmd_backprop(args: argparse.Namespace) -> None:
+    from dlforge.scratch.train import BackpropConfig, run_backprop
+    cfg = BackpropConfig(data=args.data, hidden=args.hidden, activation=args.activation, optimizer=args.optimizer,
+                         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, epochs=args.epochs,
+                         batch_size=args.batch_size, seed=args.seed, dtype=args.dtype, trace=args.trace,
+                         json=args.json, data_dir=args.data_dir)
+    run_backprop(cfg)
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from dlforge.scratch.plots import plot_activations
+    plot_activations(args.out)
+    print(f"wrote {args.out}")
+
+
+# ---------------------------------------------------------------- the table
+def _add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a registered model (see `dlforge models`)")
+    p.add_argument("--data", default="digits", help="dataset name (see `dlforge data list`); default digits")
+    p.add_argument("--data-dir", help="where the dataset's files are (mnist, fashion-mnist, gtsrb, folder)")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--optimizer", default="adam", help="adam | adamw | sgd | rmsprop")
+    p.add_argument("--loss", default="cross-entropy", help="cross-entropy | bce (one class vs rest) | mse (regress the label)")
+    p.add_argument("--positive-class", type=int, default=0, help="the class that --loss bce detects")
+    p.add_argument("--img-size", type=int, default=48)
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of training images held out for validation")
+    p.add_argument("--grayscale", action="store_true", help="turn RGB images gray first, as the reference does")
+    p.add_argument("--hidden", type=_ints, help="mlp hidden sizes, e.g. 256,128")
+    p.add_argument("--activation", help="mlp activation: relu | sigmoid | tanh")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 (autocast)")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                   help="keep NCHW tensors (channels-last is the default: 1.4x faster CNN evaluation on CPU)")
+    p.add_argument("--max-steps", type=int, help="stop at a clean checkpoint after N optimiser steps")
+    p.add_argument("--max-time", type=float, help="stop at a clean checkpoint after this many minutes")
+    p.add_argument("--grad-clip", type=float, help="clip the global gradient norm to this value")
+    p.add_argument("--out", help="run directory (default runs/MODEL-DATA, numbered if it exists)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="end with one JSON line of the test figures")
+
+
+def _add_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="a run directory")
+    p.add_argument("--data", help="evaluate on another dataset with the same classes")
+    p.add_argument("--data-dir")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print one JSON object (accuracy, loss, per-class figures)")
+
+
+def _add_predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="a run directory")
+    p.add_argument("images", nargs="+", help="image files (any size, any colour mode)")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+
+
+def _add_summary(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model")
+    p.add_argument("--img-size", type=int, default=48)
+    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--num-classes", type=int, default=10)
+
+
+def _add_backprop(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="digits", help="digits | mnist | fashion-mnist | moons")
+    p.add_argument("--data-dir")
+    p.add_argument("--hidden", type=_ints, default=(64, 32), help="hidden sizes, e.g. 64,32")
+    p.add_argument("--activation", default="relu", help="relu | sigmoid | tanh")
+    p.add_argument("--optimizer", default="adam", help="adam | sgd")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="float32", help="float32 | float64")
+    p.add_argument("--trace", action="store_true", help="show the four steps of backpropagation for one step")
+    p.add_argument("--json", action="store_true", help="end with one JSON line (loss, accuracy, ...)")
+
+
+COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
+    "train": (_add_train, cmd_train, "train a model on a dataset; evaluate it at the end"),
+    "eval": (_add_eval, cmd_eval, "evaluate a run's best checkpoint on the test set"),
+    "predict": (_add_predict, cmd_predict, "classify image files with a trained run"),
+    "summary": (_add_summary, cmd_summary, "per-layer output shapes and parameter counts"),
+    "models": (lambda p: None, cmd_models, "list the registered models"),
+    "data": (lambda p: p.add_argument("action", choices=["list"]), cmd_data, "list the datasets and where they are"),
+    "backprop": (_add_backprop, cmd_backprop, "train an MLP with the NumPy backpropagation engine"),
+    "plot": (lambda p: (p.add_argument("what", choices=["activations"]),
+                        p.add_argument("--out", default="activations.png")), cmd_plot, "draw activation functions"),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="dlforge", description="Train, evaluate and sample deep-learning models.")
+    ap.add_argument("--version", action="version", version=f"dlforge {__import__('dlforge').__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (add, fn, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        add(p)
+        p.set_defaults(fn=fn)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dlforge.perf import tune_allocator
+    tune_allocator()
+    args = parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except DlforgeError as e:
+        print(f"dlforge: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dlforge: interrupted", file=sys.stderr)
+        return 130
+    return 0
