@@ -35,7 +35,13 @@ def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
 
 def save_checkpoint(path: Path, model: torch.nn.Module, meta: dict[str, Any],
                     optimizer: torch.optim.Optimizer | None = None, extra: dict[str, torch.Tensor] | None = None) -> None:
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors, seen = {}, set()
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu().contiguous()
+        if v.untyped_storage().data_ptr() in seen:  # tied weights (one tensor, two names): safetensors
+            v = v.clone()                            # refuses shared memory, so store a copy
+        seen.add(v.untyped_storage().data_ptr())
+        tensors[f"model.{k}"] = v
     meta = {"format": CKPT_FORMAT, **meta}
     if optimizer is not None:
         opt_tensors, meta["optimizer"] = _optimizer_tensors(optimizer)
@@ -87,7 +93,14 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tenso
     for k, v in saved["plain_state"].items():
         idx, key = k.split(".", 1)
         state.setdefault(int(idx), {})[key] = v
-    opt.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+    opt.load_state_dict({"state": dict(sorted(state.items())), "param_groups": saved["param_groups"]})
+    # Give every moment buffer its parameter's strides (e.g. channels-last): checkpoints store them
+    # contiguous, and the fused optimisers pair parameter and buffer elements by memory offset.
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for k, v in opt.state.get(p, {}).items():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                    opt.state[p][k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
 def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
