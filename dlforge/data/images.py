@@ -239,17 +239,21 @@ def load_folder(data_dir: str | None = None, img_size: int = 48) -> ImageData:
     if not data_dir or not Path(data_dir).is_dir():
         raise DlforgeError(f"--data-dir: the folder dataset needs a directory of class sub-folders, got {data_dir!r}")
     root = Path(data_dir)
-    from PIL import Image
+    from PIL import Image  # noqa: F401  (imported here: PIL is only needed for image files)
 
     split = (root / "train").is_dir() and (root / "test").is_dir()
     files, labels, classes = _scan_folder(root / "train" if split else root)
-    with Image.open(files[0]) as im:
-        mode = "L" if im.mode in ("L", "1", "I", "I;16") else "RGB"
+    try:
+        with Image.open(files[0]) as im:
+            mode = "L" if im.mode in ("L", "1", "I", "I;16") else "RGB"
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DlforgeError(f"{files[0]}: cannot decode image ({e})") from None
     if split:
         test_files, test_labels, _ = _scan_folder(root / "test", classes)
     else:
         from sklearn.model_selection import train_test_split
-        strat = labels if min(np.bincount(labels)) >= 2 else None
+        counts = np.bincount(labels)
+        strat = labels if counts.min() >= 2 and round(0.2 * len(labels)) >= len(counts) else None
         files, test_files, labels, test_labels = train_test_split(files, labels, test_size=0.2, random_state=0, stratify=strat)
     tx, ty = _stack([decode_image(p, img_size, mode) for p in files], labels)
     vx, vy = _stack([decode_image(p, img_size, mode) for p in test_files], test_labels)
