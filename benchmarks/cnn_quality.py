@@ -1,0 +1,50 @@
+"""Quality of the reference recipe (MY_NET, 48×48, Adam 1e-3, wd 1e-4, batch 64, 5 epochs).
+
+Targets: digits ≥ 97% test accuracy in under a minute of training; full Fashion-MNIST ≥ 92.0%.
+Prints one JSON line per dataset with test accuracy, training wall time and images/s.
+
+    python -m benchmarks.cnn_quality                      # both (Fashion-MNIST: ~25 min on 2 cores)
+    python -m benchmarks.cnn_quality --data digits
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(data: str, epochs: int) -> dict:
+    from dlforge.train.checkpoint import load_checkpoint
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, "-m", "dlforge", "train", "cnn", "--data", data, "--epochs", str(epochs),
+                              "--out", f"{tmp}/run", "--json", "--no-progress"],
+                             check=True, capture_output=True, text=True, cwd=ROOT).stdout
+        wall = time.perf_counter() - t0
+        report = json.loads(out.strip().splitlines()[-1])
+        meta = load_checkpoint(Path(tmp) / "run" / "checkpoints" / "last.safetensors")[1]
+        epochs_log = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+    return {"benchmark": "cnn_quality", "data": data, "epochs": epochs, "test_accuracy": round(100 * report["accuracy"], 2),
+            "test_loss": round(report["loss"], 4), "train_seconds": round(meta["elapsed"], 1),
+            "wall_seconds_with_startup_and_eval": round(wall, 1),
+            "train_images_per_s": round(sum(r["images_per_s"] for r in epochs_log) / len(epochs_log), 1),
+            "val_accuracy_per_epoch": [round(100 * r.get("val_accuracy", 0), 2) for r in epochs_log]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", choices=["digits", "fashion-mnist", "both"], default="both")
+    ap.add_argument("--epochs", type=int, default=5)
+    args = ap.parse_args()
+    for data in (["digits", "fashion-mnist"] if args.data == "both" else [args.data]):
+        print(json.dumps(run(data, args.epochs)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+import gzip
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dlforge.data import images
+from dlforge.data.images import load_dataset, read_idx, split_validation
+from dlforge.errors import DlforgeError
+from tests.conftest import write_idx
+
+
+def test_real_mnist_test_set(mnist_dir):
+    x = read_idx(mnist_dir / "t10k-images-idx3-ubyte.gz")
+    y = read_idx(mnist_dir / "t10k-labels-idx1-ubyte.gz")
+    assert x.shape == (10000, 28, 28) and y.shape == (10000,)
+    assert np.bincount(y).tolist()[:3] == [980, 1135, 1032]  # the well-known MNIST test class counts
+    mean = x.mean() / 255
+    assert 0.12 < mean < 0.14  # MNIST's mean is 0.1307 (train); the test set is close
+
+
+def test_idx_raw_and_gzip_agree(tmp_path):
+    a = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    raw = read_idx(write_idx(tmp_path / "a", a, gz=False))
+    gz = read_idx(write_idx(tmp_path / "b.gz", a, gz=True))
+    assert (raw == a).all() and (gz == a).all()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: b[:-5], "truncated"),
+    (lambda b: b + b"xx", "longer than its header"),
+    (lambda b: b"\x00\x00\x0d\x03" + b[4:], "bad magic"),
+    (lambda b: b[:2], "bad magic"),
+])
+def test_corrupt_idx_is_one_clear_error(tmp_path, damage, message):
+    good = write_idx(tmp_path / "good", np.zeros((3, 4, 4), np.uint8), gz=False).read_bytes()
+    bad = tmp_path / "bad-idx"
+    bad.write_bytes(damage(good))
+    with pytest.raises(DlforgeError, match=f"bad-idx.*{message}"):
+        read_idx(bad)
+
+
+def test_broken_gzip_names_the_file(tmp_path):
+    p = tmp_path / "x.gz"
+    p.write_bytes(gzip.compress(b"\x00\x00\x08\x01" + b"\x00\x00\x00\x09" + b"12345678")[:-12])
+    with pytest.raises(DlforgeError, match="x.gz"):
+        read_idx(p)
+
+
+def test_idx_header_bomb_refused(tmp_path):
+    p = tmp_path / "bomb"
+    p.write_bytes(b"\x00\x00\x08\x03" + (60000).to_bytes(4, "big") + (60000).to_bytes(4, "big") + (60000).to_bytes(4, "big"))
+    with pytest.raises(DlforgeError, match="more than"):
+        read_idx(p)
+
+
+def test_mnist_layout_from_data_dir(tiny_idx_dir):
+    d = load_dataset("mnist", data_dir=str(tiny_idx_dir))
+    assert d.train_x.shape == (120, 1, 12, 12) and d.train_x.dtype == torch.uint8
+    assert d.test_y.shape == (40,) and d.mean == (0.1307,) and d.classes[3] == "3"
+
+
+def test_missing_files_in_data_dir(tmp_path):
+    with pytest.raises(DlforgeError, match="missing train-images-idx3-ubyte"):
+        load_dataset("mnist", data_dir=str(tmp_path))
+
+
+def test_unknown_dataset_lists_names():
+    with pytest.raises(DlforgeError, match="unknown dataset 'cifar'.*digits.*fashion-mnist"):
+        load_dataset("cifar")
+
+
+def test_digits_is_bundled_and_stratified():
+    d = load_dataset("digits")
+    assert d.train_x.shape == (1437, 1, 8, 8) and d.test_x.shape == (360, 1, 8, 8)
+    assert int(d.train_x.max()) == 255
+    assert torch.bincount(d.test_y).min() >= 35
+
+
+def test_validation_split_is_seeded_and_disjoint():
+    a = split_validation(load_dataset("digits"), 0.1, seed=3)
+    b = split_validation(load_dataset("digits"), 0.1, seed=3)
+    assert len(a.val_y) == 144 and len(a.train_y) == 1437 - 144
+    assert torch.equal(a.val_x, b.val_x)
+
+
+def _png(path, value, size=(20, 14), mode="RGB"):
+    arr = np.full((size[1], size[0], 3), value, np.uint8)
+    Image.fromarray(arr).convert(mode).save(path)
+
+
+def test_folder_dataset(tmp_path):
+    for c, v in (("cats", 30), ("dogs", 220)):
+        (tmp_path / c).mkdir()
+        for i in range(5):
+            _png(tmp_path / c / f"{i}.png", v + i)
+    d = load_dataset("folder", data_dir=str(tmp_path), img_size=16)
+    assert d.classes == ["cats", "dogs"] and d.train_x.shape[1:] == (3, 16, 16)
+    assert len(d.train_y) + len(d.test_y) == 10
+
+
+def test_folder_with_undecodable_image(tmp_path):
+    (tmp_path / "a").mkdir()
+    _png(tmp_path / "a" / "ok.png", 10)
+    (tmp_path / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (tmp_path / "b").mkdir()
+    _png(tmp_path / "b" / "ok.png", 10)
+    with pytest.raises(DlforgeError, match="broken.png: cannot decode"):
+        load_dataset("folder", data_dir=str(tmp_path))
+
+
+def _gtsrb_tree(root, per_class=3, classes=(0, 1, 42)):
+    """The official layout: GTSRB/Final_Training/Images/000NN/GT-000NN.csv + PPMs; GT-final_test.csv."""
+    head = "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId\n"
+    test_rows = []
+    test_dir = root / "GTSRB" / "Final_Test" / "Images"
+    test_dir.mkdir(parents=True)
+    for c in classes:
+        d = root / "GTSRB" / "Final_Training" / "Images" / f"{c:05d}"
+        d.mkdir(parents=True)
+        rows = []
+        for i in range(per_class):
+            name = f"00000_{i:05d}.ppm"
+            Image.fromarray(np.full((30, 32, 3), (c * 5) % 255, np.uint8)).save(d / name)
+            rows.append(f"{name};32;30;5;5;26;24;{c}\n")
+            tname = f"{c:05d}{i}.ppm"
+            Image.fromarray(np.full((30, 32, 3), (c * 5) % 255, np.uint8)).save(test_dir / tname)
+            test_rows.append(f"{tname};32;30;5;5;26;24;{c}\n")
+        (d / f"GT-{c:05d}.csv").write_text(head + "".join(rows))
+    (root / "GT-final_test.csv").write_text(head + "".join(test_rows))
+    return root
+
+
+def test_gtsrb_official_layout(tmp_path):
+    d = load_dataset("gtsrb", data_dir=str(_gtsrb_tree(tmp_path)), img_size=24)
+    assert len(d.classes) == 43 and d.train_x.shape == (9, 3, 24, 24)
+    assert sorted(set(d.train_y.tolist())) == [0, 1, 42] and len(d.test_y) == 9
+
+
+def test_gtsrb_bad_csv_line_is_reported(tmp_path):
+    root = _gtsrb_tree(tmp_path)
+    csv = root / "GTSRB" / "Final_Training" / "Images" / "00001" / "GT-00001.csv"
+    csv.write_text(csv.read_text() + "x.ppm;1;1;a;b;c;d;1\n")
+    with pytest.raises(DlforgeError, match="GT-00001.csv:5"):
+        load_dataset("gtsrb", data_dir=str(root))
+
+
+def test_data_list_shows_every_dataset(capsys):
+    from dlforge.cli import main
+    assert main(["data", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in images.DATASETS:
+        assert name in out

@@ -1,0 +1,108 @@
+"""Text corpora, tokenizers and the token loader."""
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from dlforge.data import text as textdata
+from dlforge.data.loader import TokenLoader
+from dlforge.errors import DlforgeError
+
+SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare" / "input.txt"
+SAMPLE = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak. Don't — café 日本!\n"
+
+
+@pytest.fixture
+def shakespeare_in_cache():
+    """The local copy of tinyshakespeare placed where download() looks, so it is verified, not fetched."""
+    if not SHAKESPEARE.is_file():
+        pytest.skip(f"the local tinyshakespeare copy is not at {SHAKESPEARE} (../shared is absent)")
+    dest = textdata.corpus_path("tinyshakespeare")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(SHAKESPEARE, dest)
+    return dest
+
+
+@pytest.mark.parametrize("kind", textdata.TOKENIZERS)
+def test_round_trip_and_save_restore(kind, tmp_path):
+    tok = textdata.fit_tokenizer(kind, SAMPLE * 20, vocab_size=300)
+    ids = tok.encode(SAMPLE)
+    assert all(0 <= i < tok.vocab_size for i in ids)
+    assert tok.decode(ids) == SAMPLE
+    tok.save(tmp_path / "tokenizer.json")
+    again = textdata.TextTokenizer.load(tmp_path / "tokenizer.json")
+    assert again.kind == kind and again.vocab_size == tok.vocab_size
+    assert again.encode(SAMPLE) == ids and again.decode(ids) == SAMPLE
+
+
+def test_word_pieces_keep_their_leading_space():
+    tok = textdata.fit_tokenizer("word", "the cat sat on the mat.\n")
+    assert tok.pieces("the cat sat on the mat.\n") == ["the", " cat", " sat", " on", " the", " mat", ".", "\n"]
+
+
+def test_bpe_compresses_and_encodes_unseen_text():
+    tok = textdata.fit_tokenizer("bpe", SAMPLE * 50, vocab_size=300)
+    assert len(tok.encode(SAMPLE)) < len(SAMPLE) * 0.8
+    assert tok.decode(tok.encode("Ωmega ✓")) == "Ωmega ✓"  # byte-level: nothing is unknown
+
+
+@pytest.mark.parametrize("kind, text, match", [("char", "Speak Ω", "characters the char tokenizer never saw: 'Ω'"),
+                                               ("word", "Speak, zebra", "words the word tokenizer never saw: ' zebra'")])
+def test_unseen_symbols_are_a_clear_error(kind, text, match):
+    tok = textdata.fit_tokenizer(kind, SAMPLE)
+    with pytest.raises(DlforgeError, match=match):
+        tok.encode(text)
+
+
+def test_bad_text_files(tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (tmp_path / "empty.txt").write_text(" \n")
+    with pytest.raises(DlforgeError, match="latin1.txt: not UTF-8 text"):
+        textdata.load_corpus(None, str(tmp_path / "latin1.txt"))
+    with pytest.raises(DlforgeError, match="empty.txt: the file is empty"):
+        textdata.load_corpus(None, str(tmp_path / "empty.txt"))
+    with pytest.raises(DlforgeError, match="cannot read"):
+        textdata.load_corpus(None, str(tmp_path / "missing.txt"))
+    with pytest.raises(DlforgeError, match="unknown text corpus 'wiki'; expected one of: tinyshakespeare"):
+        textdata.load_corpus("wiki")
+    with pytest.raises(DlforgeError, match="--vocab-size"):
+        textdata.fit_tokenizer("bpe", SAMPLE, vocab_size=100)
+
+
+def test_corpus_smaller_than_a_context_window():
+    ids = torch.arange(100)
+    train, val = textdata.split_tokens(ids, 0.1, 8, "x")
+    assert torch.equal(torch.cat([train, val]), ids) and len(val) == 10  # contiguous: val is the end
+    with pytest.raises(DlforgeError, match="less than one context window \\(--block-size 32"):
+        textdata.split_tokens(ids, 0.1, 32, "--data-file x")
+
+
+def test_tinyshakespeare_is_verified_and_loaded(shakespeare_in_cache):
+    text = textdata.load_corpus("tinyshakespeare")
+    assert len(text) == 1115394 and text.startswith("First Citizen:")
+    tok = textdata.fit_tokenizer("char", text)
+    assert tok.vocab_size == 65
+    shakespeare_in_cache.write_text("tampered")  # a wrong checksum means re-download: refuse offline
+    with pytest.raises(DlforgeError):
+        textdata.download(textdata.CORPORA["tinyshakespeare"].url.replace("https://", "http://127.0.0.1:9/"),
+                          shakespeare_in_cache, textdata.CORPORA["tinyshakespeare"].checksum, retries=1)
+
+
+def test_streams_continue_row_by_row_and_replay():
+    ids = torch.arange(1000)
+    loader = TokenLoader(ids, batch_size=4, block_size=10, mode="streams", seed=3)
+    batches = list(loader.epoch(1))
+    assert len(batches) == len(loader) == 24
+    (x0, y0, r0), (x1, _, r1) = batches[0], batches[1]
+    assert bool(r0) and not bool(r1)
+    assert torch.equal(y0, x0 + 1) and torch.equal(x1[:, 0], x0[:, -1] + 1)  # row b continues row b
+    assert torch.equal(list(loader.epoch(1, start=5))[0][0], batches[5][0])  # replayable from any batch
+
+
+def test_windows_are_seeded_and_replayable():
+    ids = torch.arange(1000)
+    loader = TokenLoader(ids, batch_size=4, block_size=10, mode="windows", seed=3)
+    a = list(loader.epoch(2))
+    assert torch.equal(a[3][0], list(loader.epoch(2, start=3))[0][0])
+    assert torch.equal(a[0][1], a[0][0] + 1) and not torch.equal(a[0][0], list(loader.epoch(3))[0][0])

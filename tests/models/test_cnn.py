@@ -1,0 +1,37 @@
+import torch
+
+from dlforge.cli import main
+from dlforge.models.cnn import MyNet
+from dlforge.pipelines.classify import summary
+from dlforge.registry import create_model
+
+
+def test_reference_parameter_arithmetic():
+    """SPEC §2: conv1 (3·3·3+1)·32, conv2 (32·3·3+1)·64, conv3, fc1 (128·12·12+1)·512, fc2 — for 48×48×3, 10 classes."""
+    rows, total = summary(create_model("cnn"), (3, 48, 48))
+    params = {name: n for name, _, _, n in rows}
+    shapes = {name: shape for name, _, shape, _ in rows}
+    assert params["conv1"] == 896 and params["conv2"] == 18_496 and params["conv3"] == 73_856
+    assert params["fc1"] == 9_437_696 and params["fc2"] == 5_130
+    assert total == 9_536_074
+    assert shapes["conv1"] == (1, 32, 48, 48) and shapes["conv2"] == (1, 64, 48, 48)
+    assert shapes["pool1"] == (1, 64, 24, 24) and shapes["pool2"] == (1, 128, 12, 12)
+
+
+def test_summary_command_prints_layers_and_total(capsys):
+    assert main(["summary", "cnn"]) == 0
+    out = capsys.readouterr().out
+    for text in ("conv1", "896", "18,496", "73,856", "9,437,696", "5,130", "9,536,074", "(B, 64, 24, 24)"):
+        assert text in out
+
+
+def test_sizes_are_parameters():
+    m = create_model("cnn", in_channels=1, img_size=28, num_classes=43)
+    assert m.fc1.in_features == 128 * 7 * 7 and m(torch.zeros(2, 1, 28, 28)).shape == (2, 43)
+    assert isinstance(m, MyNet)
+
+
+def test_no_softmax_in_the_model():
+    m = create_model("cnn", img_size=16).eval()
+    out = m(torch.randn(3, 3, 16, 16))
+    assert not torch.allclose(out.sum(1), torch.ones(3))  # raw logits

@@ -1,0 +1,169 @@
+"""End to end through the command line, on tiny real data (digits at 8×8)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dlforge.cli import main
+from dlforge.train.checkpoint import load_checkpoint
+
+FAST = ["--data", "digits", "--img-size", "8", "--no-progress", "--batch-size", "32"]
+
+
+def _train(tmp_path, name, *extra):
+    out = tmp_path / name
+    assert main(["train", "cnn", *FAST, "--epochs", "2", "--out", str(out), "--json", *extra]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def cnn_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "cnn"
+    assert main(["train", "cnn", *FAST, "--epochs", "3", "--out", str(out)]) == 0
+    return out
+
+
+def test_train_cnn_loss_falls_and_report_is_complete(cnn_run):
+    records = [json.loads(line) for line in (cnn_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert records[-1]["loss"] < records[0]["loss"] * 0.7
+    report = json.loads((cnn_run / "report.json").read_text())
+    assert report["accuracy"] > 0.8 and len(report["confusion_matrix"]) == 10
+    assert report["per_class"]["3"]["support"] == 37
+    for f in ("confusion_matrix.png", "learning_curves.png", "worst_test_images.png", "config.json",
+              "checkpoints/best.safetensors", "checkpoints/last.safetensors"):
+        assert (cnn_run / f).is_file(), f
+
+
+def test_epoch_line_and_printed_report(tmp_path, capsys):
+    _train(tmp_path, "r")
+    out = capsys.readouterr().out
+    assert "[Epoch 1] loss = " in out and "| accuracy = " in out and "val_accuracy" in out
+    assert "precision" in out and "confusion matrix" in out
+    assert json.loads(out.strip().splitlines()[-1])["accuracy"] > 0.3
+
+
+def test_eval_json_matches_training_report(cnn_run, capsys):
+    capsys.readouterr()
+    assert main(["eval", str(cnn_run), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["accuracy"] == json.loads((cnn_run / "report.json").read_text())["accuracy"]
+    assert {"loss", "accuracy", "per_class", "confusion_matrix"} <= set(report)
+
+
+def test_predict_any_size_and_mode(cnn_run, tmp_path, capsys):
+    from dlforge.data.images import load_dataset
+    d = load_dataset("digits")
+    i = int((d.test_y == 7).nonzero()[0])
+    img = Image.fromarray(d.test_x[i, 0].numpy()).resize((64, 64)).convert("RGB")
+    img.save(tmp_path / "seven.png")
+    Image.fromarray(d.test_x[i, 0].numpy()).save(tmp_path / "seven.jpg")
+    capsys.readouterr()
+    assert main(["predict", str(cnn_run), str(tmp_path / "seven.png"), str(tmp_path / "seven.jpg"), "--json"]) == 0
+    preds = json.loads(capsys.readouterr().out)["predictions"]
+    assert len(preds) == 2 and len(preds[0]["top"]) == 3
+    assert abs(sum(t["probability"] for t in preds[0]["top"]) - 1) < 1.0001
+    assert preds[1]["top"][0]["class"] == "7"
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    whole = _train(tmp_path, "whole")
+    part = tmp_path / "part"
+    assert main(["train", "cnn", *FAST, "--epochs", "2", "--out", str(part), "--max-steps", "13"]) == 0
+    assert main(["train", "cnn", *FAST, "--epochs", "2", "--out", str(part), "--resume"]) == 0
+    a, meta_a = load_checkpoint(whole / "checkpoints" / "last.safetensors")
+    b, meta_b = load_checkpoint(part / "checkpoints" / "last.safetensors")
+    assert meta_a["step"] == meta_b["step"] == 2 * 41  # 1,293 training digits in batches of 32
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("time", "images_per_s")}  # noqa: E731
+    ra = [strip(json.loads(x)) for x in (whole / "metrics.jsonl").read_text().splitlines()]
+    rb = [strip(json.loads(x)) for x in (part / "metrics.jsonl").read_text().splitlines()]
+    assert ra == rb
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, capsys):
+    out = _train(tmp_path, "r")
+    before = (out / "checkpoints" / "last.safetensors").read_bytes()
+    code = main(["train", "cnn", *FAST, "--epochs", "3", "--out", str(out), "--resume", "--lr", "1e12"])
+    err = capsys.readouterr().err
+    assert code == 2 and "at step" in err and "lower --lr" in err
+    assert (out / "checkpoints" / "last.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize("loss, check", [
+    ("bce", lambda r: r["classes"] == ["not 3", "3"] and r["accuracy"] > 0.85),
+    ("mse", lambda r: "mae" in r and r["mae"] < 3.5),
+])
+def test_bce_and_mse_are_usable(tmp_path, capsys, loss, check):
+    _train(tmp_path, loss, "--loss", loss, "--positive-class", "3")
+    assert check(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+
+
+def test_mlp_with_hidden_sizes_and_activation(tmp_path, capsys):
+    out = tmp_path / "mlp"
+    assert main(["train", "mlp", *FAST, "--epochs", "3", "--hidden", "64,32", "--activation", "tanh",
+                 "--lr", "3e-3", "--out", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["accuracy"] > 0.85
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"]["kwargs"]["hidden"] == [64, 32]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "resnet", "--data", "digits"], "unknown model 'resnet'; expected one of: cnn"),
+    (["train", "cnn", "--data", "cifar"], "unknown dataset 'cifar'; expected one of: digits"),
+    (["train", "cnn", "--optimizer", "lion"], "--optimizer: expected one of adam, adamw, sgd, rmsprop"),
+    (["train", "cnn", "--loss", "hinge"], "--loss: expected one of cross-entropy, bce, mse"),
+    (["train", "cnn", "--img-size", "2"], "--img-size"),
+    (["train", "cnn", "--device", "cuda"], "--device"),
+    (["eval", "/nonexistent/run"], "not a dlforge run directory"),
+    (["predict", "/nonexistent/run", "x.png"], "not a dlforge run directory"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    if argv[:3] == ["train", "cnn", "--device"] and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert main(argv + (["--no-progress"] if argv[0] == "train" else [])) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_resume_with_another_optimizer_is_refused(cnn_run, capsys):
+    assert main(["train", "cnn", *FAST, "--epochs", "4", "--out", str(cnn_run), "--resume", "--optimizer", "sgd"]) == 2
+    assert "--optimizer sgd: this run was trained with adam" in capsys.readouterr().err
+
+
+def test_existing_run_is_not_overwritten(cnn_run, capsys):
+    before = (cnn_run / "checkpoints" / "last.safetensors").read_bytes()
+    assert main(["train", "cnn", *FAST, "--out", str(cnn_run)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (cnn_run / "checkpoints" / "last.safetensors").read_bytes() == before
+
+
+def test_undecodable_image_for_predict(cnn_run, tmp_path, capsys):
+    (tmp_path / "x.png").write_bytes(b"garbage")
+    assert main(["predict", str(cnn_run), str(tmp_path / "x.png")]) == 2
+    assert "x.png: cannot decode" in capsys.readouterr().err
+
+
+def test_eval_with_a_dataset_of_other_classes(cnn_run, tmp_path, capsys):
+    for c in "abc":
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tmp_path / c / f"{i}.png")
+    assert main(["eval", str(cnn_run), "--data", "folder", "--data-dir", str(tmp_path)]) == 2
+    assert "3 classes, but the run's model predicts 10" in capsys.readouterr().err
+
+
+def test_run_of_another_model_is_refused(cnn_run, tmp_path, capsys):
+    import shutil
+    other = tmp_path / "other"
+    shutil.copytree(cnn_run, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["model"]["name"] = "mlp"
+    (other / "config.json").write_text(json.dumps(cfg))
+    assert main(["eval", str(other)]) == 2
+    assert "holds model 'cnn'" in capsys.readouterr().err
