@@ -60,7 +60,12 @@ def read_idx(path: Path) -> np.ndarray:
             head = f.read(4)
             if len(head) < 4 or head[:3] != b"\x00\x00\x08" or not 1 <= head[3] <= 4:
                 raise DlforgeError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
-            dims = struct.unpack(">" + "I" * head[3], f.read(4 * head[3]).ljust(4 * head[3], b"\0"))
+            raw_dims = f.read(4 * head[3])
+            if len(raw_dims) < 4 * head[3]:
+                raise DlforgeError(f"{path}: IDX file truncated inside its header")
+            dims = struct.unpack(">" + "I" * head[3], raw_dims)
+            if 0 in dims:
+                raise DlforgeError(f"{path}: IDX header declares an empty dimension {dims}")
             size = math.prod(dims)
             if size > IDX_MAX_BYTES:
                 raise DlforgeError(f"{path}: IDX header declares {size} bytes, more than the {IDX_MAX_BYTES} allowed")
@@ -142,12 +147,17 @@ def load_digits(data_dir: str | None = None, img_size: int = 8) -> ImageData:
 
 
 # ---------------------------------------------------------------- decoded image files (gtsrb, folder)
+MAX_PIXELS = 50_000_000  # refuse larger images before decoding them (PIL only warns below ~179 MP)
+
+
 def decode_image(path: Path, size: int, mode: str, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """One image file -> uint8 (C, size, size); mode 'L' or 'RGB'; optional ROI crop."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as im:  # reads the header only
+            if im.width * im.height > MAX_PIXELS:
+                raise DlforgeError(f"{path}: refused, {im.width}×{im.height} pixels is more than {MAX_PIXELS:,}")
             im = im.convert(mode)
             if box:
                 im = im.crop(box)

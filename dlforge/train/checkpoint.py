@@ -107,3 +107,38 @@ def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
     torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
+
+
+def load_weights(path: Path | str) -> dict[str, torch.Tensor]:
+    """Weights for --init-from: a safetensors file (a dlforge checkpoint or a plain state dict), or a
+    PyTorch file read with torch.load(weights_only=True) — a pickle that would build anything but
+    tensors and plain containers (i.e. run code) is refused."""
+    import pickle
+
+    path = Path(path)
+    if not path.is_file():
+        raise DlforgeError(f"--init-from {path}: file not found")
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little") if len(raw) >= 8 else 0
+    if 0 < n < len(raw) and raw[8:9] == b"{":  # safetensors: u64 header length, then a JSON header
+        try:
+            tensors = st_load(raw)
+        except (SafetensorError, ValueError) as e:
+            raise DlforgeError(f"--init-from {path}: not a valid safetensors file ({e})") from None
+        if any(k.startswith("model.") for k in tensors):
+            return {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        return tensors
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0][:200]
+        raise DlforgeError(f"--init-from {path}: refused, the file would load more than weights ({first})") from None
+    except Exception as e:  # any other failure to parse untrusted bytes means: not a weights file
+        raise DlforgeError(f"--init-from {path}: not a safetensors or PyTorch weights file "
+                           f"({type(e).__name__}: {str(e)[:200]})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise DlforgeError(f"--init-from {path}: expected a dict of tensors (a state dict)")
+    return obj
