@@ -47,3 +47,46 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.epoch(0)
+
+
+class TokenLoader:
+    """Language-model batches (x, y, reset) from one token stream: x (B, T), y = x shifted by one token.
+
+    windows — batch i of epoch e: B windows at offsets drawn from a generator seeded with (seed, e, i)
+              (as nanoGPT samples them); an epoch is N / (B·T) batches.
+    streams — truncated backpropagation through time: the stream (after a seeded per-epoch shift of
+              0..T-1 tokens) is cut into B contiguous rows and batch i is columns [iT, (i+1)T) of every
+              row, so row b of batch i+1 continues row b of batch i. reset is True on each epoch's first
+              batch: the recurrent state must start again from zero there.
+    """
+
+    def __init__(self, ids: torch.Tensor, batch_size: int, block_size: int, mode: str = "windows", seed: int = 0):
+        assert mode in ("windows", "streams")
+        self.ids, self.batch_size, self.block_size, self.mode, self.seed = ids, batch_size, block_size, mode, seed
+
+    def __len__(self) -> int:
+        n = len(self.ids) - 1
+        if self.mode == "windows":
+            return max(1, n // (self.batch_size * self.block_size))
+        return n // self.batch_size // self.block_size
+
+    def _rows(self, epoch: int) -> torch.Tensor:
+        """(B, nb·T + 1): B contiguous rows, after a seeded shift of up to T-1 tokens."""
+        span = len(self) * self.block_size
+        slack = len(self.ids) - 1 - self.batch_size * span
+        shift = int(torch.randint(min(slack, self.block_size - 1) + 1, (1,), generator=_seeded(self.seed, epoch)))
+        return torch.stack([self.ids[shift + b * span: shift + (b + 1) * span + 1] for b in range(self.batch_size)])
+
+    def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        T = self.block_size
+        rows = self._rows(epoch) if self.mode == "streams" else None
+        for i in range(start, len(self)):
+            if rows is None:
+                off = torch.randint(len(self.ids) - T, (self.batch_size,), generator=_seeded(self.seed, epoch, i))
+                chunk = torch.stack([self.ids[o:o + T + 1] for o in off.tolist()])  # (B, T+1)
+            else:
+                chunk = rows[:, i * T: (i + 1) * T + 1]
+            yield chunk[:, :-1], chunk[:, 1:], torch.tensor(i == 0)
+
+    def __iter__(self):
+        return self.epoch(0)

@@ -77,3 +77,59 @@ class ClassifyTask:
         loss = self.per_sample_loss(out, y).mean()
         correct = (self.predictions(out.detach()) == self.targets(y)).sum()
         return loss, {"correct": correct, "count": y.shape[0]}
+
+
+def _detach(state):
+    """A recurrent state (tensor, tuple of tensors or None) cut from the graph: truncated BPTT."""
+    if state is None:
+        return None
+    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+
+
+@dataclass
+class LanguageModelTask:
+    """Next-token prediction. The model maps ids (B, T) to (logits (B, T, V), state); the loss is the
+    mean cross-entropy per token in nats, -1/N Σ log p(x_{t+1} | x_≤t). Recurrent models (model.recurrent)
+    carry their hidden state from batch to batch, detached (truncated backpropagation through time);
+    the loader's reset flag starts it again from zero."""
+    vocab_size: int
+    name: str = "language-model"
+    unit = "tok"      # the progress bar's rate: tok/s
+    units = "tokens"  # ... and the metrics' tokens_per_s
+
+    def __post_init__(self) -> None:
+        self.state = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def step(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict]:
+        x, y = batch[0], batch[1]                   # (B, T), (B, T)
+        if getattr(model, "recurrent", False):
+            reset = len(batch) > 2 and bool(batch[2])
+            state = self.state if not reset and _fits(self.state, x.shape[0]) else None
+            logits, state = model(x, state)
+            self.state = _detach(state)
+        else:
+            logits, _ = model(x)                    # (B, T, V)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        correct = (logits.detach().argmax(-1) == y).sum()
+        return loss, {"correct": correct, "count": y.numel()}
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The carried hidden state, saved in checkpoints so that --resume continues the same streams."""
+        if self.state is None:
+            return {}
+        parts = self.state if isinstance(self.state, tuple) else (self.state,)
+        return {f"task.state.{i}": s.detach().cpu().contiguous() for i, s in enumerate(parts)}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], device: torch.device) -> None:
+        parts = [tensors[k].to(device) for k in sorted(k for k in tensors if k.startswith("task.state."))]
+        self.state = None if not parts else (parts[0] if len(parts) == 1 else tuple(parts))
+
+
+def _fits(state, batch_size: int) -> bool:
+    if state is None:
+        return False
+    first = state[0] if isinstance(state, tuple) else state
+    return first.shape[1] == batch_size  # (layers, B, hidden)

@@ -19,6 +19,7 @@ from dlforge.train import checkpoint as ckpt
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 PRECISIONS = ("fp32", "bf16", "fp16")
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -35,6 +36,12 @@ class TrainConfig:
     max_steps: int | None = None    # stop (at a clean checkpoint) after this many optimiser steps in all
     max_time: float | None = None   # ... or after this many minutes of training
     grad_clip: float | None = None
+    lr_schedule: str = "constant"   # cosine: lr decays to min_lr_ratio·lr by the end of the budget
+    warmup_steps: int = 0           # linear warm-up from lr/warmup_steps to lr
+    min_lr_ratio: float = 0.1
+    decay_steps: int | None = None  # the cosine's length in steps (default: the budget, see Trainer.progress)
+    beta2: float = 0.999            # adam / adamw second-moment decay (0.99 suits small language models)
+    eval_every: int | None = None   # evaluate every N steps (else at each epoch's end)
     eval_batch_size: int = 256
     tensorboard: bool = False
     progress: bool = True
@@ -46,7 +53,13 @@ class TrainConfig:
                   ("--lr", self.lr > 0, "a positive number"), ("--weight-decay", self.weight_decay >= 0, "0 or more"),
                   ("--max-steps", self.max_steps is None or self.max_steps >= 1, "at least 1"),
                   ("--max-time", self.max_time is None or self.max_time > 0, "a positive number of minutes"),
-                  ("--grad-clip", self.grad_clip is None or self.grad_clip > 0, "a positive number")]
+                  ("--grad-clip", self.grad_clip is None or self.grad_clip > 0, "a positive number"),
+                  ("--lr-schedule", self.lr_schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+                  ("--warmup-steps", self.warmup_steps >= 0, "0 or more"),
+                  ("--min-lr-ratio", 0 <= self.min_lr_ratio <= 1, "a number in [0, 1]"),
+                  ("--beta2", 0 < self.beta2 < 1, "a number in (0, 1)"),
+                  ("--eval-every", self.eval_every is None or self.eval_every >= 1, "at least 1"),
+                  ("--decay-steps", self.decay_steps is None or self.decay_steps >= 1, "at least 1")]
         for opt, ok, want in checks:
             if not ok:
                 raise DlforgeError(f"{opt}: expected {want}, got {getattr(self, opt[2:].replace('-', '_'))!r}")
@@ -82,13 +95,26 @@ def cpu_has_bf16() -> bool:
 
 def build_optimizer(cfg: TrainConfig, params, device: torch.device) -> torch.optim.Optimizer:
     fused = device.type in ("cpu", "cuda")  # one kernel over all tensors: ~3x faster than the loop on CPU
+    betas = (0.9, cfg.beta2)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+        return torch.optim.Adam(params, cfg.lr, betas, weight_decay=cfg.weight_decay, fused=fused)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+        return torch.optim.AdamW(params, cfg.lr, betas, weight_decay=cfg.weight_decay, fused=fused)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused)
     return torch.optim.RMSprop(params, cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: TrainConfig, step: int, progress: float) -> float:
+    """Multiplier of cfg.lr at optimiser step `step` (0-based) with `progress` in [0, 1] of the budget:
+    linear warm-up min(1, (step+1)/warmup), times for cosine r + (1-r)·½(1 + cos(π·progress))
+    (Loshchilov & Hutter, SGDR), r = min_lr_ratio."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    if cfg.lr_schedule == "constant":
+        return warm
+    p = min(max(progress, 0.0), 1.0)
+    r = cfg.min_lr_ratio
+    return warm * (r + (1 - r) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
 def _to(batch, device: torch.device):
@@ -107,6 +133,9 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.step, self.elapsed = 0, 0, 0, 0.0
         self.best: float | None = None
         self.sums = {"loss": 0.0, "correct": 0, "count": 0}
+        self.window = {"loss": 0.0, "correct": 0, "count": 0}  # since the last step evaluation (eval_every)
+        self.unit, self.units = getattr(task, "unit", "img"), getattr(task, "units", "images")
+        self._t0 = time.perf_counter()
         self.tb = self._tensorboard() if cfg.tensorboard else None
         if cfg.precision == "bf16" and self.device.type == "cpu" and not cpu_has_bf16():
             print("dlforge: note: this CPU has no native bf16 (AVX512-BF16/AMX); bf16 is emulated and slower than fp32",
@@ -122,8 +151,10 @@ class Trainer:
     # ------------------------------------------------------------ checkpoints
     def save(self, which: str) -> None:
         meta = {**self.meta, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "step": self.step,
-                "elapsed": self.elapsed, "best": self.best, "sums": self.sums, "train": asdict(self.cfg)}
-        ckpt.save_checkpoint(self.run.checkpoint(which), self.model, meta, self.opt)
+                "elapsed": self.elapsed, "best": self.best, "sums": self.sums, "window": self.window,
+                "train": asdict(self.cfg)}
+        extra = self.task.state_tensors() if hasattr(self.task, "state_tensors") else None
+        ckpt.save_checkpoint(self.run.checkpoint(which), self.model, meta, self.opt, extra)
 
     def resume(self) -> None:
         path = self.run.checkpoint("last")
@@ -131,22 +162,54 @@ class Trainer:
         if meta.get("model", {}).get("name") != self.meta.get("model", {}).get("name"):
             raise DlforgeError(f"{path}: checkpoint of model {meta.get('model', {}).get('name')!r}, "
                                f"not {self.meta.get('model', {}).get('name')!r}")
+        trained_with = meta.get("train", {}).get("optimizer")
+        if trained_with and trained_with != self.cfg.optimizer:
+            raise DlforgeError(f"--optimizer {self.cfg.optimizer}: this run was trained with {trained_with}; "
+                               f"resume it with the same optimizer")
         ckpt.restore_model(self.model, tensors, path)
         ckpt.restore_optimizer(self.opt, tensors, meta)
         ckpt.restore_rng(tensors)
+        if hasattr(self.task, "load_state_tensors"):
+            self.task.load_state_tensors(tensors, self.device)
         self.epoch, self.step_in_epoch, self.step = meta["epoch"], meta["step_in_epoch"], meta["step"]
         self.elapsed, self.best, self.sums = meta["elapsed"], meta["best"], meta["sums"]
+        self.window = meta.get("window", {"loss": 0.0, "correct": 0, "count": 0})
         self.run.truncate_metrics(self.step)
 
     # ------------------------------------------------------------ the loop
-    def _budget_left(self, t0: float) -> bool:
+    def _elapsed_now(self) -> float:
+        return self.elapsed + (time.perf_counter() - self._t0)
+
+    def _tick(self) -> None:
+        """Fold the time since _t0 into elapsed (training time: what --max-time and checkpoints count)."""
+        now = time.perf_counter()
+        self.elapsed, self._t0 = self.elapsed + (now - self._t0), now
+
+    def _budget_left(self) -> bool:
         cfg = self.cfg
         if cfg.max_steps is not None and self.step >= cfg.max_steps:
             return False
-        return cfg.max_time is None or self.elapsed + (time.perf_counter() - t0) < cfg.max_time * 60
+        return cfg.max_time is None or self._elapsed_now() < cfg.max_time * 60
 
-    def train_step(self, batch) -> None:
+    def progress(self) -> float:
+        """The share of the budget used, in [0, 1]: steps of decay_steps, else of min(max_steps,
+        epochs·len(loader)) and, with max_time, the share of that time (whichever is further), so that a
+        cosine decays fully by the end of the budget."""
+        if self.cfg.decay_steps is not None:
+            return self.step / self.cfg.decay_steps
+        total = self.cfg.epochs * len(self.train)
+        if self.cfg.max_steps is not None:
+            total = min(total, self.cfg.max_steps)
+        p = self.step / max(total, 1)
+        if self.cfg.max_time is not None:
+            p = max(p, self._elapsed_now() / (self.cfg.max_time * 60))
+        return p
+
+    def train_step(self, batch) -> int:
+        """One optimiser step. -> the number of samples (images, tokens) it saw."""
         self.model.train()
+        for g in self.opt.param_groups:
+            g["lr"] = self.cfg.lr * lr_factor(self.cfg, self.step, self.progress())
         with autocast(self.cfg.precision, self.device):
             loss, stats = self.task.step(self.model, _to(batch, self.device))
         if not torch.isfinite(loss):
@@ -157,67 +220,99 @@ class Trainer:
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.opt.step()
-        n = stats["count"]
-        self.sums["loss"] += loss.item() * n
-        self.sums["correct"] += int(stats["correct"])
-        self.sums["count"] += n
+        n, value, correct = stats["count"], loss.item(), int(stats["correct"])
+        for sums in (self.sums, self.window):
+            sums["loss"] += value * n
+            sums["correct"] += correct
+            sums["count"] += n
         self.step += 1
         self.step_in_epoch += 1
+        return n
 
-    def running(self) -> dict:
-        n = max(self.sums["count"], 1)
-        return {"loss": self.sums["loss"] / n, "accuracy": self.sums["correct"] / n}
+    def running(self, sums: dict | None = None) -> dict:
+        sums = sums or self.sums
+        n = max(sums["count"], 1)
+        return {"loss": sums["loss"] / n, "accuracy": sums["correct"] / n}
 
     def fit(self) -> dict:
         """Train until the epochs, --max-steps or --max-time run out. -> the last epoch's record."""
         cfg, record = self.cfg, {}
         stopped = False
         while self.epoch < cfg.epochs and not stopped:
-            t0, seen = time.perf_counter(), 0
+            self._t0 = start = time.perf_counter()
+            seen = 0
             bar = tqdm(total=len(self.train), initial=self.step_in_epoch, desc=f"Epoch {self.epoch + 1}/{cfg.epochs}",
                        unit="batch", disable=not cfg.progress, file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
             for batch in self.train.epoch(self.epoch, self.step_in_epoch):
-                if not self._budget_left(t0):
+                if not self._budget_left():
                     stopped = True
                     break
-                self.train_step(batch)
-                seen += len(batch[1])
+                seen += self.train_step(batch)
                 r = self.running()
-                bar.set_postfix(loss=f"{r['loss']:.4f}", acc=f"{100 * r['accuracy']:.2f}%",
-                                img_s=f"{seen / (time.perf_counter() - t0):.0f}", refresh=False)
+                bar.set_postfix({"loss": f"{r['loss']:.4f}", "acc": f"{100 * r['accuracy']:.2f}%",
+                                 f"{self.unit}_s": f"{seen / (time.perf_counter() - start):.0f}"}, refresh=False)
                 bar.update()
+                if cfg.eval_every and self.evaluate is not None and self.step % cfg.eval_every == 0:
+                    self._eval_step(bar)
             bar.close()
-            self.elapsed += time.perf_counter() - t0
+            rate = seen / max(time.perf_counter() - start, 1e-9)
             if stopped and self.step_in_epoch < len(self.train):
+                if cfg.eval_every and self.evaluate is not None and self.window["count"]:
+                    self._eval_step(None)  # the budget's last steps are often the best ones
+                self._tick()
                 self.save("last")  # a clean mid-epoch checkpoint: --resume continues from here
                 print(f"dlforge: stopped early at step {self.step} (--max-steps/--max-time); "
                       f"checkpoint {self.run.checkpoint('last')}", file=sys.stderr)
                 break
-            record = self._end_epoch(seen / max(time.perf_counter() - t0, 1e-9))
+            self._tick()
+            record = self._end_epoch(rate)
         if self.tb:
             self.tb.close()
         return record
 
-    def _end_epoch(self, images_per_s: float) -> dict:
-        record = {"epoch": self.epoch + 1, "step": self.step, **self.running(), "images_per_s": images_per_s,
-                  "lr": self.opt.param_groups[0]["lr"], "time": self.elapsed}
-        if self.evaluate is not None:
-            record.update({f"val_{k}": v for k, v in self.evaluate(self.model).items()})
-        line = f"[Epoch {record['epoch']}] loss = {record['loss']:.4f} | accuracy = {100 * record['accuracy']:.2f}%"
-        if "val_loss" in record:
-            line += f" | val_loss = {record['val_loss']:.4f} | val_accuracy = {100 * record['val_accuracy']:.2f}%"
-        print(line, flush=True)
+    def _log(self, record: dict) -> None:
         self.run.log(record)
         if self.tb:
             for k, v in record.items():
                 self.tb.add_scalar(k, v, self.step)
-        self.epoch, self.step_in_epoch = self.epoch + 1, 0
-        self.sums = {"loss": 0.0, "correct": 0, "count": 0}
-        score = record.get("val_loss", record["loss"])
+
+    def _keep(self, score: float) -> None:
+        """Save last, and best when `score` (validation loss) improved."""
         improved = self.best is None or (math.isfinite(score) and score < self.best)
         if improved:
             self.best = score
         self.save("last")
         if improved:
             self.save("best")
+
+    def _eval_step(self, bar) -> None:
+        """Every eval_every steps: training loss since the last one, validation figures, checkpoints."""
+        record = {"step": self.step, "epoch": self.epoch + 1, **self.running(self.window),
+                  "lr": self.opt.param_groups[0]["lr"], "time": self._elapsed_now()}
+        record.update({f"val_{k}": v for k, v in self.evaluate(self.model).items()})
+        extra = "".join(f" | val_{k} = {record['val_' + k]:.4f}" for k in ("perplexity", "bpc") if "val_" + k in record)
+        (bar.write if bar is not None else print)(
+            f"[Step {self.step}] loss = {record['loss']:.4f} | val_loss = {record['val_loss']:.4f}{extra}")
+        self._log(record)
+        self.window = {"loss": 0.0, "correct": 0, "count": 0}
+        self._tick()  # checkpoints carry the time used so far
+        self._keep(record["val_loss"])
+
+    def _end_epoch(self, rate: float) -> dict:
+        step_eval = self.cfg.eval_every and self.evaluate is not None
+        record = {"epoch": self.epoch + 1, "step": self.step, **self.running(), f"{self.units}_per_s": rate,
+                  "lr": self.opt.param_groups[0]["lr"], "time": self.elapsed}
+        if self.evaluate is not None and not step_eval:
+            record.update({f"val_{k}": v for k, v in self.evaluate(self.model).items()})
+        line = f"[Epoch {record['epoch']}] loss = {record['loss']:.4f} | accuracy = {100 * record['accuracy']:.2f}%"
+        if "val_loss" in record:
+            line += f" | val_loss = {record['val_loss']:.4f} | val_accuracy = {100 * record['val_accuracy']:.2f}%"
+        print(line, flush=True)
+        self._log(record)
+        self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        self.sums = {"loss": 0.0, "correct": 0, "count": 0}
+        if step_eval:
+            self.save("last")
+        else:
+            self._keep(record.get("val_loss", record["loss"]))
         return record
