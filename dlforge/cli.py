@@ -30,9 +30,13 @@ def _print_json(obj: dict) -> None:
 # ---------------------------------------------------------------- data, models, summary
 def cmd_data(args: argparse.Namespace) -> None:
     from dlforge.data.images import DATASETS
+    from dlforge.data.text import CORPORA, corpus_path
     print(f"{'name':<15} {'where':<48} description")
     for name, info in DATASETS.items():
         print(f"{name:<15} {info.where():<48} {info.description}")
+    for name, c in CORPORA.items():
+        where = str(corpus_path(name)) if corpus_path(name).is_file() else "downloaded on first use"
+        print(f"{name:<15} {where:<48} {c.description} (text, for language models)")
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -64,7 +68,8 @@ def _out_dir(args: argparse.Namespace) -> str:
         if not args.resume and (p / "checkpoints").is_dir() and any((p / "checkpoints").iterdir()):
             raise DlforgeError(f"--out {p}: already holds a run; pass --resume to continue it or choose another --out")
         return str(p)
-    base = Path("runs") / f"{args.model}-{args.data}"
+    data = args.data or (Path(args.data_file).stem if getattr(args, "data_file", None) else "data")
+    base = Path("runs") / f"{args.model}-{data}"
     if args.resume:
         return str(base)
     p, n = base, 1
@@ -74,27 +79,68 @@ def _out_dir(args: argparse.Namespace) -> str:
     return str(p)
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    from dlforge.pipelines import classify
+def _train_config(args: argparse.Namespace):
     from dlforge.train.trainer import TrainConfig
-    tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                        optimizer=args.optimizer, seed=args.seed, device=args.device, precision=args.precision,
                        max_steps=args.max_steps, max_time=args.max_time, grad_clip=args.grad_clip,
+                       lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps, min_lr_ratio=args.min_lr_ratio,
+                       decay_steps=args.decay_steps, beta2=args.beta2, eval_every=args.eval_every,
                        tensorboard=args.tensorboard, progress=not args.no_progress)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from dlforge.pipelines import classify
+    from dlforge.registry import get_entry
+    if get_entry(args.model).task == "language-model":
+        return _train_lm(args)
+    args.data = args.data or "digits"
+    tcfg = _train_config(args)
     dc = classify.DataConfig(name=args.data, data_dir=args.data_dir, val_fraction=args.val_fraction,
                              grayscale=args.grayscale)
     model_kw = {k: v for k, v in (("hidden", args.hidden), ("activation", args.activation)) if v is not None}
     out = _out_dir(args)
-    cfg, data = classify.new_config(args.model, dc, tcfg, args.img_size, args.loss, args.positive_class,
-                                    args.channels_last, model_kw)
-    report = classify.train(cfg, data, out, args.resume)
+    if args.resume:  # the run's own recipe and data; only the budget (epochs, steps, time, lr) comes from here
+        report = classify.resume(out, tcfg, args.model)
+    else:
+        cfg, data = classify.new_config(args.model, dc, tcfg, args.img_size, args.loss, args.positive_class,
+                                        args.channels_last, model_kw)
+        report = classify.train(cfg, data, out)
     if args.json:
         _print_json({k: v for k, v in report.items() if k not in ("per_class", "confusion_matrix")})
+
+
+def _train_lm(args: argparse.Namespace) -> None:
+    from dlforge.pipelines import lm
+    tcfg = _train_config(args)
+    if not args.data_file:
+        args.data = args.data or "tinyshakespeare"
+    names = (("n_layer", args.layers), ("n_head", args.heads), ("d_model", args.width), ("dropout", args.dropout),
+             ("pos_encoding", args.pos_encoding), ("tie_weights", args.tie_weights))
+    overrides = {k: v for k, v in names if v is not None}
+    dc = lm.TextDataConfig(name=args.data, data_file=args.data_file, tokenizer=args.tokenizer,
+                           vocab_size=args.vocab_size, val_fraction=args.val_fraction,
+                           block_size=args.block_size or lm.default_block_size(args.model),
+                           eval_tokens=args.eval_tokens or None)
+    report = lm.train(args.model, dc, tcfg, overrides, _out_dir(args), args.resume)
+    if args.json:
+        _print_json(report)
+
+
+def _run_task(path: str) -> str:
+    from dlforge.runs import Run
+    return Run.open(path).config.get("task", {}).get("name", "classify")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from dlforge.pipelines import classify
     from dlforge.runs import Run
+    if _run_task(args.run) == "language-model":
+        from dlforge.pipelines import lm
+        report = lm.evaluate(Run.open(args.run, "language-model"), device=args.device, quiet=args.json)
+        if args.json:
+            _print_json(report)
+        return
     report = classify.evaluate(Run.open(args.run, "classify"), data_name=args.data, data_dir=args.data_dir,
                                quiet=args.json, device=args.device)
     if args.json:
@@ -112,6 +158,31 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(r["image"])
         for t in r["top"]:
             print(f"  {t['class']:<20} {100 * t['probability']:6.2f}%")
+
+
+# ---------------------------------------------------------------- language models
+def cmd_generate(args: argparse.Namespace) -> None:
+    from dlforge.pipelines import lm
+    from dlforge.runs import Run
+    run = Run.open(args.run, "language-model")
+    if args.stream:
+        sys.stdout.write(args.prompt)
+        sys.stdout.flush()
+    write = (lambda t: (sys.stdout.write(t), sys.stdout.flush())) if args.stream else None
+    text = lm.generate(run, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
+                       write, not args.no_cache, args.device)
+    print() if args.stream else print(text)
+
+
+def cmd_next(args: argparse.Namespace) -> None:
+    from dlforge.pipelines import lm
+    from dlforge.runs import Run
+    top = lm.next_tokens(Run.open(args.run, "language-model"), args.text, args.top_k, args.device)
+    if args.json:
+        _print_json({"text": args.text, "next": top})
+        return
+    for t in top:
+        print(f"{t['token']!r:<20} {100 * t['probability']:6.2f}%")
 
 
 # ---------------------------------------------------------------- the NumPy engine
@@ -133,7 +204,8 @@ def cmd_plot(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- the table
 def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a registered model (see `dlforge models`)")
-    p.add_argument("--data", default="digits", help="dataset name (see `dlforge data list`); default digits")
+    p.add_argument("--data", help="dataset name (see `dlforge data list`); default digits, or tinyshakespeare "
+                                  "for language models")
     p.add_argument("--data-dir", help="where the dataset's files are (mnist, fashion-mnist, gtsrb, folder)")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=64)
@@ -155,6 +227,28 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, help="stop at a clean checkpoint after N optimiser steps")
     p.add_argument("--max-time", type=float, help="stop at a clean checkpoint after this many minutes")
     p.add_argument("--grad-clip", type=float, help="clip the global gradient norm to this value")
+    p.add_argument("--lr-schedule", default="constant", help="constant | cosine (decays to --min-lr-ratio·lr by the "
+                   "end of --max-steps / --max-time / the epochs)")
+    p.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up over N steps")
+    p.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine floor as a fraction of --lr")
+    p.add_argument("--decay-steps", type=int, help="cosine length in steps (default: the training budget)")
+    p.add_argument("--beta2", type=float, default=0.999, help="Adam's second-moment decay (0.99 for small LMs)")
+    p.add_argument("--eval-every", type=int, help="evaluate and checkpoint every N steps (default: each epoch)")
+    lm = p.add_argument_group("language models (rnn, lstm, gru, gpt)")
+    lm.add_argument("--data-file", help="train on any UTF-8 text file instead of a named corpus")
+    lm.add_argument("--tokenizer", default="char", help="char | word | bpe (trained on the corpus); default char")
+    lm.add_argument("--vocab-size", type=int, default=512, help="bpe vocabulary size (>= 257)")
+    lm.add_argument("--block-size", type=int, help="gpt: context window; rnn: truncated-BPTT length "
+                                                   "(default: the variant's, 128 for rnn/lstm/gru)")
+    lm.add_argument("--layers", type=int, help="number of layers")
+    lm.add_argument("--heads", type=int, help="gpt: attention heads")
+    lm.add_argument("--width", type=int, help="gpt: model width; rnn: hidden and embedding size")
+    lm.add_argument("--dropout", type=float)
+    lm.add_argument("--pos-encoding", help="gpt: learned | sinusoidal")
+    lm.add_argument("--no-tie-weights", dest="tie_weights", action="store_const", const=False,
+                    help="separate input embedding and output head weights")
+    lm.add_argument("--eval-tokens", type=int, default=32768,
+                    help="validation tokens per evaluation during training (0: all); the final report uses all")
     p.add_argument("--out", help="run directory (default runs/MODEL-DATA, numbered if it exists)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files")
@@ -174,6 +268,27 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="a run directory")
     p.add_argument("images", nargs="+", help="image files (any size, any colour mode)")
     p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+
+
+def _add_generate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="a language-model run directory")
+    p.add_argument("--prompt", default="\n", help="the text to continue (default: a newline)")
+    p.add_argument("--max-new-tokens", type=int, default=500)
+    p.add_argument("--temperature", type=float, default=0.8, help="0: greedy; <1 sharper; >1 more random")
+    p.add_argument("--top-k", type=int, help="sample among the k most likely tokens only")
+    p.add_argument("--top-p", type=float, help="nucleus sampling: the smallest set of tokens with this probability")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stream", action="store_true", help="write the text as it is produced")
+    p.add_argument("--no-cache", action="store_true", help="gpt: recompute the whole context every token")
+    p.add_argument("--device", default="auto")
+
+
+def _add_next(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="a language-model run directory")
+    p.add_argument("text", help="the text so far, e.g. 'the cat sat on the'")
+    p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
 
@@ -204,8 +319,10 @@ def _add_backprop(p: argparse.ArgumentParser) -> None:
 
 COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "train": (_add_train, cmd_train, "train a model on a dataset; evaluate it at the end"),
-    "eval": (_add_eval, cmd_eval, "evaluate a run's best checkpoint on the test set"),
+    "eval": (_add_eval, cmd_eval, "evaluate a run's best checkpoint (test set; language models: validation text)"),
     "predict": (_add_predict, cmd_predict, "classify image files with a trained run"),
+    "generate": (_add_generate, cmd_generate, "continue a prompt with a trained language model"),
+    "next": (_add_next, cmd_next, "the most likely next tokens after a text, with probabilities"),
     "summary": (_add_summary, cmd_summary, "per-layer output shapes and parameter counts"),
     "models": (lambda p: None, cmd_models, "list the registered models"),
     "data": (lambda p: p.add_argument("action", choices=["list"]), cmd_data, "list the datasets and where they are"),

@@ -72,3 +72,41 @@ def plot_image_grid(images: np.ndarray, titles: list[str], path: Path, title: st
         ax.set_title(t, fontsize=7)
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def plot_lm_curves(records: list[dict], path: Path) -> Path | None:
+    """Language models: training and validation loss (nats per token) and the learning rate, per step."""
+    evals = [r for r in records if "val_loss" in r]
+    if not records:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    train = [r for r in records if "loss" in r and ("val_loss" in r or not evals)]  # one kind of record
+    axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], "o-", ms=3, label="train")
+    if evals:
+        axes[0].plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "s--", ms=3, label="validation")
+    axes[0].set_ylabel("loss (nats / token)")
+    axes[1].plot([r["step"] for r in records if "lr" in r], [r["lr"] for r in records if "lr" in r], ".-")
+    axes[1].set_ylabel("learning rate")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.subplots_adjust(wspace=0.3)
+    fig.suptitle("Learning curves")
+    return _save(fig, path)
+
+
+def plot_attention(maps: list, tokens: list[str], path: Path, max_heads: int = 4) -> Path:
+    """maps: per layer (heads, T, T) attention probabilities; rows: queries, columns: keys."""
+    layers, heads = len(maps), min(max_heads, maps[0].shape[0])
+    fig, axes = plt.subplots(layers, heads, figsize=(3.2 * heads, 3.2 * layers), squeeze=False)
+    labels = [repr(t)[1:-1][:6] for t in tokens]
+    for i in range(layers):
+        for h in range(heads):
+            ax = axes[i, h]
+            ax.imshow(np.asarray(maps[i][h]), cmap="viridis", vmin=0, vmax=1)
+            ax.set_title(f"layer {i + 1}, head {h + 1}", fontsize=8)
+            ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=5)
+            ax.set_yticks(range(len(labels)), labels, fontsize=5)
+    fig.suptitle("Causal self-attention (rows: query token, columns: key token)")
+    return _save(fig, path)
