@@ -136,6 +136,17 @@ def test_resume_with_another_optimizer_is_refused(cnn_run, capsys):
     assert "--optimizer sgd: this run was trained with adam" in capsys.readouterr().err
 
 
+def test_resume_uses_the_runs_own_data_and_model(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", "cnn", *FAST, "--epochs", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["train", "cnn", "--data", "fashion-mnist", "--no-progress", "--epochs", "2", "--out", str(out),
+                 "--resume"]) == 0
+    assert "training cnn on digits" in capsys.readouterr().err
+    assert main(["train", "mlp", "--no-progress", "--epochs", "3", "--out", str(out), "--resume"]) == 2
+    assert "this run trains 'cnn', not 'mlp'" in capsys.readouterr().err
+
+
 def test_existing_run_is_not_overwritten(cnn_run, capsys):
     before = (cnn_run / "checkpoints" / "last.safetensors").read_bytes()
     assert main(["train", "cnn", *FAST, "--out", str(cnn_run)]) == 2

@@ -118,11 +118,25 @@ def val_callback(task: ClassifyTask, data: images.ImageData, tc: TransformConfig
     return evaluate
 
 
-def train(cfg: dict, data: images.ImageData, out: str, resume: bool) -> dict:
-    run = Run.create(out, cfg) if not resume else Run.open(out, "classify")
-    if resume:
-        cfg = {**run.config, "train": cfg["train"]}  # the saved recipe; epochs / budgets from this call
-        Run.create(out, cfg)
+def train(cfg: dict, data: images.ImageData, out: str) -> dict:
+    """A new run in `out` from a config made by new_config."""
+    return _fit(Run.create(out, cfg), cfg, data, resume=False)
+
+
+def resume(out: str, tcfg: TrainConfig, model: str) -> dict:
+    """Continue the run in `out` exactly where its last checkpoint stopped, on the data it was trained on."""
+    run = Run.open(out, "classify")
+    cfg = {**run.config, "train": asdict(tcfg)}
+    if cfg["model"]["name"] != model:
+        raise DlforgeError(f"--resume {out}: this run trains {cfg['model']['name']!r}, not {model!r}")
+    saved = {k: cfg["data"][k] for k in ("name", "data_dir", "val_fraction", "grayscale")}
+    data = prepare_data(DataConfig(**saved), cfg["transform"]["img_size"], tcfg.seed)
+    Run.create(out, cfg)
+    return _fit(run, cfg, data, resume=True)
+
+
+def _fit(run: Run, cfg: dict, data: images.ImageData, resume: bool) -> dict:
+    out = run.path
     check_classes(data, cfg)
     task, model, tc = build(cfg)
     tcfg = TrainConfig(**cfg["train"])
