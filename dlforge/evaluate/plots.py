@@ -59,17 +59,18 @@ def plot_learning_curves(records: list[dict], path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def plot_image_grid(images: np.ndarray, titles: list[str], path: Path, title: str, cols: int = 8) -> Path:
-    """images: (N, C, H, W) uint8 or float in [0,1]."""
+def plot_image_grid(images: np.ndarray, titles: list[str], path: Path, title: str, cols: int = 8,
+                    colors: list[str] | None = None) -> Path:
+    """images: (N, C, H, W) uint8 or float in [0,1]; colors: one per title (e.g. red for a wrong prediction)."""
     n = len(images)
     rows = max(1, -(-n // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, img, t in zip(axes.flat, images, titles):
+    for ax, img, t, c in zip(axes.flat, images, titles, colors or ["black"] * len(titles)):
         img = np.asarray(img).transpose(1, 2, 0)
         ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None)
-        ax.set_title(t, fontsize=7)
+        ax.set_title(t, fontsize=7, color=c)
     fig.suptitle(title)
     return _save(fig, path)
 

@@ -218,8 +218,9 @@ def _plots(run: Run, report: dict, data: images.ImageData, losses: torch.Tensor,
     worst = losses.argsort(descending=True)[:24].tolist()
     y_true = task.targets(data.test_y)
     titles = [f"true {names[y_true[i]][:10]}\npred {names[y_pred[i]][:10]}" for i in worst]
+    colors = ["crimson" if y_pred[i] != y_true[i] else "black" for i in worst]
     plots.plot_image_grid(data.test_x[worst].numpy(), titles, run.path / "worst_test_images.png",
-                          "Worst-classified test images (highest loss)")
+                          "Test images with the highest loss (red: misclassified)", colors=colors)
 
 
 def predict(run: Run, paths: list[str], top_k: int = 3, device: str = "auto") -> list[dict]:
