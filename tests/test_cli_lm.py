@@ -15,14 +15,7 @@ SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinysha
 FAST = ["--no-progress", "--batch-size", "16", "--block-size", "32", "--eval-every", "10", "--eval-tokens", "0"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models are many small kernels: with 2 threads on a busy 2-core machine, OpenMP's waiting
-    threads make them up to 100x slower (measured: lstm-small 20 steps 0.19 s vs 33 s). One thread here."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _text(n: int = 300, seed: int = 0) -> str:

@@ -8,14 +8,7 @@ from dlforge.registry import create_model
 V = 11
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models are many small kernels: with 2 threads on a busy 2-core machine, OpenMP's waiting
-    threads make them up to 100x slower (measured: lstm-small 20 steps 0.19 s vs 33 s). One thread here."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("name", ["rnn-small", "lstm-small", "gru-small"])

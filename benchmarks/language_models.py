@@ -1,9 +1,9 @@
 """Language models on char-level tinyshakespeare: quality in a fixed time, throughput, generation.
 
-    python -m benchmarks.lm_tinyshakespeare train gpt            # 10 minutes of training, the gpt recipe
-    python -m benchmarks.lm_tinyshakespeare train lstm           # ... the lstm recipe
-    python -m benchmarks.lm_tinyshakespeare throughput gpt lstm  # tokens/s fp32 and bf16, achieved GFLOP/s
-    python -m benchmarks.lm_tinyshakespeare generate RUN         # 500 tokens with and without the KV cache
+    python -m benchmarks.language_models train gpt            # 10 minutes of training, the gpt recipe
+    python -m benchmarks.language_models train lstm           # ... the lstm recipe
+    python -m benchmarks.language_models throughput gpt lstm  # tokens/s fp32 and bf16, achieved GFLOP/s
+    python -m benchmarks.language_models generate RUN         # 500 tokens with and without the KV cache
 
 Each prints one JSON object (and, with --save, writes it to benchmarks/results/). `train` runs the real
 command line (`dlforge train ... --max-time M --json`) in a subprocess and reads the run directory.
