@@ -86,7 +86,7 @@ def _train_config(args: argparse.Namespace):
                        max_steps=args.max_steps, max_time=args.max_time, grad_clip=args.grad_clip,
                        lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps, min_lr_ratio=args.min_lr_ratio,
                        decay_steps=args.decay_steps, beta2=args.beta2, eval_every=args.eval_every,
-                       tensorboard=args.tensorboard, progress=not args.no_progress)
+                       tensorboard=args.tensorboard, progress=not args.no_progress, init_from=args.init_from)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -252,6 +252,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run directory (default runs/MODEL-DATA, numbered if it exists)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files")
+    p.add_argument("--init-from", help="start from these weights: safetensors, or a PyTorch file (read weights-only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the test figures")
 

@@ -147,6 +147,25 @@ def test_resume_uses_the_runs_own_data_and_model(tmp_path, capsys):
     assert "this run trains 'cnn', not 'mlp'" in capsys.readouterr().err
 
 
+def test_init_from_a_trained_run(cnn_run, tmp_path):
+    out = tmp_path / "warm"
+    assert main(["train", "cnn", *FAST, "--epochs", "1", "--out", str(out),
+                 "--init-from", str(cnn_run / "checkpoints" / "best.safetensors")]) == 0
+    first = lambda run: json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["loss"]  # noqa: E731
+    assert first(out) < 0.5 * first(cnn_run)  # starts trained, not from scratch
+
+
+def test_init_from_refuses_code_and_wrong_shapes(cnn_run, tmp_path, capsys):
+    from tests.train.test_init_from import Exploit
+    marker = tmp_path / "pwned"
+    torch.save({"w": torch.zeros(1), "x": Exploit(str(marker))}, tmp_path / "evil.pt")
+    assert main(["train", "cnn", *FAST, "--out", str(tmp_path / "a"), "--init-from", str(tmp_path / "evil.pt")]) == 2
+    assert "refused" in capsys.readouterr().err and not marker.exists()
+    assert main(["train", "cnn", "--data", "digits", "--img-size", "16", "--no-progress", "--out", str(tmp_path / "b"),
+                 "--init-from", str(cnn_run / "checkpoints" / "best.safetensors")]) == 2
+    assert "fc1.weight has shape" in capsys.readouterr().err
+
+
 def test_existing_run_is_not_overwritten(cnn_run, capsys):
     before = (cnn_run / "checkpoints" / "last.safetensors").read_bytes()
     assert main(["train", "cnn", *FAST, "--out", str(cnn_run)]) == 2

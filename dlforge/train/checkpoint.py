@@ -142,3 +142,18 @@ def load_weights(path: Path | str) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise DlforgeError(f"--init-from {path}: expected a dict of tensors (a state dict)")
     return obj
+
+
+def init_weights(model: torch.nn.Module, path: Path | str) -> None:
+    """Load --init-from weights into model: every name and shape must match."""
+    weights = load_weights(path)
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+    if missing or unexpected:
+        raise DlforgeError(f"--init-from {path}: names do not match this model (missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]})")
+    bad = [k for k in own if own[k].shape != weights[k].shape]
+    if bad:
+        raise DlforgeError(f"--init-from {path}: {bad[0]} has shape {tuple(weights[bad[0]].shape)}, "
+                           f"the model expects {tuple(own[bad[0]].shape)}")
+    model.load_state_dict(weights)

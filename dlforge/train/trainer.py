@@ -45,6 +45,7 @@ class TrainConfig:
     eval_batch_size: int = 256
     tensorboard: bool = False
     progress: bool = True
+    init_from: str | None = None    # start from these weights (safetensors, or a torch file read weights-only)
 
     def __post_init__(self) -> None:
         checks = [("--optimizer", self.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
@@ -127,6 +128,8 @@ class Trainer:
         self.task, self.cfg, self.run, self.train, self.evaluate = task, cfg, run, train, evaluate
         tune_allocator()
         self.device = pick_device(cfg.device)
+        if cfg.init_from:  # a resumed run then replaces these with its own checkpoint
+            ckpt.init_weights(model, cfg.init_from)
         self.model = model.to(self.device)
         self.opt = build_optimizer(cfg, [p for p in model.parameters() if p.requires_grad], self.device)
         self.meta = meta or {}
