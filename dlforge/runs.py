@@ -29,6 +29,24 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def atomic_duplicate(src: Path, dst: Path) -> None:
+    """Make dst hold exactly src's bytes, atomically: a hard link (no copy) where the filesystem allows.
+    A later atomic replace of src leaves dst on the old inode, untouched."""
+    src, dst = Path(src), Path(dst)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    os.unlink(tmp)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:  # no hard links here (some network or FAT filesystems)
+            atomic_write_bytes(Path(tmp), src.read_bytes())
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 

@@ -5,7 +5,6 @@ but the run. Used by the CLI commands train / eval / predict for models whose ta
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -93,7 +92,6 @@ def new_config(model: str, dc: DataConfig, tcfg: TrainConfig, img_size: int, los
     return cfg, data
 
 
-@torch.no_grad()
 def predict_batches(model: torch.nn.Module, task: ClassifyTask, x: torch.Tensor, tf: ImageTransform,
                     device: torch.device, precision: str, batch_size: int = 256) -> torch.Tensor:
     """Raw outputs for uint8 images x, in batches, eval mode."""
@@ -260,6 +258,3 @@ def summary(model: torch.nn.Module, input_shape: tuple[int, ...]) -> tuple[list[
         h.remove()
     return rows, sum(p.numel() for p in model.parameters())
 
-
-def dumps(obj: dict) -> str:
-    return json.dumps(obj, default=float)

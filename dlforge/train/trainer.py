@@ -14,7 +14,7 @@ from tqdm import tqdm
 from dlforge.data.loader import BatchLoader
 from dlforge.errors import DlforgeError
 from dlforge.perf import tune_allocator
-from dlforge.runs import Run
+from dlforge.runs import Run, atomic_duplicate
 from dlforge.train import checkpoint as ckpt
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -285,8 +285,12 @@ class Trainer:
         if improved:
             self.best = score
         self.save("last")
-        if improved:
-            self.save("best")
+        if improved:  # the same bytes: link rather than serialise the model and optimiser again
+            try:
+                atomic_duplicate(self.run.checkpoint("last"), self.run.checkpoint("best"))
+            except OSError as e:
+                raise DlforgeError(f"{self.run.checkpoint('best')}: cannot save checkpoint ({e.strerror}); "
+                                   f"the previous checkpoint is kept") from None
 
     def _eval_step(self, bar) -> None:
         """Every eval_every steps: training loss since the last one, validation figures, checkpoints."""
