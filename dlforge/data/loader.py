@@ -22,10 +22,10 @@ def _seeded(*parts: int) -> torch.Generator:
 class BatchLoader:
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = False, seed: int = 0,
                  transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
-                 drop_last: bool = False):
+                 drop_last: bool = False, lengths: torch.Tensor | None = None):
         assert len(x) == len(y)
         self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
-        self.seed, self.transform, self.drop_last = seed, transform, drop_last
+        self.seed, self.transform, self.drop_last, self.lengths = seed, transform, drop_last, lengths
 
     def __len__(self) -> int:
         n = len(self.y)
@@ -33,7 +33,18 @@ class BatchLoader:
 
     def order(self, epoch: int) -> torch.Tensor:
         n = len(self.y)
-        return torch.randperm(n, generator=_seeded(self.seed, epoch)) if self.shuffle else torch.arange(n)
+        if not self.shuffle:
+            return torch.arange(n)
+        perm = torch.randperm(n, generator=_seeded(self.seed, epoch))
+        if self.lengths is None:
+            return perm
+        # length buckets (padded sequences): sort each run of 64 batches by length, cut it into batches,
+        # shuffle the batches: a batch holds sequences of similar length, so little of it is padding
+        span = 64 * self.batch_size
+        chunks = [c[self.lengths[c].argsort(stable=True)] for c in perm.split(span)]
+        batches = torch.cat(chunks).split(self.batch_size)
+        shuffle = torch.randperm(len(batches), generator=_seeded(self.seed, epoch, 2))
+        return torch.cat([batches[i] for i in shuffle.tolist()])
 
     def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches start, start+1, ... of the given epoch."""

@@ -104,6 +104,13 @@ class TextTokenizer:
     def token_text(self, i: int) -> str:
         return self.decode([i])
 
+    def token_id(self, token: str) -> int:
+        """The id of a whole token (a special token such as '<pad>' or a language tag)."""
+        i = self.hf.token_to_id(token) if self.hf is not None else self.index.get(token)
+        if i is None:
+            raise DlforgeError(f"the tokenizer has no token {token!r}")
+        return i
+
     def to_json(self) -> str:
         body = {"kind": self.kind}
         if self.hf is not None:
@@ -134,29 +141,36 @@ class TextTokenizer:
         return cls.from_json(Path(path).read_text(encoding="utf-8"))
 
 
-def train_bpe(text: str, vocab_size: int) -> TextTokenizer:
-    """Byte-level BPE (GPT-2's scheme: 256 byte symbols + learned merges), trained on the text's lines."""
+def train_bpe(text: str, vocab_size: int, specials: tuple[str, ...] = (), split_digits: bool = False) -> TextTokenizer:
+    """Byte-level BPE (GPT-2's scheme: 256 byte symbols + learned merges), trained on the text's lines.
+    specials get the first ids; split_digits keeps every digit a token of its own (no '12' merges),
+    so that numbers are read digit by digit."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     hf = Tokenizer(models.BPE())
-    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                        if split_digits else byte_level)
     hf.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False, special_tokens=list(specials),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     hf.train_from_iterator(text.splitlines(keepends=True), trainer)
     return TextTokenizer("bpe", hf=hf)
 
 
-def fit_tokenizer(kind: str, text: str, vocab_size: int = 512) -> TextTokenizer:
-    """char / word: every symbol of the corpus, most frequent first; bpe: vocab_size tokens (>= 257)."""
+def fit_tokenizer(kind: str, text: str, vocab_size: int = 512, specials: tuple[str, ...] = (),
+                  split_digits: bool = False) -> TextTokenizer:
+    """char / word: every symbol of the corpus, most frequent first; bpe: vocab_size tokens (>= 257).
+    specials (e.g. '<pad>', language tags) take ids 0, 1, ... and are never produced by encode()."""
     if kind not in TOKENIZERS:
         raise DlforgeError(f"--tokenizer: expected one of {', '.join(TOKENIZERS)}; got {kind!r}")
     if kind == "bpe":
-        if vocab_size < 257:
-            raise DlforgeError(f"--vocab-size: byte-level BPE needs at least 257 tokens, got {vocab_size}")
-        return train_bpe(text, vocab_size)
+        if vocab_size < 257 + len(specials):
+            raise DlforgeError(f"--vocab-size: byte-level BPE needs at least {257 + len(specials)} tokens, "
+                               f"got {vocab_size}")
+        return train_bpe(text, vocab_size, specials, split_digits)
     counts = Counter(list(text) if kind == "char" else WORD_PATTERN.findall(text))
     vocab = sorted(counts, key=lambda t: (-counts[t], t)) if kind == "word" else sorted(counts)
-    return TextTokenizer(kind, vocab=vocab)
+    return TextTokenizer(kind, vocab=list(specials) + [t for t in vocab if t not in specials])
 
 
 def encode_corpus(tok: TextTokenizer, text: str) -> torch.Tensor:

@@ -111,3 +111,24 @@ def plot_attention(maps: list, tokens: list[str], path: Path, max_heads: int = 4
             ax.set_yticks(range(len(labels)), labels, fontsize=5)
     fig.suptitle("Causal self-attention (rows: query token, columns: key token)")
     return _save(fig, path)
+
+
+def plot_cross_attention(maps: list, src_tokens: list[str], out_tokens: list[str], path: Path) -> Path:
+    """maps: per decoder layer (heads, T, S) cross-attention; rows: the token being generated,
+    columns: the source token it looks at. Every layer and head."""
+    layers, heads = len(maps), maps[0].shape[0]
+    T, S = maps[0].shape[1:]
+    w, h = max(2.2, 0.28 * S + 1.0), max(2.0, 0.22 * T + 1.0)
+    fig, axes = plt.subplots(layers, heads, figsize=(w * heads, h * layers), squeeze=False)
+    xs = [repr(t)[1:-1][:10] for t in src_tokens]
+    ys = [repr(t)[1:-1][:10] for t in out_tokens]
+    for i in range(layers):
+        for j in range(heads):
+            ax = axes[i, j]
+            ax.imshow(np.asarray(maps[i][j]), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+            ax.set_title(f"layer {i + 1}, head {j + 1}", fontsize=8)
+            ax.set_xticks(range(len(xs)), xs, rotation=90, fontsize=6)
+            ax.set_yticks(range(len(ys)), ys, fontsize=6)
+    fig.suptitle("Cross-attention (rows: generated token, columns: source token)")
+    fig.tight_layout()
+    return _save(fig, path)

@@ -29,6 +29,11 @@ class KVCache:
         self.layers[i] = (k, v)
         return k, v
 
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep rows `index` of the batch (beam search: the surviving hypotheses' pasts)."""
+        self.layers = [None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index))
+                       for kv in self.layers]
+
 
 class MultiHeadAttention(nn.Module):
     """softmax(Q Kᵀ / √d_head + mask) V in `n_heads` heads of d_model / n_heads, then an output projection.
@@ -52,17 +57,29 @@ class MultiHeadAttention(nn.Module):
             return None
         return torch.ones(T, S, dtype=torch.bool, device=device).tril(S - T)
 
+    def keys_values(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S, C) -> keys, values 2 × (B, H, S, hd): computed once per source sentence for
+        cross-attention and passed back as `kv` at every decoding step."""
+        B, S, C = src.shape
+        k, v = self.kv(src).view(B, S, 2, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)
+        return k, v
+
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, cache: KVCache | None = None,
-                layer: int = 0) -> torch.Tensor:  # x: (B, T, C) -> (B, T, C)
+                layer: int = 0, key_mask: torch.Tensor | None = None,
+                kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:  # x: (B, T, C) -> (B, T, C)
+        """context: attend to it (cross-attention); kv: its precomputed keys_values(); key_mask (B, S):
+        True for real keys, False for padding (never attended to)."""
         B, T, C = x.shape
         H = self.n_heads
-        src = x if context is None else context
         q = self.q(x).view(B, T, H, C // H).transpose(1, 2)                              # (B, H, T, hd)
-        k, v = self.kv(src).view(B, src.shape[1], 2, H, C // H).permute(2, 0, 3, 1, 4)  # 2 × (B, H, S, hd)
+        cross = context is not None or kv is not None
+        k, v = kv if kv is not None else self.keys_values(x if context is None else context)  # (B, H, S, hd)
         if cache is not None:
             k, v = cache.update(layer, k, v)                                             # (B, H, S_past + S, hd)
         S = k.shape[2]
-        mask = self._mask(T, S, x.device) if context is None else None
+        mask = None if cross else self._mask(T, S, x.device)
+        if key_mask is not None:                                                         # (B, 1, 1, S)
+            mask = key_mask[:, None, None, :] if mask is None else mask & key_mask[:, None, None, :]
         p = self.dropout if self.training else 0.0
         if self.keep_weights:
             att = (q @ k.transpose(-2, -1)) / math.sqrt(C // H)                          # (B, H, T, S)
@@ -70,7 +87,7 @@ class MultiHeadAttention(nn.Module):
                 att = att.masked_fill(~mask, float("-inf"))
             self.weights = att.softmax(-1)
             y = F.dropout(self.weights, p) @ v
-        elif mask is not None and T == S:
+        elif not cross and key_mask is None and self.causal and T == S and T > 1:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)

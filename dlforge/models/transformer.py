@@ -1,10 +1,23 @@
-"""A GPT-style decoder-only Transformer language model (Radford et al., 2018/2019; nanoGPT).
+"""The Transformer family: a GPT-style decoder-only language model (Radford et al., 2018/2019; nanoGPT)
+and the encoder–decoder of "Attention Is All You Need" (Vaswani et al., 2017) for sequence-to-sequence.
+
+GPT:
 
 ids (B, T) -> token embedding + positional encoding -> n_layer pre-LayerNorm blocks
 [x + attn(LN(x)), x + mlp(LN(x))] with causal multi-head self-attention -> LN -> linear head whose
 weight is the token embedding's (weight tying) -> logits (B, T, V).
 With a KVCache, only new tokens are computed: the logits are those of the full sequence, bit for bit
 up to float rounding (tests/models/test_transformer.py).
+
+Encoder–decoder (`transformer`):
+src (B, S) -> embedding·√C + sinusoidal positions -> N encoder blocks [x + self-attn(LN(x)), x + FF(LN(x))]
+with a padding mask -> LN -> memory (B, S, C).
+tgt (B, T) -> embedding·√C + positions -> N decoder blocks [y + causal self-attn(LN(y)),
+y + cross-attn(LN(y), memory), y + FF(LN(y))] -> LN -> linear head -> logits (B, T, V_tgt).
+Pre-LayerNorm (Xiong et al., 2020) rather than the paper's post-LN: it trains without a long warm-up.
+With one shared vocabulary the source embedding, target embedding and output head are one matrix
+(the paper's three-way tying). Decoding keeps the memory's cross-attention keys/values and the
+decoder's own keys/values in caches, so each step runs one new token per hypothesis.
 """
 from __future__ import annotations
 
@@ -108,3 +121,142 @@ def gpt_tiny(vocab_size: int = 65, block_size: int = 64, **kw) -> GPT:
 def gpt_small(vocab_size: int = 65, block_size: int = 128, **kw) -> GPT:
     """GPT: 4 layers, 4 heads, 192 wide: the 10-minute CPU recipe."""
     return GPT(vocab_size, block_size, **{"n_layer": 4, "n_head": 4, "d_model": 192, **kw})
+
+
+# ---------------------------------------------------------------- encoder–decoder
+class EncoderBlock(nn.Module):
+    def __init__(self, d_model: int, n_head: int, dropout: float, mult: int):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d_model)
+        self.attn = MultiHeadAttention(d_model, n_head, dropout, causal=False)
+        self.ln2 = nn.LayerNorm(d_model)
+        self.mlp = FeedForward(d_model, dropout, mult=mult)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:  # (B, S, C), (B, S)
+        x = x + self.drop(self.attn(self.ln1(x), key_mask=src_mask))
+        return x + self.mlp(self.ln2(x))
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, d_model: int, n_head: int, dropout: float, mult: int):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d_model)
+        self.attn = MultiHeadAttention(d_model, n_head, dropout, causal=True)
+        self.ln2 = nn.LayerNorm(d_model)
+        self.cross = MultiHeadAttention(d_model, n_head, dropout, causal=False)
+        self.ln3 = nn.LayerNorm(d_model)
+        self.mlp = FeedForward(d_model, dropout, mult=mult)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, y: torch.Tensor, memory_kv: tuple[torch.Tensor, torch.Tensor], src_mask: torch.Tensor,
+                cache: KVCache | None, i: int) -> torch.Tensor:  # (B, T, C)
+        y = y + self.drop(self.attn(self.ln1(y), cache=cache, layer=i))
+        y = y + self.drop(self.cross(self.ln2(y), kv=memory_kv, key_mask=src_mask))
+        return y + self.mlp(self.ln3(y))
+
+
+class Memory:
+    """What decoding needs from the encoder, computed once per batch of sources: the padding mask
+    (B, S) and each decoder layer's cross-attention keys/values 2 × (B, H, S, hd)."""
+
+    def __init__(self, src_mask: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]]):
+        self.src_mask, self.kv = src_mask, kv
+
+    def select(self, index: torch.Tensor) -> "Memory":
+        """Rows `index` (beam search: every source repeated once per beam)."""
+        return Memory(self.src_mask.index_select(0, index),
+                      [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.kv])
+
+
+class EncoderDecoder(nn.Module):
+    recurrent = False
+
+    def __init__(self, src_vocab_size: int, tgt_vocab_size: int | None = None, max_len: int = 128,
+                 n_enc_layer: int = 3, n_dec_layer: int = 3, n_head: int = 4, d_model: int = 256,
+                 dropout: float = 0.1, pad_id: int = 0, ff_mult: int = 4):
+        super().__init__()
+        tgt_vocab_size = tgt_vocab_size or src_vocab_size
+        if min(src_vocab_size, tgt_vocab_size, max_len, n_enc_layer, n_dec_layer, n_head, d_model) < 1:
+            raise DlforgeError("transformer: vocabulary sizes, max_len, layers, heads and width must be at least 1")
+        self.max_len, self.pad_id, self.d_model = max_len, pad_id, d_model
+        self.shared_vocab = tgt_vocab_size == src_vocab_size
+        self.src_tok = nn.Embedding(src_vocab_size, d_model)
+        self.tgt_tok = self.src_tok if self.shared_vocab else nn.Embedding(tgt_vocab_size, d_model)
+        self.pos = positional_encoding("sinusoidal", max_len, d_model)
+        self.drop = nn.Dropout(dropout)
+        self.encoder = nn.ModuleList(EncoderBlock(d_model, n_head, dropout, ff_mult) for _ in range(n_enc_layer))
+        self.ln_enc = nn.LayerNorm(d_model)
+        self.decoder = nn.ModuleList(DecoderBlock(d_model, n_head, dropout, ff_mult) for _ in range(n_dec_layer))
+        self.ln_dec = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, tgt_vocab_size, bias=False)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        for emb in {self.src_tok, self.tgt_tok}:  # std C^-½, scaled by √C on the way in: unit-size inputs
+            nn.init.normal_(emb.weight, 0.0, d_model ** -0.5)
+        self.head.weight = self.tgt_tok.weight
+
+    def _embed(self, emb: nn.Embedding, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+        if start + ids.shape[1] > self.max_len:
+            raise DlforgeError(f"a sequence of {start + ids.shape[1]} tokens is longer than the model's maximum "
+                               f"length ({self.max_len})")
+        pos = torch.arange(start, start + ids.shape[1], device=ids.device)
+        return self.drop(emb(ids) * math.sqrt(self.d_model) + self.pos(pos))
+
+    def encode(self, src: torch.Tensor) -> Memory:
+        """src (B, S) padded with pad_id -> the decoder's Memory."""
+        src_mask = src != self.pad_id                                         # (B, S)
+        x = self._embed(self.src_tok, src)
+        for block in self.encoder:
+            x = block(x, src_mask)
+        memory = self.ln_enc(x)                                               # (B, S, C)
+        return Memory(src_mask, [b.cross.keys_values(memory) for b in self.decoder])
+
+    def decode(self, tgt: torch.Tensor, memory: Memory, cache: KVCache | None = None) -> torch.Tensor:
+        """tgt (B, T) -> logits (B, T, V); with a cache, tgt holds only the new tokens."""
+        y = self._embed(self.tgt_tok, tgt, cache.length if cache is not None else 0)
+        for i, block in enumerate(self.decoder):
+            y = block(y, memory.kv[i], memory.src_mask, cache, i)
+        return self.head(self.ln_dec(y))
+
+    def init_cache(self) -> KVCache:
+        return KVCache(len(self.decoder))
+
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:  # (B, S), (B, T) -> (B, T, V)
+        return self.decode(tgt, self.encode(src))
+
+    def cross_attention_maps(self, src: torch.Tensor, tgt: torch.Tensor) -> list[torch.Tensor]:
+        """Cross-attention probabilities of every decoder layer for one pair: n_layer × (heads, T, S)."""
+        attns = [b.cross for b in self.decoder]
+        for a in attns:
+            a.keep_weights = True
+        try:
+            with torch.no_grad():
+                self(src[None], tgt[None])
+            return [a.weights[0].cpu() for a in attns]
+        finally:
+            for a in attns:
+                a.keep_weights, a.weights = False, None
+
+
+@register_model("transformer", task="seq2seq")
+def transformer(src_vocab_size: int = 1000, tgt_vocab_size: int | None = None, **kw) -> EncoderDecoder:
+    """Encoder–decoder: 3 + 3 layers, 4 heads, 256 wide, dropout 0.1; all sizes configurable."""
+    return EncoderDecoder(src_vocab_size, tgt_vocab_size, **kw)
+
+
+@register_model("transformer-tiny", task="seq2seq")
+def transformer_tiny(src_vocab_size: int = 100, tgt_vocab_size: int | None = None, **kw) -> EncoderDecoder:
+    """Encoder–decoder: 1 + 1 layers, 2 heads, 32 wide: tests and quick tries."""
+    return EncoderDecoder(src_vocab_size, tgt_vocab_size, **{"n_enc_layer": 1, "n_dec_layer": 1, "n_head": 2,
+                                                             "d_model": 32, "dropout": 0.0, **kw})
+
+
+@register_model("transformer-base", task="seq2seq")
+def transformer_base(src_vocab_size: int = 1000, tgt_vocab_size: int | None = None, **kw) -> EncoderDecoder:
+    """The paper's base model: 6 + 6 layers, 8 heads, 512 wide (a GPU size)."""
+    return EncoderDecoder(src_vocab_size, tgt_vocab_size, **{"n_enc_layer": 6, "n_dec_layer": 6, "n_head": 8,
+                                                             "d_model": 512, **kw})

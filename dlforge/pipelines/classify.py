@@ -18,9 +18,9 @@ from dlforge.data.loader import BatchLoader
 from dlforge.data.transforms import ImageTransform, TransformConfig
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import metrics, plots
+from dlforge.pipelines import load_model
 from dlforge.registry import create_model, get_entry
 from dlforge.runs import Run, atomic_write_json
-from dlforge.train import checkpoint as ckpt
 from dlforge.train.tasks import ClassifyTask
 from dlforge.train.trainer import Trainer, TrainConfig, autocast, pick_device
 
@@ -149,20 +149,15 @@ def _fit(run: Run, cfg: dict, data: images.ImageData, resume: bool) -> dict:
           f"{0 if data.val_y is None else len(data.val_y)} val / {len(data.test_y)} test images) on {trainer.device}",
           file=sys.stderr)
     trainer.fit()
+    if not trainer.world.main:  # torchrun: rank 0 reports
+        return {}
     return evaluate(run, data=data)
 
 
 def load_run_model(run: Run, which: str = "best") -> tuple[dict, ClassifyTask, torch.nn.Module, TransformConfig, Path]:
     cfg = run.config
-    path = run.checkpoint(which)
-    if not path.is_file():
-        path = run.checkpoint("last")
-    tensors, meta = ckpt.load_checkpoint(path)
-    if meta.get("model", {}).get("name") != cfg["model"]["name"]:
-        raise DlforgeError(f"{path}: holds model {meta.get('model', {}).get('name')!r}, the run says {cfg['model']['name']!r}")
+    model, _, path = load_model(run, which)
     task = ClassifyTask(num_classes=cfg["data"]["num_classes"], **cfg["task_options"])
-    model = create_model(cfg["model"]["name"], **cfg["model"]["kwargs"])
-    ckpt.restore_model(model, tensors, path)
     tc = TransformConfig(**cfg["transform"])
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -22,9 +22,9 @@ from dlforge.data import text as textdata
 from dlforge.data.loader import TokenLoader
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import metrics, plots
+from dlforge.pipelines import load_model
 from dlforge.registry import create_model, get_entry
 from dlforge.runs import Run, atomic_write_json
-from dlforge.train import checkpoint as ckpt
 from dlforge.train.tasks import LanguageModelTask
 from dlforge.train.trainer import Trainer, TrainConfig, autocast, pick_device
 
@@ -194,21 +194,16 @@ def train(model_name: str, dc: TextDataConfig, tcfg: TrainConfig, overrides: dic
           f"{len(data.val):,} val tokens; {len(loader)} batches of {tcfg.batch_size}×{dc.block_size} per epoch) "
           f"on {trainer.device}", file=sys.stderr)
     trainer.fit()
+    if not trainer.world.main:  # torchrun: rank 0 reports
+        return {}
     return evaluate(run, data=data)
 
 
 # ---------------------------------------------------------------- from a run directory
 def load_run(run: Run, which: str = "best") -> tuple[dict, textdata.TextTokenizer, torch.nn.Module, str]:
     """-> (config, tokenizer, model with the checkpoint's weights, checkpoint path)."""
-    cfg = run.config
-    path = run.checkpoint(which) if run.checkpoint(which).is_file() else run.checkpoint("last")
-    tensors, meta = ckpt.load_checkpoint(path)
-    if meta.get("model", {}).get("name") != cfg["model"]["name"]:
-        raise DlforgeError(f"{path}: holds model {meta.get('model', {}).get('name')!r}, the run says {cfg['model']['name']!r}")
-    tok = textdata.TextTokenizer.load(run.path / "tokenizer.json")
-    model = create_model(cfg["model"]["name"], **cfg["model"]["kwargs"])
-    ckpt.restore_model(model, tensors, path)
-    return cfg, tok, model.eval(), str(path)
+    model, _, path = load_model(run, which)
+    return run.config, textdata.TextTokenizer.load(run.path / "tokenizer.json"), model.eval(), str(path)
 
 
 def evaluate(run: Run, data: TextData | None = None, device: str = "auto", quiet: bool = False) -> dict:
