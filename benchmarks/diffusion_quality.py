@@ -1,0 +1,87 @@
+"""Text-to-image diffusion quality on a 2-core CPU (issue 6).
+
+1. a dlforge `cnn` classifier trained on the dataset (28×28) labels images and gives penultimate features;
+2. `dlforge train diffusion` for a fixed budget (--minutes, the trainer's --max-time);
+3. DDIM-50 on --n images: prompt accuracy (guidance 3) and Fréchet distance to as many real test images,
+   with the floor (held-out real images) and the ceiling (noise);
+4. DDPM-1000 and DDIM-50 on the same --n-ddpm images and seed: the quality ratio at equal sample count
+   (the Fréchet distance is biased by the sample count, so only equal counts compare) and the speed ratio.
+Writes benchmarks/results/diffusion-quality-<data>.json.
+
+    python -m benchmarks.diffusion_quality --data fashion-mnist --minutes 40
+    python -m benchmarks.diffusion_quality --data digits --minutes 5 --n 360 --n-ddpm 100
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def dlforge(*argv: str) -> dict:
+    """Run one dlforge command; -> its last stdout line as JSON (stderr passes through: progress, notes)."""
+    t0 = time.perf_counter()
+    print("$ dlforge " + " ".join(argv), file=sys.stderr, flush=True)
+    out = subprocess.run([sys.executable, "-m", "dlforge", *argv], check=True, stdout=subprocess.PIPE, text=True,
+                         cwd=ROOT).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    r["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    return r
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="fashion-mnist")
+    ap.add_argument("--minutes", type=float, default=40.0, help="diffusion training budget (--max-time)")
+    ap.add_argument("--classifier-epochs", type=int, default=3)
+    ap.add_argument("--n", type=int, default=5000, help="DDIM-50 images (and as many real test images)")
+    ap.add_argument("--n-ddpm", type=int, default=500, help="images for the DDPM-1000 vs DDIM-50 comparison")
+    ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument("--out", default="runs/bench-diffusion")
+    ap.add_argument("--recipe", default="--batch-size 128 --lr 2e-3 --lr-schedule cosine --warmup-steps 200 "
+                                        "--min-lr-ratio 0.05 --eval-every 1000 --grad-clip 1",
+                    help="extra `dlforge train diffusion` options")
+    ap.add_argument("--model", default="diffusion", help="diffusion (= unet), unet-small, ...")
+    args = ap.parse_args()
+    out = Path(args.out) / args.data
+    cls, dif = out / "classifier", out / "diffusion"
+    res: dict = {"benchmark": "diffusion_quality", "data": args.data, "recipe": args.recipe, "model": args.model}
+    if not (cls / "report.json").is_file():
+        r = dlforge("train", "cnn", "--data", args.data, "--img-size", "28", "--epochs", str(args.classifier_epochs),
+                    "--out", str(cls), "--no-progress", "--json")
+        res["classifier"] = {"test_accuracy": r["accuracy"], "wall_seconds": r["wall_seconds"]}
+    else:
+        res["classifier"] = {"test_accuracy": json.loads((cls / "report.json").read_text())["accuracy"]}
+    if not (dif / "checkpoints" / "last.safetensors").is_file():
+        r = dlforge("train", args.model, "--data", args.data, "--max-time", str(args.minutes), "--epochs", "1000",
+                    "--out", str(dif), "--no-progress", "--json", *args.recipe.split())
+        res["train"] = r
+    metrics = [json.loads(x) for x in (dif / "metrics.jsonl").read_text().splitlines()]
+    res["train_seconds"] = max(m.get("time", 0) for m in metrics)
+    res["train_steps"] = max(m.get("step", 0) for m in metrics)
+    res["val_loss"] = [(m["step"], round(m["val_loss"], 5)) for m in metrics if "val_loss" in m]
+    common = ["--classifier", str(cls), "--guidance", str(args.guidance), "--json", "--seed", "0"]
+    res["ddim50"] = dlforge("eval", str(dif), "--n", str(args.n), "--sampler", "ddim", "--steps", "50", *common)
+    res["ddim50_small"] = dlforge("eval", str(dif), "--n", str(args.n_ddpm), "--sampler", "ddim", "--steps", "50",
+                                  *common)
+    res["ddpm1000_small"] = dlforge("eval", str(dif), "--n", str(args.n_ddpm), "--sampler", "ddpm", *common)
+    a, b = res["ddim50_small"], res["ddpm1000_small"]
+    res["ddim_vs_ddpm"] = {"images": args.n_ddpm, "speedup": a["images_per_s"] / b["images_per_s"],
+                           "prompt_accuracy": [a["prompt_accuracy"], b["prompt_accuracy"]],
+                           "frechet": [a["frechet"], b["frechet"]],
+                           "frechet_ratio": a["frechet"] / b["frechet"]}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"diffusion-quality-{args.data}.json"
+    path.write_text(json.dumps(res, indent=1) + "\n")
+    print(json.dumps({k: res[k] for k in ("data", "train_seconds", "train_steps", "ddim_vs_ddpm")}))
+    print(f"wrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
