@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -37,6 +38,8 @@ def cmd_data(args: argparse.Namespace) -> None:
     for name, c in CORPORA.items():
         where = str(corpus_path(name)) if corpus_path(name).is_file() else "downloaded on first use"
         print(f"{name:<15} {where:<48} {c.description} (text, for language models)")
+    print(f"{'numbers':<15} {'made offline by num2words':<48} 0..999,999 in words <-> digits: pt, es, pl, it, "
+          f"sr, en (pairs, for the transformer)")
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -65,9 +68,11 @@ def cmd_summary(args: argparse.Namespace) -> None:
 def _out_dir(args: argparse.Namespace) -> str:
     if args.out:
         p = Path(args.out)
-        if not args.resume and (p / "checkpoints").is_dir() and any((p / "checkpoints").iterdir()):
+        if not args.resume and (p / "checkpoints" / "last.safetensors").is_file():
             raise DlforgeError(f"--out {p}: already holds a run; pass --resume to continue it or choose another --out")
         return str(p)
+    if not args.resume and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would number its own
+        raise DlforgeError("--out: required under torchrun, so that every process writes the same run directory")
     data = args.data or (Path(args.data_file).stem if getattr(args, "data_file", None) else "data")
     base = Path("runs") / f"{args.model}-{data}"
     if args.resume:
@@ -92,9 +97,16 @@ def _train_config(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> None:
     from dlforge.pipelines import classify
     from dlforge.registry import get_entry
+    if args.model == "diffusion":  # `dlforge train diffusion`: the default text-to-image denoiser
+        args.model = "unet"
+    if get_entry(args.model).task == "denoise":
+        return _train_diffusion(args)
     if get_entry(args.model).task == "language-model":
         return _train_lm(args)
+    if get_entry(args.model).task == "seq2seq":
+        return _train_seq2seq(args)
     args.data = args.data or "digits"
+    args.img_size = 48 if args.img_size is None else args.img_size  # the reference's size
     tcfg = _train_config(args)
     dc = classify.DataConfig(name=args.data, data_dir=args.data_dir, val_fraction=args.val_fraction,
                              grayscale=args.grayscale)
@@ -118,11 +130,45 @@ def _train_lm(args: argparse.Namespace) -> None:
     names = (("n_layer", args.layers), ("n_head", args.heads), ("d_model", args.width), ("dropout", args.dropout),
              ("pos_encoding", args.pos_encoding), ("tie_weights", args.tie_weights))
     overrides = {k: v for k, v in names if v is not None}
-    dc = lm.TextDataConfig(name=args.data, data_file=args.data_file, tokenizer=args.tokenizer,
-                           vocab_size=args.vocab_size, val_fraction=args.val_fraction,
+    dc = lm.TextDataConfig(name=args.data, data_file=args.data_file, tokenizer=args.tokenizer or "char",
+                           vocab_size=args.vocab_size or 512, val_fraction=args.val_fraction,
                            block_size=args.block_size or lm.default_block_size(args.model),
                            eval_tokens=args.eval_tokens or None)
     report = lm.train(args.model, dc, tcfg, overrides, _out_dir(args), args.resume)
+    if args.json:
+        _print_json(report)
+
+
+def _train_seq2seq(args: argparse.Namespace) -> None:
+    from dlforge.pipelines import translate
+    tcfg = _train_config(args)
+    names = (("n_enc_layer", args.layers), ("n_dec_layer", args.layers), ("n_head", args.heads),
+             ("d_model", args.width), ("dropout", args.dropout))
+    overrides = {k: v for k, v in names if v is not None}
+    dc = translate.PairDataConfig(
+        name=None if args.data_file else (args.data or "numbers"), data_file=args.data_file, langs=args.langs,
+        tokenizer=args.tokenizer or "bpe", vocab_size=args.vocab_size or 1000, separate_vocab=args.separate_vocab,
+        train_per_direction=args.train_pairs, val_numbers=args.val_numbers, test_numbers=args.test_numbers,
+        max_len=args.max_len)
+    report = translate.train(args.model, dc, tcfg, overrides, _out_dir(args), args.resume, args.label_smoothing)
+    if args.json:
+        _print_json(report)
+
+
+def _train_diffusion(args: argparse.Namespace) -> None:
+    from dlforge.pipelines import diffusion
+    if args.eval_every is None:  # validation loss and a sample grid every 500 steps
+        args.eval_every = 500
+    tcfg = _train_config(args)
+    data = args.data or "fashion-mnist"
+    dc = diffusion.DiffusionDataConfig(name=data, data_dir=args.data_dir, img_size=args.img_size,
+                                       val_fraction=args.val_fraction, text_encoder=args.text_encoder)
+    overrides = {k: v for k, v in (("ch", args.width), ("n_head", args.heads), ("num_res_blocks", args.layers),
+                                   ("dropout", args.dropout)) if v is not None}
+    task = {"num_train_timesteps": args.timesteps, "beta_schedule": args.beta_schedule, "cond_drop": args.cond_drop,
+            "ema_decay": args.ema_decay}
+    args.data = Path(data).stem if dc.is_csv else data  # the default run name: runs/unet-<data>
+    report = diffusion.train(args.model, dc, tcfg, overrides, task, _out_dir(args), args.resume)
     if args.json:
         _print_json(report)
 
@@ -135,6 +181,20 @@ def _run_task(path: str) -> str:
 def cmd_eval(args: argparse.Namespace) -> None:
     from dlforge.pipelines import classify
     from dlforge.runs import Run
+    if _run_task(args.run) == "denoise":
+        from dlforge.pipelines import diffusion
+        report = diffusion.evaluate(Run.open(args.run, "denoise"), args.classifier, args.n or 1000, args.sampler,
+                                    args.steps, args.guidance, args.eta, args.seed, args.device, quiet=args.json)
+        if args.json:
+            _print_json(report)
+        return
+    if _run_task(args.run) == "seq2seq":
+        from dlforge.pipelines import translate
+        report = translate.evaluate(Run.open(args.run, "seq2seq"), args.beam, args.length_penalty, args.limit,
+                                    args.device, quiet=args.json)
+        if args.json:
+            _print_json(report)
+        return
     if _run_task(args.run) == "language-model":
         from dlforge.pipelines import lm
         report = lm.evaluate(Run.open(args.run, "language-model"), device=args.device, quiet=args.json)
@@ -185,6 +245,71 @@ def cmd_next(args: argparse.Namespace) -> None:
         print(f"{t['token']!r:<20} {100 * t['probability']:6.2f}%")
 
 
+# ---------------------------------------------------------------- sequence to sequence
+def cmd_translate(args: argparse.Namespace) -> None:
+    from dlforge.pipelines import translate
+    from dlforge.runs import Run
+    out = translate.translate(Run.open(args.run, "seq2seq"), args.text, args.to, args.beam, args.length_penalty,
+                              args.attention_map, args.device)
+    if args.json:
+        _print_json({"translations": out} if len(out) > 1 else out[0])
+        return
+    for r in out:
+        print(r["translation"])
+    if args.attention_map:
+        print(f"cross-attention: {args.attention_map}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- diffusion
+def cmd_sample(args: argparse.Namespace) -> None:
+    from dlforge.pipelines import diffusion
+    from dlforge.runs import Run
+    r = diffusion.sample(Run.open(args.run, "denoise"), args.prompt or [], args.n, args.sampler, args.steps,
+                         args.guidance, args.eta, args.seed, args.out, args.trajectory, not args.no_ema, args.device)
+    if args.json:
+        _print_json(r)
+        return
+    print(f"{r['images']} images in {r['seconds']:.1f} s: {r['out']}" +
+          (f"; reverse process: {r['trajectory']}" if args.trajectory else ""))
+
+
+def cmd_noise(args: argparse.Namespace) -> None:
+    from dlforge.pipelines import diffusion
+    r = diffusion.noise(args.image, args.out, args.frames, args.timesteps, args.beta_schedule, args.size, args.seed)
+    print(f"forward process at t = {', '.join(map(str, r['timesteps']))}: {r['out']}")
+
+
+def _add_sampling(p) -> None:
+    p.add_argument("--sampler", default="ddim", help="ddim | ddpm")
+    p.add_argument("--steps", type=int, help="denoising steps (default: ddim 50, ddpm all of the training timesteps)")
+    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1: none, 0: "
+                                                               "unconditional)")
+    p.add_argument("--eta", type=float, default=0.0, help="ddim: 0 deterministic ... 1 as random as ddpm")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _add_sample(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="a diffusion run directory")
+    p.add_argument("--prompt", action="append", help="what to draw, e.g. \"an ankle boot\" (repeat for several)")
+    p.add_argument("--n", type=int, default=16, help="images per prompt")
+    _add_sampling(p)
+    p.add_argument("--out", help="the grid PNG (default RUN/sample.png)")
+    p.add_argument("--trajectory", help="also draw the reverse process, noise to image, to this PNG")
+    p.add_argument("--no-ema", action="store_true", help="sample with the raw weights, not their moving average")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+
+
+def _add_noise(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", help="any image file")
+    p.add_argument("--out", default="noise.png", help="the strip PNG")
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--timesteps", type=int, default=1000)
+    p.add_argument("--beta-schedule", default="linear", help="linear | cosine")
+    p.add_argument("--size", type=int, default=64, help="resize the image to this side first")
+    p.add_argument("--seed", type=int, default=0)
+
+
 # ---------------------------------------------------------------- the NumPy engine
 def cmd_backprop(args: argparse.Namespace) -> None:
     from dlforge.scratch.train import BackpropConfig, run_backprop
@@ -214,7 +339,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", default="adam", help="adam | adamw | sgd | rmsprop")
     p.add_argument("--loss", default="cross-entropy", help="cross-entropy | bce (one class vs rest) | mse (regress the label)")
     p.add_argument("--positive-class", type=int, default=0, help="the class that --loss bce detects")
-    p.add_argument("--img-size", type=int, default=48)
+    p.add_argument("--img-size", type=int, help="image side in pixels (default 48; diffusion: 28 for the MNIST "
+                                                "family, 16 for digits)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of training images held out for validation")
     p.add_argument("--grayscale", action="store_true", help="turn RGB images gray first, as the reference does")
     p.add_argument("--hidden", type=_ints, help="mlp hidden sizes, e.g. 256,128")
@@ -236,8 +362,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=int, help="evaluate and checkpoint every N steps (default: each epoch)")
     lm = p.add_argument_group("language models (rnn, lstm, gru, gpt)")
     lm.add_argument("--data-file", help="train on any UTF-8 text file instead of a named corpus")
-    lm.add_argument("--tokenizer", default="char", help="char | word | bpe (trained on the corpus); default char")
-    lm.add_argument("--vocab-size", type=int, default=512, help="bpe vocabulary size (>= 257)")
+    lm.add_argument("--tokenizer", help="char | word | bpe (trained on the corpus); default char "
+                                        "(bpe for transformer)")
+    lm.add_argument("--vocab-size", type=int, help="bpe vocabulary size (>= 257; default 512, 1000 for transformer)")
     lm.add_argument("--block-size", type=int, help="gpt: context window; rnn: truncated-BPTT length "
                                                    "(default: the variant's, 128 for rnn/lstm/gru)")
     lm.add_argument("--layers", type=int, help="number of layers")
@@ -249,6 +376,24 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                     help="separate input embedding and output head weights")
     lm.add_argument("--eval-tokens", type=int, default=32768,
                     help="validation tokens per evaluation during training (0: all); the final report uses all")
+    s2s = p.add_argument_group("encoder–decoder (transformer): --data numbers or --data-file PAIRS.tsv")
+    s2s.add_argument("--langs", default="pt,es,pl,it,sr,en", help="numbers: languages (num2words codes)")
+    s2s.add_argument("--train-pairs", type=int, default=40000, help="numbers: training pairs per language and "
+                                                                    "direction")
+    s2s.add_argument("--val-numbers", type=int, default=100, help="numbers: held-out validation numbers")
+    s2s.add_argument("--test-numbers", type=int, default=5000, help="numbers: held-out test numbers")
+    s2s.add_argument("--separate-vocab", action="store_true", help="one tokenizer per side (default: shared)")
+    s2s.add_argument("--label-smoothing", type=float, default=0.1)
+    s2s.add_argument("--max-len", type=int, default=128, help="longest sequence in tokens")
+    dif = p.add_argument_group("text-to-image diffusion (train diffusion | unet | unet-small | unet-tiny): "
+                               "--data fashion-mnist | mnist | digits | CAPTIONS.csv")
+    dif.add_argument("--timesteps", type=int, default=1000, help="diffusion steps T of the forward process")
+    dif.add_argument("--beta-schedule", default="linear", help="linear | cosine")
+    dif.add_argument("--cond-drop", type=float, default=0.1, help="probability of training on the empty caption "
+                                                                  "(classifier-free guidance)")
+    dif.add_argument("--ema-decay", type=float, default=0.999, help="moving average of the weights, used to sample")
+    dif.add_argument("--text-encoder", default="own", help="own (a Transformer trained with the model) or a local "
+                                                          "sentence-transformers folder (frozen)")
     p.add_argument("--out", help="run directory (default runs/MODEL-DATA, numbered if it exists)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files")
@@ -263,6 +408,28 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object (accuracy, loss, per-class figures)")
+    d = p.add_argument_group("diffusion runs: sample quality")
+    d.add_argument("--classifier", help="a dlforge classifier run on the same dataset: prompt accuracy and "
+                                        "Fréchet distance of its penultimate features")
+    d.add_argument("--n", type=int, help="images to generate (default 1000)")
+    _add_sampling(d)
+    _add_decoding(p)
+    p.add_argument("--limit", type=int, help="seq2seq: the first N test pairs of each direction only")
+
+
+def _add_decoding(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--beam", type=int, default=1, help="seq2seq: beam width (1: greedy)")
+    p.add_argument("--length-penalty", type=float, default=1.0, help="seq2seq: GNMT length penalty α for beams")
+
+
+def _add_translate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="a seq2seq run directory")
+    p.add_argument("text", nargs="+", help="the text(s) to translate, e.g. 1234")
+    p.add_argument("--to", help="the target: a language code (pt, es, pl, it, sr, en) or digits")
+    _add_decoding(p)
+    p.add_argument("--attention-map", help="write the first text's cross-attention, every head, to this PNG")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
 
 
 def _add_predict(p: argparse.ArgumentParser) -> None:
@@ -324,6 +491,9 @@ COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "predict": (_add_predict, cmd_predict, "classify image files with a trained run"),
     "generate": (_add_generate, cmd_generate, "continue a prompt with a trained language model"),
     "next": (_add_next, cmd_next, "the most likely next tokens after a text, with probabilities"),
+    "translate": (_add_translate, cmd_translate, "translate with a trained encoder–decoder (greedy or beam search)"),
+    "sample": (_add_sample, cmd_sample, "draw images for text prompts with a trained diffusion run"),
+    "noise": (_add_noise, cmd_noise, "show the diffusion forward process on an image"),
     "summary": (_add_summary, cmd_summary, "per-layer output shapes and parameter counts"),
     "models": (lambda p: None, cmd_models, "list the registered models"),
     "data": (lambda p: p.add_argument("action", choices=["list"]), cmd_data, "list the datasets and where they are"),

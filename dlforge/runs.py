@@ -107,7 +107,10 @@ class Run:
                 continue  # a line torn by a crash
         return out
 
-    def truncate_metrics(self, step: int) -> None:
-        """On resume, drop records logged after the checkpoint being resumed from."""
-        kept = [r for r in self.metrics() if r.get("step", 0) <= step]
+    def truncate_metrics(self, step: int, records: int | None = None) -> int:
+        """On resume, drop the records logged after the checkpoint being resumed from: keep its first
+        `records` (the count the checkpoint saw), else (older checkpoints) those up to its step. -> kept."""
+        kept = self.metrics()
+        kept = kept[:records] if records is not None else [r for r in kept if r.get("step", 0) <= step]
         atomic_write_bytes(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept).encode())
+        return len(kept)

@@ -58,3 +58,85 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# ---------------------------------------------------------------- README.md's Reliability table
+README = Path(__file__).resolve().parents[1] / "README.md"
+BEGIN, END = "<!-- reliability:begin -->", "<!-- reliability:end -->"
+
+
+class Reliability:
+    """What the reliability tests tried and what came of it: the rows of README.md's Reliability table.
+    Tests call `reliability.record(fault, outcome, cases=1)`; hypothesis tests call it once per example
+    (derandomised, so the counts are the same on every run)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict] = {}          # fault -> {"outcomes": {outcome: cases}, "tests": [...]}
+        self.expected: set[str] = set()          # node ids of the collected tests that record
+        self.passed: set[str] = set()
+
+    def add(self, test: str, fault: str, outcome: str, cases: int) -> None:
+        row = self.rows.setdefault(fault, {"outcomes": {}, "tests": []})
+        row["outcomes"][outcome] = row["outcomes"].get(outcome, 0) + cases
+        if test not in row["tests"]:
+            row["tests"].append(test)
+
+    def table(self) -> str:
+        lines = ["| fault or hostile input | cases | outcome | tested by |", "|---|---:|---|---|"]
+        for fault, row in self.rows.items():
+            outs = row["outcomes"]
+            outcome = next(iter(outs)) if len(outs) == 1 else "; ".join(f"{n}: {o}" for o, n in outs.items())
+            tests = ", ".join(f"`{t}`" for t in row["tests"])
+            lines.append(f"| {fault} | {sum(outs.values()):,} | {outcome} | {tests} |")
+        return "\n".join(lines)
+
+
+RELIABILITY = Reliability()
+
+
+class _Recorder:
+    def __init__(self, test: str):
+        self.test = test
+
+    def record(self, fault: str, outcome: str, cases: int = 1) -> None:
+        RELIABILITY.add(self.test, fault, outcome, cases)
+
+
+@pytest.fixture
+def reliability(request) -> _Recorder:
+    """record(fault, outcome, cases=1): one row of README.md's Reliability table (see Reliability)."""
+    return _Recorder(request.node.nodeid.split("[")[0])
+
+
+def _whole_suite(config) -> bool:
+    """True when this session runs every test (so every row of the table), in one process."""
+    root = Path(__file__).resolve().parent
+    o = config.option
+    if o.keyword or o.markexpr or getattr(o, "lf", False) or getattr(o, "deselect", None) or \
+            getattr(o, "ignore", None) or getattr(o, "ignore_glob", None) or getattr(o, "numprocesses", None):
+        return False
+    return any("::" not in a and Path(a).resolve() in (root, root.parent) for a in config.args)
+
+
+def pytest_collection_finish(session) -> None:
+    RELIABILITY.expected = {i.nodeid for i in session.items if "reliability" in getattr(i, "fixturenames", ())}
+
+
+def pytest_runtest_logreport(report) -> None:
+    if report.nodeid in RELIABILITY.expected and report.when == "call" and report.passed:
+        RELIABILITY.passed.add(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """After a whole, passing run in which every recording test passed (none skipped), rewrite the block
+    between the reliability markers in README.md. The content is deterministic: no diff on a re-run."""
+    r = RELIABILITY
+    if exitstatus != 0 or not r.expected or r.passed != r.expected or not _whole_suite(session.config):
+        return
+    text = README.read_text(encoding="utf-8")
+    if BEGIN not in text or END not in text:
+        return
+    head, rest = text.split(BEGIN, 1)
+    new = f"{head}{BEGIN}\n{r.table()}\n{END}{rest.split(END, 1)[1]}"
+    if new != text:
+        README.write_text(new, encoding="utf-8")

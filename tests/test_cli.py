@@ -85,13 +85,14 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert ra == rb
 
 
-def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, capsys):
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, capsys, reliability):
     out = _train(tmp_path, "r")
     before = (out / "checkpoints" / "last.safetensors").read_bytes()
     code = main(["train", "cnn", *FAST, "--epochs", "3", "--out", str(out), "--resume", "--lr", "1e12"])
     err = capsys.readouterr().err
     assert code == 2 and "at step" in err and "lower --lr" in err
     assert (out / "checkpoints" / "last.safetensors").read_bytes() == before
+    reliability.record("loss becomes NaN/Inf (`--lr 1e12`)", "stopped with the step number; last good checkpoint untouched")
 
 
 @pytest.mark.parametrize("loss, check", [
@@ -122,13 +123,15 @@ def test_mlp_with_hidden_sizes_and_activation(tmp_path, capsys):
     (["eval", "/nonexistent/run"], "not a dlforge run directory"),
     (["predict", "/nonexistent/run", "x.png"], "not a dlforge run directory"),
 ])
-def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch, reliability):
     monkeypatch.chdir(tmp_path)
     if argv[:3] == ["train", "cnn", "--device"] and torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
     assert main(argv + (["--no-progress"] if argv[0] == "train" else [])) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    reliability.record("bad command line for image models (unknown names, bad sizes, missing runs)",
+                       "one line on stderr, exit code 2")
 
 
 def test_resume_with_another_optimizer_is_refused(cnn_run, capsys):
@@ -166,11 +169,12 @@ def test_init_from_refuses_code_and_wrong_shapes(cnn_run, tmp_path, capsys):
     assert "fc1.weight has shape" in capsys.readouterr().err
 
 
-def test_existing_run_is_not_overwritten(cnn_run, capsys):
+def test_existing_run_is_not_overwritten(cnn_run, capsys, reliability):
     before = (cnn_run / "checkpoints" / "last.safetensors").read_bytes()
     assert main(["train", "cnn", *FAST, "--out", str(cnn_run)]) == 2
     assert "--resume" in capsys.readouterr().err
     assert (cnn_run / "checkpoints" / "last.safetensors").read_bytes() == before
+    reliability.record("`train --out` an existing run without `--resume`", "refused; the run untouched")
 
 
 def test_undecodable_image_for_predict(cnn_run, tmp_path, capsys):

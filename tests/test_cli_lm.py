@@ -150,7 +150,7 @@ def test_named_corpus_tinyshakespeare(tmp_path, capsys):
     (None, ["train", "lstm", "--heads", "4", "--data-file", "x.txt"], "model 'lstm'"),
     (None, ["train", "lstm", "--data-file", "x.txt", "--batch-size", "64"], "--batch-size 64: 2,887 training tokens make fewer than 64 streams"),
 ])
-def test_bad_input_is_one_line_and_exit_2(setup, argv, message, corpus, tmp_path, monkeypatch, capsys):
+def test_bad_input_is_one_line_and_exit_2(setup, argv, message, corpus, tmp_path, monkeypatch, capsys, reliability):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "x.txt").write_text(_text(100))
     if setup:
@@ -158,6 +158,8 @@ def test_bad_input_is_one_line_and_exit_2(setup, argv, message, corpus, tmp_path
     assert main(argv + ["--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    reliability.record("bad text or options for language models (empty, not UTF-8, too short, unknown names)",
+                       "one line on stderr, exit code 2")
 
 
 @pytest.mark.parametrize("argv, message", [

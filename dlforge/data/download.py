@@ -2,6 +2,7 @@
 atomic rename. Nothing half-written ever carries the final name."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -9,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 from dlforge.errors import DlforgeError
 
@@ -58,6 +60,29 @@ def download(url: str, dest: Path, checksum: str, retries: int = 4, timeout: flo
     if dest.exists() and verify(dest, checksum):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(dest.with_name(dest.name + ".lock")):  # several processes (torchrun): one downloads
+        if dest.exists() and verify(dest, checksum):
+            return dest
+        return _download(url, dest, checksum, retries, timeout, backoff)
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """An advisory lock (flock) held by one process at a time; a no-op where fcntl does not exist."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _download(url: str, dest: Path, checksum: str, retries: int, timeout: float, backoff: float) -> Path:
     part = dest.with_name(dest.name + ".part")
     last = ""
     for attempt in range(retries):

@@ -10,6 +10,7 @@ import gzip
 import math
 import os
 import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -70,7 +71,7 @@ def read_idx(path: Path) -> np.ndarray:
             if size > IDX_MAX_BYTES:
                 raise DlforgeError(f"{path}: IDX header declares {size} bytes, more than the {IDX_MAX_BYTES} allowed")
             body = f.read(size + 1)
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:  # zlib.error: a corrupt deflate stream
         raise DlforgeError(f"{path}: cannot read IDX data ({e})") from None
     if len(body) != size:
         what = "truncated" if len(body) < size else "longer than its header says"

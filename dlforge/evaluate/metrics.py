@@ -4,11 +4,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from sklearn.metrics import classification_report, confusion_matrix
 
 
 def classification_figures(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
     """-> accuracy, per-class precision/recall/F1/support (dict and text) and the confusion matrix."""
+    from sklearn.metrics import classification_report, confusion_matrix  # 1 s to import: language models never need it
     labels = list(range(len(classes)))
     kw = dict(labels=labels, target_names=classes, digits=4, zero_division=0)
     return {

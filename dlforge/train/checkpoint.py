@@ -74,6 +74,17 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, meta
 
 
+def read_meta(path: Path) -> dict | None:
+    """A checkpoint's metadata from its header alone (not its tensors); None if absent or unreadable."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            meta = json.loads(json.loads(f.read(min(n, 100 << 20)))["__metadata__"]["dlforge"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 def restore_model(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path | str = "checkpoint") -> None:
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     try:

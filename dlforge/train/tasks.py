@@ -96,6 +96,7 @@ class LanguageModelTask:
     name: str = "language-model"
     unit = "tok"      # the progress bar's rate: tok/s
     units = "tokens"  # ... and the metrics' tokens_per_s
+    state_batch_dim = 1  # the carried state is (layers, B, hidden): data-parallel ranks each hold rows of it
 
     def __post_init__(self) -> None:
         self.state = None
@@ -133,3 +134,117 @@ def _fits(state, batch_size: int) -> bool:
         return False
     first = state[0] if isinstance(state, tuple) else state
     return first.shape[1] == batch_size  # (layers, B, hidden)
+
+
+@dataclass
+class DenoiseTask:
+    """Denoising diffusion with ε-prediction (Ho et al., 2020). A batch is (x_0 (B, C, H, W) in [-1, 1],
+    caption (B, L) token ids, or (B, S, D) states of a frozen text encoder); t ~ U{0..T-1}, ε ~ N(0, I),
+    x_t = √ᾱ_t x_0 + √(1 - ᾱ_t) ε, loss = mean ‖ε - ε̂(x_t, t, caption)‖².
+    Classifier-free guidance (Ho & Salimans, 2022): each caption becomes the empty one (<s> alone; zero
+    states) with probability cond_drop. An exponential moving average of the weights, decay
+    min(ema_decay, (1 + n) / (10 + n)) at update n, is kept here after every optimiser step
+    (after_step), saved in checkpoints as task.ema.* and used for validation and sampling."""
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"
+    cond_drop: float = 0.1
+    ema_decay: float = 0.999
+    name: str = "denoise"
+    state_batch_dim = None  # the moving average is not per batch row: every rank holds the same one
+
+    def __post_init__(self) -> None:
+        from dlforge.diffusion.schedulers import DDPMScheduler
+        if not 0 <= self.cond_drop < 1:
+            raise DlforgeError(f"--cond-drop: expected a probability in [0, 1), got {self.cond_drop}")
+        if not 0 <= self.ema_decay < 1:
+            raise DlforgeError(f"--ema-decay: expected a number in [0, 1), got {self.ema_decay}")
+        self.scheduler = DDPMScheduler(self.num_train_timesteps, self.beta_schedule)
+        self.ema: dict[str, torch.Tensor] | None = None
+        self.ema_updates = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def drop_condition(self, cond: torch.Tensor, p: float) -> torch.Tensor:
+        """Each row replaced by the null condition with probability p."""
+        if p <= 0:
+            return cond
+        drop = torch.rand(cond.shape[0], device=cond.device) < p
+        if cond.is_floating_point():
+            return cond.masked_fill(drop.view(-1, *[1] * (cond.dim() - 1)), 0.0)
+        keep = torch.arange(cond.shape[1], device=cond.device) == 0                  # <s> stays
+        return cond.masked_fill(drop[:, None] & ~keep[None], 0)                       # 0 = <pad>
+
+    def step(self, model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        x0, cond = batch
+        t = torch.randint(0, self.num_train_timesteps, (x0.shape[0],), device=x0.device)
+        eps = torch.randn_like(x0)
+        x_t = self.scheduler.add_noise(x0, eps, t)
+        eps_pred = model(x_t, t, self.drop_condition(cond, self.cond_drop))
+        loss = F.mse_loss(eps_pred.float(), eps)
+        return loss, {"correct": 0, "count": x0.shape[0]}
+
+    @torch.no_grad()
+    def after_step(self, model: torch.nn.Module) -> None:
+        """ema ← d·ema + (1 - d)·θ."""
+        params = dict(model.named_parameters())
+        if self.ema is None:
+            self.ema = {k: p.detach().float().clone() for k, p in params.items()}
+        self.ema_updates += 1
+        d = min(self.ema_decay, (1 + self.ema_updates) / (10 + self.ema_updates))
+        torch._foreach_lerp_(list(self.ema.values()), [params[k].detach().float() for k in self.ema], 1 - d)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        if self.ema is None:
+            return {}
+        return {**{f"task.ema.{k}": v.detach().cpu().contiguous() for k, v in self.ema.items()},
+                "task.ema_updates": torch.tensor(self.ema_updates)}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], device: torch.device) -> None:
+        ema = {k[len("task.ema."):]: v.to(device) for k, v in tensors.items() if k.startswith("task.ema.")}
+        self.ema = ema or None
+        self.ema_updates = int(tensors.get("task.ema_updates", torch.tensor(0)))
+
+    def swap_ema(self, model: torch.nn.Module) -> None:
+        """Exchange the model's weights with the moving average (call twice to undo)."""
+        if self.ema is None:
+            return
+        with torch.no_grad():
+            for k, p in model.named_parameters():
+                tmp = p.detach().clone()
+                p.copy_(self.ema[k])
+                self.ema[k].copy_(tmp)
+
+
+@dataclass
+class Seq2SeqTask:
+    """Sequence to sequence with teacher forcing. A batch is (src (B, S), tgt (B, T)), both right-padded
+    with pad_id; tgt = [BOS] y_1 .. y_n [EOS]. The decoder reads tgt[:, :-1] and predicts tgt[:, 1:]; the
+    loss is label-smoothed cross-entropy (Szegedy et al., 2016) over the real (non-pad) target tokens:
+    (1 - ε)·(-log p(y)) + ε·mean_v(-log p(v))."""
+    pad_id: int = 0
+    label_smoothing: float = 0.1
+    name: str = "seq2seq"
+    unit = "tok"
+    units = "tokens"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.label_smoothing < 1:
+            raise DlforgeError(f"--label-smoothing: expected a number in [0, 1), got {self.label_smoothing}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def trim(self, x: torch.Tensor) -> torch.Tensor:
+        """Drop the columns that are padding in every row: a batch costs its longest pair, not the corpus's."""
+        return x[:, :int((x != self.pad_id).sum(1).max())]
+
+    def step(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict]:
+        src, tgt = self.trim(batch[0]), self.trim(batch[1])
+        logits = model(src, tgt[:, :-1])                     # (B, T-1, V)
+        y = tgt[:, 1:]
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=self.pad_id,
+                               label_smoothing=self.label_smoothing)
+        real = y != self.pad_id
+        correct = ((logits.detach().argmax(-1) == y) & real).sum()
+        return loss, {"correct": correct, "count": int(real.sum())}

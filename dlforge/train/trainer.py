@@ -1,5 +1,9 @@
 """The training loop. It knows tasks (batch -> loss), never a model file; evaluation plugs in as a
-callback. Checkpoints at every epoch end and at any early stop; `resume()` continues exactly."""
+callback. Checkpoints at every epoch end and at any early stop; `resume()` continues exactly, also after
+a kill at any instant. Under torchrun the same loop runs data-parallel (train/distributed.py).
+
+A task may carry state across batches (`state_tensors()` -> tensors named task.*, `load_state_tensors()`);
+`state_batch_dim` names its batch dimension, so that ranks can gather and slice it."""
 from __future__ import annotations
 
 import math
@@ -16,6 +20,7 @@ from dlforge.errors import DlforgeError
 from dlforge.perf import tune_allocator
 from dlforge.runs import Run, atomic_duplicate
 from dlforge.train import checkpoint as ckpt
+from dlforge.train import distributed
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -127,19 +132,27 @@ class Trainer:
                  evaluate: Callable[[torch.nn.Module], dict] | None = None, meta: dict | None = None):
         self.task, self.cfg, self.run, self.train, self.evaluate = task, cfg, run, train, evaluate
         tune_allocator()
-        self.device = pick_device(cfg.device)
+        if distributed.from_env().size > cfg.batch_size:
+            raise DlforgeError(f"--batch-size {cfg.batch_size}: the global batch needs at least one sample per "
+                               f"process ({distributed.from_env().size} processes)")
+        self.world, self.device = distributed.setup(pick_device(cfg.device))
         if cfg.init_from:  # a resumed run then replaces these with its own checkpoint
             ckpt.init_weights(model, cfg.init_from)
-        self.model = model.to(self.device)
+        self.model = model.to(self.device)  # what is evaluated and saved; self.net is what trains
+        self.net = distributed.wrap(self.model, self.device) if self.world.active else self.model
+        distributed.seed_rank(cfg.seed, self.world)
         self.opt = build_optimizer(cfg, [p for p in model.parameters() if p.requires_grad], self.device)
         self.meta = meta or {}
         self.epoch, self.step_in_epoch, self.step, self.elapsed = 0, 0, 0, 0.0
         self.best: float | None = None
+        self.best_step: int | None = None
+        self.records = 0  # lines logged to metrics.jsonl; a resume drops those logged after its checkpoint
+        self.resumed = False
         self.sums = {"loss": 0.0, "correct": 0, "count": 0}
         self.window = {"loss": 0.0, "correct": 0, "count": 0}  # since the last step evaluation (eval_every)
         self.unit, self.units = getattr(task, "unit", "img"), getattr(task, "units", "images")
         self._t0 = time.perf_counter()
-        self.tb = self._tensorboard() if cfg.tensorboard else None
+        self.tb = self._tensorboard() if cfg.tensorboard and self.world.main else None
         if cfg.precision == "bf16" and self.device.type == "cpu" and not cpu_has_bf16():
             print("dlforge: note: this CPU has no native bf16 (AVX512-BF16/AMX); bf16 is emulated and slower than fp32",
                   file=sys.stderr)
@@ -153,14 +166,27 @@ class Trainer:
 
     # ------------------------------------------------------------ checkpoints
     def save(self, which: str) -> None:
+        """Every rank calls it (a task's per-row state is gathered from all of them); rank 0 writes."""
         meta = {**self.meta, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "step": self.step,
-                "elapsed": self.elapsed, "best": self.best, "sums": self.sums, "window": self.window,
-                "train": asdict(self.cfg)}
-        extra = self.task.state_tensors() if hasattr(self.task, "state_tensors") else None
-        ckpt.save_checkpoint(self.run.checkpoint(which), self.model, meta, self.opt, extra)
+                "elapsed": self.elapsed, "best": self.best, "best_step": self.best_step, "records": self.records,
+                "sums": self.sums, "window": self.window, "train": asdict(self.cfg)}
+        extra = self.task.state_tensors() if hasattr(self.task, "state_tensors") else {}
+        dim = getattr(self.task, "state_batch_dim", None)
+        if self.world.active and dim is not None:
+            extra = distributed.gather_rows(extra, dim, self.world)
+        if self.world.active:
+            extra = {**extra, **distributed.rng_states(self.world)}
+        distributed.from_main(lambda: ckpt.save_checkpoint(self.run.checkpoint(which), self.model, meta, self.opt,
+                                                           extra), self.world)
 
     def resume(self) -> None:
+        """Continue from the last checkpoint, exactly. A run stopped before its first checkpoint starts again."""
         path = self.run.checkpoint("last")
+        if not path.is_file() and (self.run.path / "config.json").is_file():
+            if self.world.main:
+                print(f"dlforge: note: {path} does not exist yet (the run stopped before its first checkpoint); "
+                      f"starting from step 0", file=sys.stderr)
+            return
         tensors, meta = ckpt.load_checkpoint(path)
         if meta.get("model", {}).get("name") != self.meta.get("model", {}).get("name"):
             raise DlforgeError(f"{path}: checkpoint of model {meta.get('model', {}).get('name')!r}, "
@@ -172,12 +198,34 @@ class Trainer:
         ckpt.restore_model(self.model, tensors, path)
         ckpt.restore_optimizer(self.opt, tensors, meta)
         ckpt.restore_rng(tensors)
+        distributed.restore_rng(tensors, self.world, self.cfg.seed, meta["step"])
         if hasattr(self.task, "load_state_tensors"):
+            dim = getattr(self.task, "state_batch_dim", None)
+            if self.world.active and dim is not None:  # this rank's rows of the global batch's state
+                task = {k: v for k, v in tensors.items() if k.startswith("task.")}
+                tensors = {**tensors, **distributed.slice_rows(task, dim, self.world)}
             self.task.load_state_tensors(tensors, self.device)
         self.epoch, self.step_in_epoch, self.step = meta["epoch"], meta["step_in_epoch"], meta["step"]
         self.elapsed, self.best, self.sums = meta["elapsed"], meta["best"], meta["sums"]
+        self.best_step = meta.get("best_step")
         self.window = meta.get("window", {"loss": 0.0, "correct": 0, "count": 0})
-        self.run.truncate_metrics(self.step)
+        self.resumed = True
+        if self.world.main:
+            self.records = self.run.truncate_metrics(self.step, meta.get("records"))
+            self._repair(meta)
+
+    def _repair(self, meta: dict | None) -> None:
+        """Undo what a kill at any instant can leave behind: lines logged after the checkpoint (see resume),
+        temporary files of an interrupted write, a best checkpoint not yet linked to the last one that became
+        the best. A new run (meta None) starts with no lines and no temporaries."""
+        for tmp in self.run.checkpoints.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+        if meta is None:
+            self.records = self.run.truncate_metrics(0, 0)
+            return
+        best = self.run.checkpoint("best")
+        if meta.get("best_step") == meta["step"] and (ckpt.read_meta(best) or {}).get("step") != meta["step"]:
+            atomic_duplicate(self.run.checkpoint("last"), best)
 
     # ------------------------------------------------------------ the loop
     def _elapsed_now(self) -> float:
@@ -192,7 +240,10 @@ class Trainer:
         cfg = self.cfg
         if cfg.max_steps is not None and self.step >= cfg.max_steps:
             return False
-        return cfg.max_time is None or self._elapsed_now() < cfg.max_time * 60
+        if cfg.max_time is None:
+            return True
+        # ranks must stop at the same step: rank 0's clock decides
+        return distributed.from_main(lambda: self._elapsed_now() < cfg.max_time * 60, self.world)
 
     def progress(self) -> float:
         """The share of the budget used, in [0, 1]: steps of decay_steps, else of min(max_steps,
@@ -208,22 +259,39 @@ class Trainer:
             p = max(p, self._elapsed_now() / (self.cfg.max_time * 60))
         return p
 
+    def _lr(self) -> float:
+        lr = self.cfg.lr * lr_factor(self.cfg, self.step, self.progress())
+        if self.cfg.max_time is not None:  # the schedule follows the clock: rank 0's, for every rank
+            lr = distributed.from_main(lambda: lr, self.world)
+        return lr
+
     def train_step(self, batch) -> int:
-        """One optimiser step. -> the number of samples (images, tokens) it saw."""
-        self.model.train()
+        """One optimiser step on a global batch (this rank's slice of it under torchrun).
+        -> the number of samples (images, tokens) it saw, over all ranks."""
+        self.net.train()
         for g in self.opt.param_groups:
-            g["lr"] = self.cfg.lr * lr_factor(self.cfg, self.step, self.progress())
+            g["lr"] = self._lr()
+        local, counts = distributed.shard(batch, self.world)
         with autocast(self.cfg.precision, self.device):
-            loss, stats = self.task.step(self.model, _to(batch, self.device))
-        if not torch.isfinite(loss):
-            raise DlforgeError(f"loss became {loss.item()} at step {self.step + 1}; the last good checkpoint "
+            loss, stats = self.task.step(self.net, _to(local, self.device))
+        value, n, correct = loss.item(), stats["count"] if counts else 0, int(stats["correct"]) if counts else 0
+        if self.world.active:
+            # the loss is a mean over this rank's n samples; DDP averages gradients over ranks, so weight it
+            # by n·W/N to get the gradient of the mean over the global batch's N samples
+            total, correct, n_all = distributed.all_sum([value * n if n else 0.0, correct, n], self.device)
+            if n_all * 1.0 != n * self.world.size:
+                loss = loss * (n * self.world.size / n_all)
+            value, n, correct = total / max(n_all, 1), int(n_all), int(correct)
+        if not math.isfinite(value):
+            raise DlforgeError(f"loss became {value} at step {self.step + 1}; the last good checkpoint "
                                f"({self.run.checkpoint('last')}) is kept — try a lower --lr or --grad-clip")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.opt.step()
-        n, value, correct = stats["count"], loss.item(), int(stats["correct"])
+        if hasattr(self.task, "after_step"):  # e.g. DenoiseTask's moving average of the weights
+            self.task.after_step(self.model)
         for sums in (self.sums, self.window):
             sums["loss"] += value * n
             sums["correct"] += correct
@@ -241,11 +309,13 @@ class Trainer:
         """Train until the epochs, --max-steps or --max-time run out. -> the last epoch's record."""
         cfg, record = self.cfg, {}
         stopped = False
+        if not self.resumed and self.world.main:  # an attempt killed before its first checkpoint left nothing
+            self._repair(None)
         while self.epoch < cfg.epochs and not stopped:
             self._t0 = start = time.perf_counter()
             seen = 0
             bar = tqdm(total=len(self.train), initial=self.step_in_epoch, desc=f"Epoch {self.epoch + 1}/{cfg.epochs}",
-                       unit="batch", disable=not cfg.progress, file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
+                       unit="batch", disable=not cfg.progress or not self.world.main, file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
             for batch in self.train.epoch(self.epoch, self.step_in_epoch):
                 if not self._budget_left():
                     stopped = True
@@ -264,16 +334,21 @@ class Trainer:
                     self._eval_step(None)  # the budget's last steps are often the best ones
                 self._tick()
                 self.save("last")  # a clean mid-epoch checkpoint: --resume continues from here
-                print(f"dlforge: stopped early at step {self.step} (--max-steps/--max-time); "
-                      f"checkpoint {self.run.checkpoint('last')}", file=sys.stderr)
+                if self.world.main:
+                    print(f"dlforge: stopped early at step {self.step} (--max-steps/--max-time); "
+                          f"checkpoint {self.run.checkpoint('last')}", file=sys.stderr)
                 break
             self._tick()
             record = self._end_epoch(rate)
         if self.tb:
             self.tb.close()
+        distributed.teardown()
         return record
 
     def _log(self, record: dict) -> None:
+        self.records += 1
+        if not self.world.main:
+            return
         self.run.log(record)
         if self.tb:
             for k, v in record.items():
@@ -283,23 +358,32 @@ class Trainer:
         """Save last, and best when `score` (validation loss) improved."""
         improved = self.best is None or (math.isfinite(score) and score < self.best)
         if improved:
-            self.best = score
+            self.best, self.best_step = score, self.step
         self.save("last")
         if improved:  # the same bytes: link rather than serialise the model and optimiser again
-            try:
-                atomic_duplicate(self.run.checkpoint("last"), self.run.checkpoint("best"))
-            except OSError as e:
-                raise DlforgeError(f"{self.run.checkpoint('best')}: cannot save checkpoint ({e.strerror}); "
-                                   f"the previous checkpoint is kept") from None
+            distributed.from_main(self._link_best, self.world)
+
+    def _link_best(self) -> None:
+        try:
+            atomic_duplicate(self.run.checkpoint("last"), self.run.checkpoint("best"))
+        except OSError as e:
+            raise DlforgeError(f"{self.run.checkpoint('best')}: cannot save checkpoint ({e.strerror}); "
+                               f"the previous checkpoint is kept") from None
+
+    def _validate(self) -> dict:
+        """The evaluation callback's figures, on the unwrapped model: computed by rank 0, known to all."""
+        return {f"val_{k}": v for k, v in distributed.from_main(lambda: self.evaluate(self.model), self.world).items()}
 
     def _eval_step(self, bar) -> None:
         """Every eval_every steps: training loss since the last one, validation figures, checkpoints."""
         record = {"step": self.step, "epoch": self.epoch + 1, **self.running(self.window),
                   "lr": self.opt.param_groups[0]["lr"], "time": self._elapsed_now()}
-        record.update({f"val_{k}": v for k, v in self.evaluate(self.model).items()})
-        extra = "".join(f" | val_{k} = {record['val_' + k]:.4f}" for k in ("perplexity", "bpc") if "val_" + k in record)
-        (bar.write if bar is not None else print)(
-            f"[Step {self.step}] loss = {record['loss']:.4f} | val_loss = {record['val_loss']:.4f}{extra}")
+        record.update(self._validate())
+        extra = "".join(f" | val_{k} = {record['val_' + k]:.4f}" for k in ("perplexity", "bpc", "exact_match")
+                        if "val_" + k in record)
+        if self.world.main:
+            (bar.write if bar is not None else print)(
+                f"[Step {self.step}] loss = {record['loss']:.4f} | val_loss = {record['val_loss']:.4f}{extra}")
         self._log(record)
         self.window = {"loss": 0.0, "correct": 0, "count": 0}
         self._tick()  # checkpoints carry the time used so far
@@ -310,11 +394,12 @@ class Trainer:
         record = {"epoch": self.epoch + 1, "step": self.step, **self.running(), f"{self.units}_per_s": rate,
                   "lr": self.opt.param_groups[0]["lr"], "time": self.elapsed}
         if self.evaluate is not None and not step_eval:
-            record.update({f"val_{k}": v for k, v in self.evaluate(self.model).items()})
+            record.update(self._validate())
         line = f"[Epoch {record['epoch']}] loss = {record['loss']:.4f} | accuracy = {100 * record['accuracy']:.2f}%"
         if "val_loss" in record:
             line += f" | val_loss = {record['val_loss']:.4f} | val_accuracy = {100 * record['val_accuracy']:.2f}%"
-        print(line, flush=True)
+        if self.world.main:
+            print(line, flush=True)
         self._log(record)
         self.epoch, self.step_in_epoch = self.epoch + 1, 0
         self.sums = {"loss": 0.0, "correct": 0, "count": 0}

@@ -48,36 +48,42 @@ def server():
 SHA = "sha256:" + hashlib.sha256(BODY).hexdigest()
 
 
-def test_download_verifies_and_caches(server, tmp_path):
+def test_download_verifies_and_caches(server, tmp_path, reliability):
     Handler.mode = "good"
     p = download(server, tmp_path / "f.bin", SHA, backoff=0)
     assert p.read_bytes() == BODY
     download(server, tmp_path / "f.bin", SHA, backoff=0)
     assert Handler.hits == 1  # the verified copy is reused
+    reliability.record("download of a verified file already in the cache", "not fetched again")
 
 
-def test_corrupted_download_is_refused_and_not_kept(server, tmp_path):
+def test_corrupted_download_is_refused_and_not_kept(server, tmp_path, reliability):
     Handler.mode = "corrupt"
     with pytest.raises(DlforgeError, match="checksum mismatch"):
         download(server, tmp_path / "f.bin", SHA, retries=2, backoff=0)
     assert not (tmp_path / "f.bin").exists()
+    reliability.record("download whose bytes are corrupted (HTTP server on 127.0.0.1)",
+                       "checksum mismatch: one-line error, nothing kept under the final name")
 
 
-def test_truncated_download_is_retried(server, tmp_path):
+def test_truncated_download_is_retried(server, tmp_path, reliability):
     Handler.mode = "truncate-once"
     assert download(server, tmp_path / "f.bin", SHA, retries=3, backoff=0).read_bytes() == BODY
     assert Handler.hits == 2
+    reliability.record("connection dropped mid-download", "retried, then verified")
 
 
-def test_partial_file_is_resumed(server, tmp_path):
+def test_partial_file_is_resumed(server, tmp_path, reliability):
     Handler.mode = "good"
     (tmp_path / "f.bin.part").write_bytes(BODY[:5000])
     assert download(server, tmp_path / "f.bin", SHA, backoff=0).read_bytes() == BODY
+    reliability.record("partial download left by an earlier attempt", "resumed with an HTTP Range request, then verified")
 
 
-def test_unreachable_server(tmp_path):
+def test_unreachable_server(tmp_path, reliability):
     with pytest.raises(DlforgeError, match="failed after 2 tries"):
         download("http://127.0.0.1:9/none", tmp_path / "x", SHA, retries=2, backoff=0, timeout=2)
+    reliability.record("server unreachable", "retried with back-off, then a one-line error")
 
 
 @pytest.mark.parametrize("name", ["../evil.txt", "/abs/evil.txt", "a/../../evil.txt"])

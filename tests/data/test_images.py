@@ -33,12 +33,13 @@ def test_idx_raw_and_gzip_agree(tmp_path):
     (lambda b: b"\x00\x00\x0d\x03" + b[4:], "bad magic"),
     (lambda b: b[:2], "bad magic"),
 ])
-def test_corrupt_idx_is_one_clear_error(tmp_path, damage, message):
+def test_corrupt_idx_is_one_clear_error(tmp_path, damage, message, reliability):
     good = write_idx(tmp_path / "good", np.zeros((3, 4, 4), np.uint8), gz=False).read_bytes()
     bad = tmp_path / "bad-idx"
     bad.write_bytes(damage(good))
     with pytest.raises(DlforgeError, match=f"bad-idx.*{message}"):
         read_idx(bad)
+    reliability.record("IDX file truncated, too long or with a wrong magic number", "one-line error naming the file")
 
 
 def test_broken_gzip_names_the_file(tmp_path):
@@ -48,11 +49,22 @@ def test_broken_gzip_names_the_file(tmp_path):
         read_idx(p)
 
 
-def test_idx_header_bomb_refused(tmp_path):
+def test_corrupt_deflate_stream_names_the_file(tmp_path, reliability):
+    """Found by tests/fuzz_atheris.py: a gzip member with invalid deflate data raised zlib.error."""
+    import base64
+    p = tmp_path / "x.gz"
+    p.write_bytes(base64.b64decode("H4sIAKawAwAAAOFk4VcAawL/Y2DgYGJgYAAACAgAAAAA4WThVwAAAA=="))
+    with pytest.raises(DlforgeError, match="x.gz: cannot read IDX data"):
+        read_idx(p)
+    reliability.record("IDX gzip with an invalid deflate stream (found by atheris)", "one-line error naming the file")
+
+
+def test_idx_header_bomb_refused(tmp_path, reliability):
     p = tmp_path / "bomb"
     p.write_bytes(b"\x00\x00\x08\x03" + (60000).to_bytes(4, "big") + (60000).to_bytes(4, "big") + (60000).to_bytes(4, "big"))
     with pytest.raises(DlforgeError, match="more than"):
         read_idx(p)
+    reliability.record("IDX header bomb: 16 bytes declaring 60,000³ pixels", "refused before allocating")
 
 
 def test_mnist_layout_from_data_dir(tiny_idx_dir):

@@ -5,15 +5,27 @@ from dlforge.errors import DlforgeError
 from dlforge.registry import create_model, entries, list_models
 
 TINY = {"classify": dict(in_channels=3, img_size=8, num_classes=5),
-        "language-model": dict(vocab_size=11, block_size=8)}
+        "denoise": dict(vocab_size=9, img_size=8),
+        "language-model": dict(vocab_size=11, block_size=8),
+        "seq2seq": dict(src_vocab_size=13, max_len=16, n_enc_layer=1, n_dec_layer=1, n_head=2, d_model=16)}
 
 
 def _forward(model, task: str, kw: dict) -> torch.Tensor:
     """A batch of 4 for the task -> the output the loss would read."""
+    if task == "seq2seq":
+        src, tgt = torch.randint(1, 13, (4, 7)), torch.randint(1, 13, (4, 5))
+        logits = model(src, tgt)
+        assert logits.shape == (4, 5, 13)
+        return logits
     if task == "language-model":
         logits, _ = model(torch.randint(kw["vocab_size"], (4, kw["block_size"])))
         assert logits.shape == (4, kw["block_size"], kw["vocab_size"])
         return logits
+    if task == "denoise":
+        x = torch.randn(4, 1, kw["img_size"], kw["img_size"])
+        eps = model(x, torch.randint(0, 1000, (4,)), torch.tensor([[1, 3, 4, 0]] * 4))
+        assert eps.shape == x.shape
+        return eps
     out = model(torch.randn(4, kw["in_channels"], kw["img_size"], kw["img_size"]))
     assert out.shape == (4, kw["num_classes"])
     return out

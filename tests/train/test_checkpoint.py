@@ -39,22 +39,24 @@ def test_roundtrip_model_optimizer_rng_and_meta(tmp_path):
         assert all(torch.equal(sa[k], sb[k]) for k in ("exp_avg", "exp_avg_sq", "step"))
 
 
-def test_not_a_checkpoint(tmp_path):
+def test_not_a_checkpoint(tmp_path, reliability):
     p = tmp_path / "evil.safetensors"
     p.write_bytes(pickle.dumps({"a": 1}))
     with pytest.raises(DlforgeError, match="not a valid dlforge checkpoint"):
         ckpt.load_checkpoint(p)
+    reliability.record("a pickle named `.safetensors` given as a checkpoint", "refused, never unpickled")
 
 
-def test_weights_of_another_model(tmp_path):
+def test_weights_of_another_model(tmp_path, reliability):
     m, _ = _model_and_opt()
     ckpt.save_checkpoint(tmp_path / "c.safetensors", m, {})
     tensors, _ = ckpt.load_checkpoint(tmp_path / "c.safetensors")
     with pytest.raises(DlforgeError, match="do not fit"):
         ckpt.restore_model(create_model("mlp", in_features=7, num_classes=3, hidden=(5,)), tensors)
+    reliability.record("checkpoint of a model of other shapes", "refused with a one-line error")
 
 
-def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
+def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch, reliability):
     m, _ = _model_and_opt()
     path = tmp_path / "c.safetensors"
     ckpt.save_checkpoint(path, m, {"step": 1})
@@ -67,6 +69,8 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
         ckpt.save_checkpoint(path, m, {"step": 2})
     assert path.read_bytes() == good
     assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]  # no temporary left behind
+    reliability.record("disk full while writing a checkpoint (ENOSPC on fsync)",
+                       "one-line error; the previous checkpoint intact, no temporary file left")
 
 
 def test_channels_last_model_with_fused_adam_resumes_exactly(tmp_path):

@@ -18,13 +18,14 @@ class Exploit:
         return (open, (self.target, "w"))
 
 
-def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path):
+def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path, reliability):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
     torch.save({"weight": torch.zeros(2), "payload": Exploit(str(marker))}, evil)
     with pytest.raises(DlforgeError, match="refused"):
         load_weights(evil)
     assert not marker.exists()
+    reliability.record("`--init-from` a PyTorch file whose pickle would run code", "refused; the code never ran")
 
 
 def test_plain_torch_state_dict_is_accepted(tmp_path):
@@ -44,8 +45,9 @@ def test_safetensors_state_dict_and_dlforge_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage", b"\x10\x00\x00\x00\x00\x00\x00\x00{not json", os.urandom(64)])
-def test_garbage_is_a_clear_error(tmp_path, content):
+def test_garbage_is_a_clear_error(tmp_path, content, reliability):
     p = tmp_path / "x.bin"
     p.write_bytes(content)
     with pytest.raises(DlforgeError, match="--init-from"):
         load_weights(p)
+    reliability.record("`--init-from` an empty, random or half-safetensors file", "refused with a one-line error")
