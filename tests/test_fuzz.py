@@ -18,6 +18,8 @@ from dlforge.train.checkpoint import load_checkpoint, load_weights
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,  # the same cases every run
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 REFUSED = "refused with a one-line error"
+# Which examples end which way is not stable across sessions (hypothesis' search is not, given other imports),
+# so a test with two acceptable endings records both as one outcome: the counts stay the same on every run.
 
 
 def _idx_like(data: bytes, ndim: int, gz: bool) -> bytes:
@@ -31,14 +33,13 @@ def _idx_like(data: bytes, ndim: int, gz: bool) -> bytes:
 def test_idx_reader(tmp_path, reliability, body, ndim, gz):
     p = tmp_path / "f.idx"
     p.write_bytes(_idx_like(body, ndim, gz))
-    fault = "IDX file: valid magic, random dimension count and bytes, gzip or raw (hypothesis)"
+    reliability.record("IDX file: valid magic, random dimension count and bytes, gzip or raw (hypothesis)",
+                       "read as a uint8 array of the declared shape, or " + REFUSED)
     try:
         a = read_idx(p)
     except DlforgeError:
-        reliability.record(fault, REFUSED)
         return
     assert a.dtype == np.uint8 and a.ndim == ndim
-    reliability.record(fault, "read as a uint8 array of the declared shape")
 
 
 def _valid(fmt: str) -> bytes:
@@ -48,7 +49,6 @@ def _valid(fmt: str) -> bytes:
 
 
 VALID = {fmt: _valid(fmt) for fmt in ("PNG", "JPEG", "PPM")}
-Image.init()  # every format plugin now, not after the first unidentified file: the same outcomes in any test order
 
 
 @FUZZ
@@ -60,15 +60,14 @@ def test_image_decoder_truncated_or_corrupted(tmp_path, reliability, fmt, cut, n
     data = data[:where] + noise + data[where + len(noise):]
     p = tmp_path / f"x.{fmt.lower()}"
     p.write_bytes(data)
-    fault = "PNG / JPEG / PPM image truncated and overwritten with random bytes (hypothesis)"
+    reliability.record("PNG / JPEG / PPM image truncated and overwritten with random bytes (hypothesis)",
+                       "decoded to an 8×8 image, or " + REFUSED + " naming the file")
     try:
         a = decode_image(p, 8, "L")
     except DlforgeError as e:
         assert str(p) in str(e)
-        reliability.record(fault, REFUSED + " naming the file")
         return
     assert a.shape == (1, 8, 8)
-    reliability.record(fault, "decoded to an 8×8 image")
 
 
 def test_decompression_bomb_is_refused_before_decoding(tmp_path, reliability):
@@ -116,12 +115,11 @@ def test_safetensors_header_fuzz(tmp_path, reliability, n, header, tail):
     with pytest.raises(DlforgeError):
         load_checkpoint(p)
     reliability.record("checkpoint: random header length, random text as its JSON header (hypothesis)", REFUSED)
+    reliability.record("`--init-from` of those same files (hypothesis)", "read as weights, or " + REFUSED)
     try:
         load_weights(p)
     except DlforgeError:
-        reliability.record("`--init-from` the same files (hypothesis)", REFUSED)
-        return
-    reliability.record("`--init-from` the same files (hypothesis)", "read as a plain tensor dict")
+        pass
 
 
 NAMES = st.lists(st.sampled_from(["a", "b", "..", ".", "/", "etc", "x.txt", "\\", "c:"]), min_size=1, max_size=6)
