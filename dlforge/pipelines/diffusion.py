@@ -270,6 +270,8 @@ def train(model_name: str, dc: DiffusionDataConfig, tcfg: TrainConfig, overrides
           f"images, {data.tok.vocab_size} caption words; {len(loader)} batches of {tcfg.batch_size} per epoch) "
           f"on {trainer.device}", file=sys.stderr)
     trainer.fit()
+    if not trainer.world.main:  # torchrun: rank 0 reports
+        return {}
     return finish(run)
 
 

@@ -315,6 +315,8 @@ def train(model_name: str, dc: PairDataConfig, tcfg: TrainConfig, overrides: dic
           f"{len(data.val):,} val pairs; {len(loader)} batches of {tcfg.batch_size} per epoch) on {trainer.device}",
           file=sys.stderr)
     trainer.fit()
+    if not trainer.world.main:  # torchrun: rank 0 reports
+        return {}
     return evaluate(run, limit=200 if not dc.data_file else None)
 
 
