@@ -23,3 +23,15 @@ def load_model(run: Run, which: str = "best") -> tuple[torch.nn.Module, dict[str
     model = create_model(cfg["model"]["name"], **cfg["model"]["kwargs"])
     ckpt.restore_model(model, tensors, path)
     return model, tensors, path
+
+
+def start(trainer, resume: bool, out: str, name: str, what: str) -> None:
+    """Resume the trainer from its run's last checkpoint when asked, then say what trains on what.
+    `what` describes the data and batches (each pipeline its own)."""
+    import sys
+    if resume:
+        trainer.resume()
+        print(f"dlforge: resuming {out} at epoch {trainer.epoch + 1}, step {trainer.step}", file=sys.stderr)
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    print(f"dlforge: training {name} ({n_params / 1e6:.2f}M parameters) on {what} on {trainer.device}",
+          file=sys.stderr)

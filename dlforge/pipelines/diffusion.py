@@ -25,6 +25,7 @@ from dlforge.diffusion.schedulers import DDPMScheduler, make_betas, make_schedul
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import plots
 from dlforge.registry import create_model, get_entry
+from dlforge.pipelines import load_model, start
 from dlforge.runs import Run, atomic_write_json
 from dlforge.train import checkpoint as ckpt
 from dlforge.train.tasks import DenoiseTask
@@ -261,14 +262,9 @@ def train(model_name: str, dc: DiffusionDataConfig, tcfg: TrainConfig, overrides
     trainer = Trainer(task, model, loader, tcfg, run, val_callback(data, task, cfg, cond_fn, run, box),
                       meta={"model": cfg["model"], "task": cfg["task"]})
     box.append(trainer)
-    if resume:
-        trainer.resume()
-        print(f"dlforge: resuming {out} at epoch {trainer.epoch + 1}, step {trainer.step}", file=sys.stderr)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"dlforge: training {cfg['model']['name']} ({n_params / 1e6:.2f}M parameters) on "
-          f"{Path(dc.name).name} at {dc.img_size}×{dc.img_size} ({len(data.train_x):,} train / {len(data.val_x):,} val "
-          f"images, {data.tok.vocab_size} caption words; {len(loader)} batches of {tcfg.batch_size} per epoch) "
-          f"on {trainer.device}", file=sys.stderr)
+    start(trainer, resume, out, cfg["model"]["name"],
+          f"{Path(dc.name).name} at {dc.img_size}×{dc.img_size} ({len(data.train_x):,} train / {len(data.val_x):,} "
+          f"val images, {data.tok.vocab_size} caption words; {len(loader)} batches of {tcfg.batch_size} per epoch)")
     trainer.fit()
     if not trainer.world.main:  # torchrun: rank 0 reports
         return {}
@@ -293,12 +289,7 @@ def finish(run: Run) -> dict:
 def load_run(run: Run, which: str = "best", ema: bool = True, device: str = "auto"):
     """-> (config, Conditioner, model with the checkpoint's EMA weights (or raw with ema=False), path)."""
     cfg = run.config
-    path = run.checkpoint(which) if run.checkpoint(which).is_file() else run.checkpoint("last")
-    tensors, meta = ckpt.load_checkpoint(path)
-    if meta.get("model", {}).get("name") != cfg["model"]["name"]:
-        raise DlforgeError(f"{path}: holds model {meta.get('model', {}).get('name')!r}, the run says {cfg['model']['name']!r}")
-    model = create_model(cfg["model"]["name"], **cfg["model"]["kwargs"])
-    ckpt.restore_model(model, tensors, path)
+    model, tensors, path = load_model(run, which)
     if ema and any(k.startswith("task.ema.") for k in tensors):
         ckpt.restore_model(model, {"model." + k[len("task.ema."):]: v for k, v in tensors.items()
                                    if k.startswith("task.ema.")}, path)
