@@ -39,7 +39,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="fashion-mnist")
     ap.add_argument("--minutes", type=float, default=40.0, help="diffusion training budget (--max-time)")
-    ap.add_argument("--classifier-epochs", type=int, default=3)
+    ap.add_argument("--classifier-epochs", type=int, default=8, help="the judge's epochs (cosine learning rate)")
     ap.add_argument("--n", type=int, default=5000, help="DDIM-50 images (and as many real test images)")
     ap.add_argument("--n-ddpm", type=int, default=500, help="images for the DDPM-1000 vs DDIM-50 comparison")
     ap.add_argument("--guidance", type=float, default=3.0)
@@ -54,7 +54,7 @@ def main() -> None:
     res: dict = {"benchmark": "diffusion_quality", "data": args.data, "recipe": args.recipe, "model": args.model}
     if not (cls / "report.json").is_file():
         r = dlforge("train", "cnn", "--data", args.data, "--img-size", "28", "--epochs", str(args.classifier_epochs),
-                    "--out", str(cls), "--no-progress", "--json")
+                    "--lr-schedule", "cosine", "--out", str(cls), "--no-progress", "--json")
         res["classifier"] = {"test_accuracy": r["accuracy"], "wall_seconds": r["wall_seconds"]}
     else:
         res["classifier"] = {"test_accuracy": json.loads((cls / "report.json").read_text())["accuracy"]}

@@ -166,7 +166,7 @@ def _train_diffusion(args: argparse.Namespace) -> None:
     overrides = {k: v for k, v in (("ch", args.width), ("n_head", args.heads), ("num_res_blocks", args.layers),
                                    ("dropout", args.dropout)) if v is not None}
     task = {"num_train_timesteps": args.timesteps, "beta_schedule": args.beta_schedule, "cond_drop": args.cond_drop,
-            "ema_decay": args.ema_decay}
+            "ema_decay": args.ema_decay, "snr_gamma": args.snr_gamma}
     args.data = Path(data).stem if dc.is_csv else data  # the default run name: runs/unet-<data>
     report = diffusion.train(args.model, dc, tcfg, overrides, task, _out_dir(args), args.resume)
     if args.json:
@@ -392,6 +392,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     dif.add_argument("--cond-drop", type=float, default=0.1, help="probability of training on the empty caption "
                                                                   "(classifier-free guidance)")
     dif.add_argument("--ema-decay", type=float, default=0.999, help="moving average of the weights, used to sample")
+    dif.add_argument("--snr-gamma", type=float, default=5.0, help="Min-SNR-γ loss weight min(SNR, γ)/SNR "
+                                                                   "(faster convergence); 0: plain ε MSE")
     dif.add_argument("--text-encoder", default="own", help="own (a Transformer trained with the model) or a local "
                                                           "sentence-transformers folder (frozen)")
     p.add_argument("--out", help="run directory (default runs/MODEL-DATA, numbered if it exists)")

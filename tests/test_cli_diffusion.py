@@ -40,6 +40,7 @@ def test_loss_falls_and_the_run_is_complete(run):
     val = _metrics(run, "val_loss")
     assert len(val) == 3 and val[0] > val[1] > val[2] and val[2] < 0.25  # at initialisation ε̂ = 0: loss 1
     assert _metrics(run, "step")[-1] == 120
+    assert _metrics(run, "accuracy") == [] and _metrics(run, "val_accuracy") == []  # nothing to be right about
     for f in ("config.json", "captions.json", "samples.png", "samples/step-000040.png", "samples/step-000120.png",
               "learning_curves.png", "report.json", "checkpoints/best.safetensors"):
         assert (run / f).is_file(), f

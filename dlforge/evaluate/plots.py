@@ -64,14 +64,17 @@ def plot_image_grid(images: np.ndarray, titles: list[str], path: Path, title: st
     """images: (N, C, H, W) uint8 or float in [0,1]; colors: one per title (e.g. red for a wrong prediction)."""
     n = len(images)
     rows = max(1, -(-n // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), squeeze=False)
+    height = 1.75 * rows + 0.5
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, height), squeeze=False)
+    # margins in inches, not matplotlib's fractions (top=0.88 leaves a tall grid a band of blank inches)
+    fig.subplots_adjust(top=1 - 0.6 / height, bottom=0.05 / height, left=0.02, right=0.98)
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, t, c in zip(axes.flat, images, titles, colors or ["black"] * len(titles)):
         img = np.asarray(img).transpose(1, 2, 0)
         ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None)
         ax.set_title(t, fontsize=7, color=c)
-    fig.suptitle(title)
+    fig.suptitle(title, y=1 - 0.1 / height, va="top")
     return _save(fig, path)
 
 

@@ -93,14 +93,18 @@ class Conditioner:
         self.st = external_encoder(external) if external else None
 
     def encode(self, texts: list[str], warn: bool = False) -> torch.Tensor:
+        """warn: texts are user prompts (checked; unknown words noted). A sentence-transformers encoder has its own
+        tokenizer and vocabulary: any non-empty prompt goes to it as it is."""
+        if self.st is not None:
+            if warn and not all(t.strip() for t in texts):
+                raise DlforgeError("--prompt: the prompt is empty")
+            return torch.as_tensor(self.st.encode(texts, convert_to_numpy=True)).float()[:, None]
         rows = []
         for text in texts:
             ids, unknown = self.tok.encode_prompt(text) if warn else self.tok.encode(text)
-            if unknown and warn and self.st is None:
+            if unknown and warn:
                 print(f"dlforge: note: unknown words encoded as <unk>: {', '.join(sorted(set(unknown)))}", file=sys.stderr)
             rows.append(ids)
-        if self.st is not None:
-            return torch.as_tensor(self.st.encode(texts, convert_to_numpy=True)).float()[:, None]
         return self.tok.pad(rows)
 
     def null(self, n: int, like: torch.Tensor) -> torch.Tensor:
@@ -221,7 +225,7 @@ def val_callback(data: DiffusionData, task: DenoiseTask, cfg: dict, cond_fn: Con
             (run.path / "samples.png").write_bytes(path.read_bytes())
         finally:
             task.swap_ema(model)
-        return {"loss": se / x0.numel(), "accuracy": 0.0}
+        return {"loss": se / x0.numel()}  # the plain ε MSE (no Min-SNR weight): comparable across recipes
     return evaluate
 
 
@@ -250,7 +254,9 @@ def train(model_name: str, dc: DiffusionDataConfig, tcfg: TrainConfig, overrides
         data.tok.save(run.path / "captions.json")
     cond_fn = Conditioner(data.tok, None if dc.text_encoder == "own" else dc.text_encoder)
     if cond_fn.st is not None and not resume:
-        cfg["model"]["kwargs"]["context_dim"] = cond_fn.st.get_sentence_embedding_dimension()
+        st = cond_fn.st  # newer sentence-transformers renamed the method
+        cfg["model"]["kwargs"]["context_dim"] = (getattr(st, "get_embedding_dimension", None)
+                                                 or st.get_sentence_embedding_dimension)()
         Run.create(out, cfg)
     if cond_fn.st is not None:  # the frozen encoder's states replace the token ids, once per caption
         data.table.ids = cond_fn.encode(data.table.texts)

@@ -1,6 +1,7 @@
 """What a batch means. A task turns (model, batch) into a loss and metrics; the trainer only calls it."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -140,7 +141,9 @@ def _fits(state, batch_size: int) -> bool:
 class DenoiseTask:
     """Denoising diffusion with ε-prediction (Ho et al., 2020). A batch is (x_0 (B, C, H, W) in [-1, 1],
     caption (B, L) token ids, or (B, S, D) states of a frozen text encoder); t ~ U{0..T-1}, ε ~ N(0, I),
-    x_t = √ᾱ_t x_0 + √(1 - ᾱ_t) ε, loss = mean ‖ε - ε̂(x_t, t, caption)‖².
+    x_t = √ᾱ_t x_0 + √(1 - ᾱ_t) ε, loss = mean w_t ‖ε - ε̂(x_t, t, caption)‖² with the Min-SNR-γ weight
+    w_t = min(SNR_t, γ) / SNR_t, SNR_t = ᾱ_t / (1 - ᾱ_t) (Hang et al., 2023: the nearly clean timesteps stop
+    dominating the gradient, and training converges several times faster); snr_gamma = 0 gives w_t = 1.
     Classifier-free guidance (Ho & Salimans, 2022): each caption becomes the empty one (<s> alone; zero
     states) with probability cond_drop. An exponential moving average of the weights, decay
     min(ema_decay, (1 + n) / (10 + n)) at update n, is kept here after every optimiser step
@@ -149,7 +152,9 @@ class DenoiseTask:
     beta_schedule: str = "linear"
     cond_drop: float = 0.1
     ema_decay: float = 0.999
+    snr_gamma: float = 5.0
     name: str = "denoise"
+    reports_accuracy = False  # the trainer shows and logs no accuracy for it
     state_batch_dim = None  # the moving average is not per batch row: every rank holds the same one
 
     def __post_init__(self) -> None:
@@ -158,7 +163,11 @@ class DenoiseTask:
             raise DlforgeError(f"--cond-drop: expected a probability in [0, 1), got {self.cond_drop}")
         if not 0 <= self.ema_decay < 1:
             raise DlforgeError(f"--ema-decay: expected a number in [0, 1), got {self.ema_decay}")
+        if not (self.snr_gamma >= 0 and math.isfinite(self.snr_gamma)):
+            raise DlforgeError(f"--snr-gamma: expected a number >= 0 (0: no weighting), got {self.snr_gamma}")
         self.scheduler = DDPMScheduler(self.num_train_timesteps, self.beta_schedule)
+        snr = self.scheduler.alphas_cumprod / (1 - self.scheduler.alphas_cumprod)
+        self.loss_weight = (snr.clamp(max=self.snr_gamma) / snr if self.snr_gamma > 0 else torch.ones_like(snr)).float()
         self.ema: dict[str, torch.Tensor] | None = None
         self.ema_updates = 0
 
@@ -181,8 +190,9 @@ class DenoiseTask:
         eps = torch.randn_like(x0)
         x_t = self.scheduler.add_noise(x0, eps, t)
         eps_pred = model(x_t, t, self.drop_condition(cond, self.cond_drop))
-        loss = F.mse_loss(eps_pred.float(), eps)
-        return loss, {"correct": 0, "count": x0.shape[0]}
+        per_image = (eps_pred.float() - eps).pow(2).flatten(1).mean(1)                # (B,)
+        loss = (self.loss_weight.to(x0.device)[t] * per_image).mean()
+        return loss, {"count": x0.shape[0]}
 
     @torch.no_grad()
     def after_step(self, model: torch.nn.Module) -> None:

@@ -274,7 +274,8 @@ class Trainer:
         local, counts = distributed.shard(batch, self.world)
         with autocast(self.cfg.precision, self.device):
             loss, stats = self.task.step(self.net, _to(local, self.device))
-        value, n, correct = loss.item(), stats["count"] if counts else 0, int(stats["correct"]) if counts else 0
+        value, n = loss.item(), stats["count"] if counts else 0
+        correct = int(stats.get("correct", 0)) if counts else 0
         if self.world.active:
             # the loss is a mean over this rank's n samples; DDP averages gradients over ranks, so weight it
             # by n·W/N to get the gradient of the mean over the global batch's N samples
@@ -303,6 +304,8 @@ class Trainer:
     def running(self, sums: dict | None = None) -> dict:
         sums = sums or self.sums
         n = max(sums["count"], 1)
+        if not getattr(self.task, "reports_accuracy", True):  # e.g. denoising: no classes to be right about
+            return {"loss": sums["loss"] / n}
         return {"loss": sums["loss"] / n, "accuracy": sums["correct"] / n}
 
     def fit(self) -> dict:
@@ -322,7 +325,8 @@ class Trainer:
                     break
                 seen += self.train_step(batch)
                 r = self.running()
-                bar.set_postfix({"loss": f"{r['loss']:.4f}", "acc": f"{100 * r['accuracy']:.2f}%",
+                bar.set_postfix({"loss": f"{r['loss']:.4f}",
+                                 **({"acc": f"{100 * r['accuracy']:.2f}%"} if "accuracy" in r else {}),
                                  f"{self.unit}_s": f"{seen / (time.perf_counter() - start):.0f}"}, refresh=False)
                 bar.update()
                 if cfg.eval_every and self.evaluate is not None and self.step % cfg.eval_every == 0:
@@ -395,9 +399,13 @@ class Trainer:
                   "lr": self.opt.param_groups[0]["lr"], "time": self.elapsed}
         if self.evaluate is not None and not step_eval:
             record.update(self._validate())
-        line = f"[Epoch {record['epoch']}] loss = {record['loss']:.4f} | accuracy = {100 * record['accuracy']:.2f}%"
+        line = f"[Epoch {record['epoch']}] loss = {record['loss']:.4f}"
+        if "accuracy" in record:
+            line += f" | accuracy = {100 * record['accuracy']:.2f}%"
         if "val_loss" in record:
-            line += f" | val_loss = {record['val_loss']:.4f} | val_accuracy = {100 * record['val_accuracy']:.2f}%"
+            line += f" | val_loss = {record['val_loss']:.4f}"
+        if "val_accuracy" in record:
+            line += f" | val_accuracy = {100 * record['val_accuracy']:.2f}%"
         if self.world.main:
             print(line, flush=True)
         self._log(record)

@@ -72,8 +72,9 @@ def test_ema_math_swap_and_checkpoint_round_trip():
     assert other.ema_updates == 202 and torch.equal(other.ema["weight"], task.ema["weight"])
 
 
-def test_denoise_step_is_the_epsilon_mse(model):
-    task = DenoiseTask(num_train_timesteps=1000, cond_drop=0.0)
+@pytest.mark.parametrize("gamma", [0.0, 5.0])
+def test_denoise_step_is_the_min_snr_weighted_epsilon_mse(model, gamma):
+    task = DenoiseTask(num_train_timesteps=1000, cond_drop=0.0, snr_gamma=gamma)
     x0, ids = torch.rand(4, 1, 8, 8) * 2 - 1, torch.tensor([[1, 4, 5]] * 4)
     torch.manual_seed(3)
     loss, stats = task.step(model, (x0, ids))
@@ -81,5 +82,19 @@ def test_denoise_step_is_the_epsilon_mse(model):
     t = torch.randint(0, 1000, (4,))
     eps = torch.randn_like(x0)
     a = task.scheduler.alphas_cumprod[t].float().view(-1, 1, 1, 1)
-    want = ((model(a.sqrt() * x0 + (1 - a).sqrt() * eps, t, ids) - eps) ** 2).mean()
-    assert loss.item() == pytest.approx(want.item(), rel=1e-5) and stats["count"] == 4
+    per_image = ((model(a.sqrt() * x0 + (1 - a).sqrt() * eps, t, ids) - eps) ** 2).mean((1, 2, 3))
+    snr = (a / (1 - a)).view(-1)
+    w = torch.minimum(snr, torch.tensor(gamma)) / snr if gamma else torch.ones(4)
+    assert loss.item() == pytest.approx((w * per_image).mean().item(), rel=1e-5) and stats["count"] == 4
+    if gamma:  # noisy steps (SNR < γ) keep weight 1, nearly clean ones are scaled down by γ/SNR
+        assert task.loss_weight[-1] == 1 and task.loss_weight[0] == pytest.approx(gamma / snr_at(task, 0), rel=1e-5)
+
+
+def snr_at(task: DenoiseTask, t: int) -> float:
+    a = task.scheduler.alphas_cumprod[t].item()
+    return a / (1 - a)
+
+
+def test_snr_gamma_must_be_non_negative():
+    with pytest.raises(DlforgeError, match="--snr-gamma"):
+        DenoiseTask(snr_gamma=-1.0)
