@@ -77,6 +77,7 @@ def test_eval_with_a_classifier(run, classifier, capsys):
     r = json.loads(capsys.readouterr().out)
     assert 0 <= r["prompt_accuracy"] <= 1 and len(r["per_class_accuracy"]) == 10 and r["images_per_s"] > 0
     assert 0 <= r["frechet_real"] < r["frechet_noise"] and r["frechet"] >= 0 and r["steps"] == 5
+    assert r["kid_real"] < r["kid_noise"] and r["kid_std"] >= 0
     assert (run / "eval_samples.png").is_file()
 
 

@@ -1,6 +1,12 @@
-"""Fréchet distance between two sets of features (Heusel et al., 2017, "FID", here on a dlforge
-classifier's penultimate layer instead of Inception's): with means μ and covariances Σ,
-FD = ‖μ₁ - μ₂‖² + Tr(Σ₁ + Σ₂ - 2 (Σ₁ Σ₂)^½)."""
+"""Distances between two sets of features, here a dlforge classifier's penultimate layer instead of Inception's.
+
+Fréchet distance (Heusel et al., 2017, "FID"): with means μ and covariances Σ,
+FD = ‖μ₁ - μ₂‖² + Tr(Σ₁ + Σ₂ - 2 (Σ₁ Σ₂)^½). It is biased upwards by a small sample count, so only figures
+from equal counts compare.
+Kernel distance (Bińkowski et al., 2018, "KID"): the unbiased MMD² with the cubic polynomial kernel
+k(x, y) = (x·y / D + 1)³, averaged over random subsets. Its expectation does not depend on the sample count
+(0 for two samples of one distribution), so it also compares a few hundred images fairly. Written here
+(torchmetrics' version needs torch-fidelity's Inception network and weights, which cannot be downloaded)."""
 from __future__ import annotations
 
 import numpy as np
@@ -24,6 +30,23 @@ def frechet_distance(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor)
             covmean = linalg.sqrtm((s1 + off) @ (s2 + off))
     covmean = covmean.real
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def kernel_distance(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, subsets: int = 50,
+                    subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """a (N, D), b (M, D) -> (mean, standard deviation) of the unbiased MMD² over `subsets` random subsets
+    of min(subset_size, N, M) rows of each, as in the KID reference code (float64)."""
+    a, b = (np.asarray(v.cpu() if isinstance(v, torch.Tensor) else v, dtype=np.float64) for v in (a, b))
+    m = min(subset_size, len(a), len(b))
+    if m < 2:
+        raise ValueError("the kernel distance needs at least 2 samples in each set")
+    d, rng, out = a.shape[1], np.random.default_rng(seed), []
+    for _ in range(subsets):
+        x, y = a[rng.choice(len(a), m, replace=False)], b[rng.choice(len(b), m, replace=False)]
+        kxx, kyy, kxy = ((x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3)
+        off = m * (m - 1)
+        out.append((kxx.sum() - np.trace(kxx)) / off + (kyy.sum() - np.trace(kyy)) / off - 2 * kxy.mean())
+    return float(np.mean(out)), float(np.std(out))
 
 
 class PenultimateFeatures:

@@ -436,14 +436,15 @@ def evaluate(run: Run, classifier: str | None = None, n: int = 1000, sampler: st
     if not quiet:
         print(f"{report['sampler'].upper()} {report['steps']} steps, guidance {guidance:g}, {n} images: prompt accuracy "
               f"{100 * report['prompt_accuracy']:.2f}% | Fréchet distance {report['frechet']:.3f} (real held-out "
-              f"{report['frechet_real']:.3f}, noise {report['frechet_noise']:.3f}) | {report['images_per_s']:.1f} "
+              f"{report['frechet_real']:.3f}, noise {report['frechet_noise']:.3f}) | kernel distance {report['kid']:.4f} "
+              f"(real {report['kid_real']:.4f}, noise {report['kid_noise']:.4f}) | {report['images_per_s']:.1f} "
               f"images/s\nreport: {run.path / 'report.json'}; samples: eval_samples.png")
     return report
 
 
 def _quality(classify_fn, fake: torch.Tensor, labels: torch.Tensor, data: DiffusionData, dc: DiffusionDataConfig,
              n: int, seed: int, classes: list[str]) -> dict:
-    from dlforge.evaluate.frechet import frechet_distance
+    from dlforge.evaluate.frechet import frechet_distance, kernel_distance
     g = torch.Generator().manual_seed(seed + 1)
     pick = torch.randperm(len(data.test_x), generator=g)[:n]
     test, test_y = data.test_x[pick], data.test_y[pick]
@@ -455,5 +456,13 @@ def _quality(classify_fn, fake: torch.Tensor, labels: torch.Tensor, data: Diffus
     per_class = {classes[c]: float((pred[labels == c] == c).float().mean()) for c in range(len(classes))}
     return {"prompt_accuracy": float((pred == labels).float().mean()), "per_class_accuracy": per_class,
             "frechet": frechet_distance(ff, ft), "frechet_real": frechet_distance(fh, ft),
-            "frechet_noise": frechet_distance(fn, ft), "real_images": len(test), "held_out_images": len(held),
+            "frechet_noise": frechet_distance(fn, ft), **_kid(kernel_distance, ff, fh, fn, ft, seed),
+            "real_images": len(test), "held_out_images": len(held),
             "classifier_accuracy_real": float((tl.argmax(1) == test_y).float().mean())}
+
+
+def _kid(kernel_distance, ff, fh, fn, ft, seed: int) -> dict:
+    """The kernel distance (unbiased at any sample count) for generated, held-out real and noise against test."""
+    (k, sd), (kr, _), (kn, _) = (kernel_distance(f, ft, seed=seed) for f in (ff, fh, fn))
+    return {"kid": k, "kid_std": sd, "kid_real": kr, "kid_noise": kn}
+
