@@ -5,7 +5,8 @@
 3. DDIM-50 on --n images: prompt accuracy (guidance 3) and Fréchet distance to as many real test images,
    with the floor (held-out real images) and the ceiling (noise);
 4. DDPM-1000 and DDIM-50 on the same --n-ddpm images and seed: the quality ratio at equal sample count
-   (the Fréchet distance is biased by the sample count, so only equal counts compare) and the speed ratio.
+   (the Fréchet distance is biased by the sample count, so only equal counts compare; the kernel distance is
+   unbiased, with its spread over subsets) and the speed ratio.
 Writes benchmarks/results/diffusion-quality-<data>.json.
 
     python -m benchmarks.diffusion_quality --data fashion-mnist --minutes 40
@@ -75,7 +76,8 @@ def main() -> None:
     res["ddim_vs_ddpm"] = {"images": args.n_ddpm, "speedup": a["images_per_s"] / b["images_per_s"],
                            "prompt_accuracy": [a["prompt_accuracy"], b["prompt_accuracy"]],
                            "frechet": [a["frechet"], b["frechet"]],
-                           "frechet_ratio": a["frechet"] / b["frechet"]}
+                           "frechet_ratio": a["frechet"] / b["frechet"],
+                           "kid": [a["kid"], b["kid"]], "kid_std": [a["kid_std"], b["kid_std"]]}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"diffusion-quality-{args.data}.json"
     path.write_text(json.dumps(res, indent=1) + "\n")
