@@ -35,18 +35,23 @@ def frechet_distance(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor)
 def kernel_distance(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, subsets: int = 50,
                     subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
     """a (N, D), b (M, D) -> (mean, standard deviation) of the unbiased MMD² over `subsets` random subsets
-    of min(subset_size, N, M) rows of each, as in the KID reference code (float64)."""
+    of each, as in the KID reference code (float64). A subset holds min(subset_size, N/2, M/2) rows, so
+    that the subsets differ and their spread says how far the figure can be trusted at this sample count."""
     a, b = (np.asarray(v.cpu() if isinstance(v, torch.Tensor) else v, dtype=np.float64) for v in (a, b))
-    m = min(subset_size, len(a), len(b))
-    if m < 2:
-        raise ValueError("the kernel distance needs at least 2 samples in each set")
-    d, rng, out = a.shape[1], np.random.default_rng(seed), []
-    for _ in range(subsets):
-        x, y = a[rng.choice(len(a), m, replace=False)], b[rng.choice(len(b), m, replace=False)]
-        kxx, kyy, kxy = ((x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3)
-        off = m * (m - 1)
-        out.append((kxx.sum() - np.trace(kxx)) / off + (kyy.sum() - np.trace(kyy)) / off - 2 * kxy.mean())
+    if min(len(a), len(b)) < 4:
+        raise ValueError("the kernel distance needs at least 4 samples in each set")
+    m, rng = min(subset_size, len(a) // 2, len(b) // 2), np.random.default_rng(seed)
+    out = [mmd2_unbiased(a[rng.choice(len(a), m, replace=False)], b[rng.choice(len(b), m, replace=False)])
+           for _ in range(subsets)]
     return float(np.mean(out)), float(np.std(out))
+
+
+def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
+    """x, y (m, D) -> the unbiased MMD² with k(u, v) = (u·v / D + 1)³ (the diagonals of k(x, x), k(y, y) left out)."""
+    m, d = len(x), x.shape[1]
+    kxx, kyy, kxy = ((x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3)
+    off = m * (m - 1)
+    return float((kxx.sum() - np.trace(kxx)) / off + (kyy.sum() - np.trace(kyy)) / off - 2 * kxy.mean())
 
 
 class PenultimateFeatures:
