@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=5000, help="DDIM-50 images (and as many real test images)")
     ap.add_argument("--n-ddpm", type=int, default=500, help="images for the DDPM-1000 vs DDIM-50 comparison")
     ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument("--eta", type=float, default=0.0, help="DDIM's η (0: deterministic; 1: DDPM-like noise)")
     ap.add_argument("--out", default="runs/bench-diffusion")
     ap.add_argument("--recipe", default="--batch-size 128 --lr 2e-3 --lr-schedule cosine --warmup-steps 200 "
                                         "--min-lr-ratio 0.05 --eval-every 1000 --grad-clip 1",
@@ -68,9 +69,9 @@ def main() -> None:
     res["train_steps"] = max(m.get("step", 0) for m in metrics)
     res["val_loss"] = [(m["step"], round(m["val_loss"], 5)) for m in metrics if "val_loss" in m]
     common = ["--classifier", str(cls), "--guidance", str(args.guidance), "--json", "--seed", "0"]
-    res["ddim50"] = dlforge("eval", str(dif), "--n", str(args.n), "--sampler", "ddim", "--steps", "50", *common)
-    res["ddim50_small"] = dlforge("eval", str(dif), "--n", str(args.n_ddpm), "--sampler", "ddim", "--steps", "50",
-                                  *common)
+    ddim = ["--sampler", "ddim", "--steps", "50", "--eta", str(args.eta)]
+    res["ddim50"] = dlforge("eval", str(dif), "--n", str(args.n), *ddim, *common)
+    res["ddim50_small"] = dlforge("eval", str(dif), "--n", str(args.n_ddpm), *ddim, *common)
     res["ddpm1000_small"] = dlforge("eval", str(dif), "--n", str(args.n_ddpm), "--sampler", "ddpm", *common)
     a, b = res["ddim50_small"], res["ddpm1000_small"]
     res["ddim_vs_ddpm"] = {"images": args.n_ddpm, "speedup": a["images_per_s"] / b["images_per_s"],
