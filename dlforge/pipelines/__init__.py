@@ -25,13 +25,15 @@ def load_model(run: Run, which: str = "best") -> tuple[torch.nn.Module, dict[str
     return model, tensors, path
 
 
-def start(trainer, resume: bool, out: str, name: str, what: str) -> None:
-    """Resume the trainer from its run's last checkpoint when asked, then say what trains on what.
-    `what` describes the data and batches (each pipeline its own)."""
+def fit(trainer, resume: bool, out: str, name: str, what: str, show_params: bool = True) -> bool:
+    """Resume the trainer from its run's last checkpoint when asked, say what trains on what, train.
+    `what` describes the data and batches (each pipeline its own). -> whether this process reports
+    (under torchrun only rank 0 does)."""
     import sys
     if resume:
         trainer.resume()
         print(f"dlforge: resuming {out} at epoch {trainer.epoch + 1}, step {trainer.step}", file=sys.stderr)
-    n_params = sum(p.numel() for p in trainer.model.parameters())
-    print(f"dlforge: training {name} ({n_params / 1e6:.2f}M parameters) on {what} on {trainer.device}",
-          file=sys.stderr)
+    params = f" ({sum(p.numel() for p in trainer.model.parameters()) / 1e6:.2f}M parameters)" if show_params else ""
+    print(f"dlforge: training {name}{params} on {what} on {trainer.device}", file=sys.stderr)
+    trainer.fit()
+    return trainer.world.main

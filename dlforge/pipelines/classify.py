@@ -5,7 +5,6 @@ but the run. Used by the CLI commands train / eval / predict for models whose ta
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from dlforge.data.loader import BatchLoader
 from dlforge.data.transforms import ImageTransform, TransformConfig
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import metrics, plots
-from dlforge.pipelines import load_model
+from dlforge.pipelines import fit, load_model
 from dlforge.registry import create_model, get_entry
 from dlforge.runs import Run, atomic_write_json
 from dlforge.train.tasks import ClassifyTask
@@ -142,15 +141,10 @@ def _fit(run: Run, cfg: dict, data: images.ImageData, resume: bool) -> dict:
                          transform=ImageTransform(tc, train=True))
     trainer = Trainer(task, model, loader, tcfg, run, val_callback(task, data, tc, tcfg),
                       meta={"model": cfg["model"], "task": cfg["task"]})
-    if resume:
-        trainer.resume()
-        print(f"dlforge: resuming {out} at epoch {trainer.epoch + 1}, step {trainer.step}", file=sys.stderr)
-    print(f"dlforge: training {cfg['model']['name']} on {data.name} ({len(data.train_y)} train / "
-          f"{0 if data.val_y is None else len(data.val_y)} val / {len(data.test_y)} test images) on {trainer.device}",
-          file=sys.stderr)
-    trainer.fit()
-    if not trainer.world.main:  # torchrun: rank 0 reports
-        return {}
+    if not fit(trainer, resume, out, cfg["model"]["name"], f"{data.name} ({len(data.train_y)} train / "
+               f"{0 if data.val_y is None else len(data.val_y)} val / {len(data.test_y)} test images)",
+               show_params=False):
+        return {}  # torchrun: rank 0 reports
     return evaluate(run, data=data)
 
 

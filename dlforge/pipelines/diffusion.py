@@ -25,7 +25,7 @@ from dlforge.diffusion.schedulers import DDPMScheduler, make_betas, make_schedul
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import plots
 from dlforge.registry import create_model, get_entry
-from dlforge.pipelines import load_model, start
+from dlforge.pipelines import fit, load_model
 from dlforge.runs import Run, atomic_write_json
 from dlforge.train import checkpoint as ckpt
 from dlforge.train.tasks import DenoiseTask
@@ -268,12 +268,10 @@ def train(model_name: str, dc: DiffusionDataConfig, tcfg: TrainConfig, overrides
     trainer = Trainer(task, model, loader, tcfg, run, val_callback(data, task, cfg, cond_fn, run, box),
                       meta={"model": cfg["model"], "task": cfg["task"]})
     box.append(trainer)
-    start(trainer, resume, out, cfg["model"]["name"],
+    if not fit(trainer, resume, out, cfg["model"]["name"],
           f"{Path(dc.name).name} at {dc.img_size}×{dc.img_size} ({len(data.train_x):,} train / {len(data.val_x):,} "
-          f"val images, {data.tok.vocab_size} caption words; {len(loader)} batches of {tcfg.batch_size} per epoch)")
-    trainer.fit()
-    if not trainer.world.main:  # torchrun: rank 0 reports
-        return {}
+          f"val images, {data.tok.vocab_size} caption words; {len(loader)} batches of {tcfg.batch_size} per epoch)"):
+        return {}  # torchrun: rank 0 reports
     return finish(run)
 
 
@@ -453,16 +451,10 @@ def _quality(classify_fn, fake: torch.Tensor, labels: torch.Tensor, data: Diffus
     noise = P.to_uint8(torch.randn(fake.shape, generator=g).clamp(-1, 1))
     (fl, ff), (tl, ft), (_, fh), (_, fn) = (classify_fn(x) for x in (fake, same(test), same(held), noise))
     pred = fl.argmax(1)
+    (kid, kid_std), (kid_real, _), (kid_noise, _) = (kernel_distance(f, ft, seed=seed) for f in (ff, fh, fn))
     per_class = {classes[c]: float((pred[labels == c] == c).float().mean()) for c in range(len(classes))}
     return {"prompt_accuracy": float((pred == labels).float().mean()), "per_class_accuracy": per_class,
             "frechet": frechet_distance(ff, ft), "frechet_real": frechet_distance(fh, ft),
-            "frechet_noise": frechet_distance(fn, ft), **_kid(kernel_distance, ff, fh, fn, ft, seed),
-            "real_images": len(test), "held_out_images": len(held),
+            "frechet_noise": frechet_distance(fn, ft), "kid": kid, "kid_std": kid_std, "kid_real": kid_real,
+            "kid_noise": kid_noise, "real_images": len(test), "held_out_images": len(held),
             "classifier_accuracy_real": float((tl.argmax(1) == test_y).float().mean())}
-
-
-def _kid(kernel_distance, ff, fh, fn, ft, seed: int) -> dict:
-    """The kernel distance (unbiased at any sample count) for generated, held-out real and noise against test."""
-    (k, sd), (kr, _), (kn, _) = (kernel_distance(f, ft, seed=seed) for f in (ff, fh, fn))
-    return {"kid": k, "kid_std": sd, "kid_real": kr, "kid_noise": kn}
-

@@ -22,7 +22,7 @@ from dlforge.data import text as textdata
 from dlforge.data.loader import TokenLoader
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import metrics, plots
-from dlforge.pipelines import load_model, start
+from dlforge.pipelines import fit, load_model
 from dlforge.registry import create_model, get_entry
 from dlforge.runs import Run, atomic_write_json
 from dlforge.train.tasks import LanguageModelTask
@@ -185,12 +185,10 @@ def train(model_name: str, dc: TextDataConfig, tcfg: TrainConfig, overrides: dic
                            f"{tcfg.batch_size} streams of --block-size {dc.block_size}; use a smaller --batch-size")
     trainer = Trainer(LanguageModelTask(data.tokenizer.vocab_size), model, loader, tcfg, run,
                       val_callback(data, dc, tcfg), meta={"model": cfg["model"], "task": cfg["task"]})
-    start(trainer, resume, out, cfg["model"]["name"],
+    if not fit(trainer, resume, out, cfg["model"]["name"],
           f"{dc.source} ({dc.tokenizer} tokenizer, {data.tokenizer.vocab_size} tokens; {len(data.train):,} train / "
-          f"{len(data.val):,} val tokens; {len(loader)} batches of {tcfg.batch_size}×{dc.block_size} per epoch)")
-    trainer.fit()
-    if not trainer.world.main:  # torchrun: rank 0 reports
-        return {}
+          f"{len(data.val):,} val tokens; {len(loader)} batches of {tcfg.batch_size}×{dc.block_size} per epoch)"):
+        return {}  # torchrun: rank 0 reports
     return evaluate(run, data=data)
 
 

@@ -22,7 +22,7 @@ from dlforge.data.loader import BatchLoader
 from dlforge.data.text import TOKENIZERS, TextTokenizer, fit_tokenizer
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import plots
-from dlforge.pipelines import load_model, start
+from dlforge.pipelines import fit, load_model
 from dlforge.registry import create_model, get_entry
 from dlforge.runs import Run, atomic_write_json
 from dlforge.train.tasks import Seq2SeqTask
@@ -306,12 +306,10 @@ def train(model_name: str, dc: PairDataConfig, tcfg: TrainConfig, overrides: dic
                          lengths=(src != P.PAD).sum(1) + (tgt != P.PAD).sum(1))
     trainer = Trainer(task, model, loader, tcfg, run, val_callback(data, task, tcfg),
                       meta={"model": cfg["model"], "task": cfg["task"]})
-    start(trainer, resume, out, cfg["model"]["name"],
+    if not fit(trainer, resume, out, cfg["model"]["name"],
           f"{dc.source} ({dc.tokenizer} tokenizer, {data.src_tok.vocab_size} tokens; {len(data.train):,} train / "
-          f"{len(data.val):,} val pairs; {len(loader)} batches of {tcfg.batch_size} per epoch)")
-    trainer.fit()
-    if not trainer.world.main:  # torchrun: rank 0 reports
-        return {}
+          f"{len(data.val):,} val pairs; {len(loader)} batches of {tcfg.batch_size} per epoch)"):
+        return {}  # torchrun: rank 0 reports
     return evaluate(run, limit=200 if not dc.data_file else None)
 
 
