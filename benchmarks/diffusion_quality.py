@@ -7,7 +7,7 @@
 4. DDPM-1000 and DDIM-50 on the same --n-ddpm images and seed: the quality ratio at equal sample count
    (the Fréchet distance is biased by the sample count, so only equal counts compare; the kernel distance is
    unbiased, with its spread over subsets) and the speed ratio.
-Writes benchmarks/results/diffusion-quality-<data>.json.
+Writes benchmarks/results/diffusion-quality-<data>-<model>.json.
 
     python -m benchmarks.diffusion_quality --data fashion-mnist --minutes 40
     python -m benchmarks.diffusion_quality --data digits --minutes 5 --n 360 --n-ddpm 100
@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--n-ddpm", type=int, default=500, help="images for the DDPM-1000 vs DDIM-50 comparison")
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--eta", type=float, default=0.0, help="DDIM's η (0: deterministic; 1: DDPM-like noise)")
+    ap.add_argument("--also-eta", type=float, nargs="*", default=[], metavar="ETA",
+                    help="also evaluate DDIM-50 with these η on --n and --n-ddpm images (ddim50_eta<η> in the results)")
     ap.add_argument("--out", default="runs/bench-diffusion")
     ap.add_argument("--recipe", default="--batch-size 128 --lr 2e-3 --lr-schedule cosine --warmup-steps 200 "
                                         "--min-lr-ratio 0.05 --eval-every 1000 --grad-clip 1",
@@ -73,6 +75,10 @@ def main() -> None:
     res["ddim50"] = dlforge("eval", str(dif), "--n", str(args.n), *ddim, *common)
     res["ddim50_small"] = dlforge("eval", str(dif), "--n", str(args.n_ddpm), *ddim, *common)
     res["ddpm1000_small"] = dlforge("eval", str(dif), "--n", str(args.n_ddpm), "--sampler", "ddpm", *common)
+    for eta in args.also_eta:
+        other = ["--sampler", "ddim", "--steps", "50", "--eta", str(eta)]
+        res[f"ddim50_eta{eta:g}"] = dlforge("eval", str(dif), "--n", str(args.n), *other, *common)
+        res[f"ddim50_small_eta{eta:g}"] = dlforge("eval", str(dif), "--n", str(args.n_ddpm), *other, *common)
     a, b = res["ddim50_small"], res["ddpm1000_small"]
     res["ddim_vs_ddpm"] = {"images": args.n_ddpm, "speedup": a["images_per_s"] / b["images_per_s"],
                            "prompt_accuracy": [a["prompt_accuracy"], b["prompt_accuracy"]],
@@ -80,7 +86,7 @@ def main() -> None:
                            "frechet_ratio": a["frechet"] / b["frechet"],
                            "kid": [a["kid"], b["kid"]], "kid_std": [a["kid_std"], b["kid_std"]]}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"diffusion-quality-{args.data}.json"
+    path = RESULTS / f"diffusion-quality-{args.data}-{args.model}.json"
     path.write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps({k: res[k] for k in ("data", "train_seconds", "train_steps", "ddim_vs_ddpm")}))
     print(f"wrote {path}", file=sys.stderr)

@@ -385,7 +385,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     s2s.add_argument("--separate-vocab", action="store_true", help="one tokenizer per side (default: shared)")
     s2s.add_argument("--label-smoothing", type=float, default=0.1)
     s2s.add_argument("--max-len", type=int, default=128, help="longest sequence in tokens")
-    dif = p.add_argument_group("text-to-image diffusion (train diffusion | unet | unet-small | unet-tiny): "
+    dif = p.add_argument_group("text-to-image diffusion (train diffusion | unet | unet-small | unet-fast | unet-tiny): "
                                "--data fashion-mnist | mnist | digits | CAPTIONS.csv")
     dif.add_argument("--timesteps", type=int, default=1000, help="diffusion steps T of the forward process")
     dif.add_argument("--beta-schedule", default="linear", help="linear | cosine")

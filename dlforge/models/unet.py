@@ -5,10 +5,10 @@ ids (B, S) -> TextEncoder: embedding·√D + sinusoidal positions -> EncoderBloc
    (or, for a frozen external encoder, float states (B, S, D) given directly).
 t (B,) -> sinusoidal embedding -> MLP -> temb (B, 4C), plus the caption's pooled state (Imagen's trick:
    a global conditioning signal from step one, beside the cross-attention).
-x_t (B, 1, H, W) -> conv -> per level l: ResBlocks(GroupNorm, SiLU, conv, + temb) [+ SpatialAttention at
+x_t (B, 1, H, W) [-> pixel-unshuffle p×p: (B, p², H/p, W/p)] -> conv -> per level l: ResBlocks(GroupNorm, SiLU, conv, + temb) [+ SpatialAttention at
    low resolution: self-attention over the H·W positions, cross-attention to the caption's states, FF]
    -> stride-2 conv ... middle ResBlock, attention, ResBlock ... up: nearest ×2, conv, ResBlocks on
-   [x, skip] -> GroupNorm, SiLU, conv -> ε̂ (B, 1, H, W).
+   [x, skip] -> GroupNorm, SiLU, conv [-> pixel-shuffle] -> ε̂ (B, 1, H, W).
 The model never sees a scheduler: it maps (x_t, t, caption) to ε̂; the pipeline owns the loop.
 Classifier-free guidance's null caption is the empty caption: the <s> token alone.
 """
@@ -115,20 +115,20 @@ class UNet(nn.Module):
     def __init__(self, vocab_size: int = 64, img_size: int = 28, in_channels: int = 1, ch: int = 32,
                  ch_mult: tuple[int, ...] = (1, 2, 2), num_res_blocks: int = 1, attn_levels: tuple[int, ...] = (1, 2),
                  n_head: int = 4, dropout: float = 0.0, text_dim: int = 64, text_layers: int = 2, max_len: int = 32,
-                 context_dim: int | None = None):
+                 context_dim: int | None = None, patch: int = 1):
         super().__init__()
         levels = len(ch_mult)
-        if img_size % 2 ** (levels - 1):
-            raise DlforgeError(f"--img-size {img_size}: the unet halves it {levels - 1} times; use a multiple of "
-                               f"{2 ** (levels - 1)}")
-        self.img_size, self.in_channels = img_size, in_channels
+        if img_size % (patch * 2 ** (levels - 1)):
+            raise DlforgeError(f"--img-size {img_size}: the unet divides it by {patch} then halves it {levels - 1} "
+                               f"times; use a multiple of {patch * 2 ** (levels - 1)}")
+        self.img_size, self.in_channels, self.patch = img_size, in_channels, patch
         self.text = TextEncoder(vocab_size, max_len, text_dim, text_layers, n_head) if context_dim is None else None
         ctx_dim = context_dim or text_dim
         temb = 4 * ch
         self.ch = ch
         self.time_mlp = nn.Sequential(nn.Linear(ch, temb), nn.SiLU(), nn.Linear(temb, temb))
         self.text_pool = nn.Linear(ctx_dim, temb)
-        self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels * patch ** 2, ch, 3, padding=1)
         chans = [ch * m for m in ch_mult]
         self.down, skips, c = nn.ModuleList(), [ch], ch
         for lvl, co in enumerate(chans):
@@ -149,7 +149,7 @@ class UNet(nn.Module):
                 c = co
             if lvl > 0:
                 self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)))
-        self.norm_out, self.conv_out = nn.GroupNorm(_groups(c), c), nn.Conv2d(c, in_channels, 3, padding=1)
+        self.norm_out, self.conv_out = nn.GroupNorm(_groups(c), c), nn.Conv2d(c, in_channels * patch ** 2, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
@@ -172,7 +172,7 @@ class UNet(nn.Module):
         m = mask.unsqueeze(-1).to(ctx.dtype)
         pooled = (ctx * m).sum(1) / m.sum(1).clamp_min(1)                           # (B, D)
         temb = self.time_mlp(timestep_embedding(t, self.ch)) + self.text_pool(pooled)  # (B, 4C)
-        h = self.conv_in(x)
+        h = self.conv_in(F.pixel_unshuffle(x, self.patch) if self.patch > 1 else x)
         hs = [h]
         for mod in self.down:
             h = self._run(mod, h, temb, ctx, mask)
@@ -183,7 +183,8 @@ class UNet(nn.Module):
             if isinstance(mod, nn.ModuleList):
                 h = torch.cat([h, hs.pop()], 1)
             h = self._run(mod, h, temb, ctx, mask)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        return F.pixel_shuffle(out, self.patch) if self.patch > 1 else out
 
     @staticmethod
     def _run(mod: nn.Module, h: torch.Tensor, temb: torch.Tensor, ctx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -204,6 +205,14 @@ def unet(vocab_size: int = 64, img_size: int = 28, **kw) -> UNet:
 def unet_small(vocab_size: int = 64, img_size: int = 28, **kw) -> UNet:
     """Text-conditioned UNet: 24/48/48 channels, attention at 1/4 resolution only: quick CPU runs."""
     return UNet(vocab_size, img_size, **{"ch": 24, "attn_levels": (2,), **kw})
+
+
+@register_model("unet-fast", task="denoise")
+def unet_fast(vocab_size: int = 64, img_size: int = 28, **kw) -> UNet:
+    """Text-conditioned UNet on 2×2 pixel-unshuffled input (the image as 4 channels at half the size, as in
+    Hoogeboom et al., 2023): 32/64 channels at 1/2 and 1/4 resolution, attention at 1/4. About twice
+    unet-small's training speed on a CPU at about its parameter count."""
+    return UNet(vocab_size, img_size, **{"ch": 32, "ch_mult": (1, 2), "attn_levels": (1,), "patch": 2, **kw})
 
 
 @register_model("unet-tiny", task="denoise")

@@ -233,7 +233,7 @@ def train(model_name: str, dc: DiffusionDataConfig, tcfg: TrainConfig, overrides
           out: str, resume: bool) -> dict:
     """Train a text-to-image denoiser into run directory `out` (or continue it); -> a short report."""
     if get_entry(model_name).task != TASK:
-        raise DlforgeError(f"model {model_name!r} is not a denoiser (expected unet, unet-small or unet-tiny)")
+        raise DlforgeError(f"model {model_name!r} is not a denoiser (expected unet, unet-small, unet-fast or unet-tiny)")
     if resume:
         run = Run.open(out, TASK)
         cfg = {**run.config, "train": asdict(tcfg)}

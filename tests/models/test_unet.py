@@ -17,9 +17,9 @@ def _wake(model):
     return model
 
 
-@pytest.mark.parametrize("size", [8, 16])
-def test_shapes_and_gradients_reach_the_text_encoder(size):
-    model = _wake(create_model("unet-tiny", vocab_size=12, img_size=size))
+@pytest.mark.parametrize("size,patch", [(8, 1), (16, 1), (8, 2)])
+def test_shapes_and_gradients_reach_the_text_encoder(size, patch):
+    model = _wake(create_model("unet-tiny", vocab_size=12, img_size=size, patch=patch))
     x = torch.randn(3, 1, size, size)
     ids = torch.tensor([[1, 4, 5, 0], [1, 6, 0, 0], [1, 0, 0, 0]])
     eps = model(x, torch.tensor([0, 500, 999]), ids)
@@ -47,5 +47,7 @@ def test_external_encoder_states_and_size_checks():
         model(torch.randn(2, 1, 8, 8), torch.tensor([1, 2]), torch.tensor([[1, 2]]))
     with pytest.raises(DlforgeError, match="--img-size 10"):
         create_model("unet", img_size=10)
+    with pytest.raises(DlforgeError, match="multiple of 4"):
+        create_model("unet-fast", img_size=30)  # 2×2 pixel-unshuffle, then one halving
     big = create_model("unet", vocab_size=30, img_size=28)
     assert 1e6 < sum(p.numel() for p in big.parameters()) < 3e6
