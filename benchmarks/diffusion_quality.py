@@ -46,7 +46,8 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--eta", type=float, default=0.0, help="DDIM's η (0: deterministic; 1: DDPM-like noise)")
     ap.add_argument("--also-eta", type=float, nargs="*", default=[], metavar="ETA",
-                    help="also evaluate DDIM-50 with these η on --n and --n-ddpm images (ddim50_eta<η> in the results)")
+                    help="also evaluate DDIM-50 with these η on --n and --n-ddpm images "
+                         "(ddim50_eta<η> in the results)")
     ap.add_argument("--out", default="runs/bench-diffusion")
     ap.add_argument("--recipe", default="--batch-size 128 --lr 2e-3 --lr-schedule cosine --warmup-steps 200 "
                                         "--min-lr-ratio 0.05 --eval-every 1000 --grad-clip 1",
@@ -71,14 +72,12 @@ def main() -> None:
     res["train_steps"] = max(m.get("step", 0) for m in metrics)
     res["val_loss"] = [(m["step"], round(m["val_loss"], 5)) for m in metrics if "val_loss" in m]
     common = ["--classifier", str(cls), "--guidance", str(args.guidance), "--json", "--seed", "0"]
-    ddim = ["--sampler", "ddim", "--steps", "50", "--eta", str(args.eta)]
-    res["ddim50"] = dlforge("eval", str(dif), "--n", str(args.n), *ddim, *common)
-    res["ddim50_small"] = dlforge("eval", str(dif), "--n", str(args.n_ddpm), *ddim, *common)
+    ddim = lambda n, eta: dlforge("eval", str(dif), "--n", str(n), "--sampler", "ddim", "--steps", "50",  # noqa: E731
+                                  "--eta", str(eta), *common)
+    res["ddim50"], res["ddim50_small"] = ddim(args.n, args.eta), ddim(args.n_ddpm, args.eta)
     res["ddpm1000_small"] = dlforge("eval", str(dif), "--n", str(args.n_ddpm), "--sampler", "ddpm", *common)
     for eta in args.also_eta:
-        other = ["--sampler", "ddim", "--steps", "50", "--eta", str(eta)]
-        res[f"ddim50_eta{eta:g}"] = dlforge("eval", str(dif), "--n", str(args.n), *other, *common)
-        res[f"ddim50_small_eta{eta:g}"] = dlforge("eval", str(dif), "--n", str(args.n_ddpm), *other, *common)
+        res[f"ddim50_eta{eta:g}"], res[f"ddim50_small_eta{eta:g}"] = ddim(args.n, eta), ddim(args.n_ddpm, eta)
     a, b = res["ddim50_small"], res["ddpm1000_small"]
     res["ddim_vs_ddpm"] = {"images": args.n_ddpm, "speedup": a["images_per_s"] / b["images_per_s"],
                            "prompt_accuracy": [a["prompt_accuracy"], b["prompt_accuracy"]],

@@ -5,8 +5,9 @@ ids (B, S) -> TextEncoder: embedding·√D + sinusoidal positions -> EncoderBloc
    (or, for a frozen external encoder, float states (B, S, D) given directly).
 t (B,) -> sinusoidal embedding -> MLP -> temb (B, 4C), plus the caption's pooled state (Imagen's trick:
    a global conditioning signal from step one, beside the cross-attention).
-x_t (B, 1, H, W) [-> pixel-unshuffle p×p: (B, p², H/p, W/p)] -> conv -> per level l: ResBlocks(GroupNorm, SiLU, conv, + temb) [+ SpatialAttention at
-   low resolution: self-attention over the H·W positions, cross-attention to the caption's states, FF]
+x_t (B, 1, H, W) [-> pixel-unshuffle p×p: (B, p², H/p, W/p)] -> conv -> per level l: ResBlocks(GroupNorm, SiLU,
+   conv, + temb) [+ SpatialAttention at low resolution: self-attention over the H·W positions, cross-attention
+   to the caption's states, FF]
    -> stride-2 conv ... middle ResBlock, attention, ResBlock ... up: nearest ×2, conv, ResBlocks on
    [x, skip] -> GroupNorm, SiLU, conv [-> pixel-shuffle] -> ε̂ (B, 1, H, W).
 The model never sees a scheduler: it maps (x_t, t, caption) to ε̂; the pipeline owns the loop.

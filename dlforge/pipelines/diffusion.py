@@ -24,7 +24,7 @@ from dlforge.diffusion import pipeline as P
 from dlforge.diffusion.schedulers import DDPMScheduler, make_betas, make_scheduler
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import plots
-from dlforge.registry import create_model, get_entry
+from dlforge.registry import create_model, entries, get_entry
 from dlforge.pipelines import fit, load_model
 from dlforge.runs import Run, atomic_write_json
 from dlforge.train import checkpoint as ckpt
@@ -233,7 +233,8 @@ def train(model_name: str, dc: DiffusionDataConfig, tcfg: TrainConfig, overrides
           out: str, resume: bool) -> dict:
     """Train a text-to-image denoiser into run directory `out` (or continue it); -> a short report."""
     if get_entry(model_name).task != TASK:
-        raise DlforgeError(f"model {model_name!r} is not a denoiser (expected unet, unet-small, unet-fast or unet-tiny)")
+        denoisers = ", ".join(e.name for e in entries() if e.task == TASK)
+        raise DlforgeError(f"model {model_name!r} is not a denoiser (expected one of: {denoisers})")
     if resume:
         run = Run.open(out, TASK)
         cfg = {**run.config, "train": asdict(tcfg)}
