@@ -63,7 +63,7 @@ def train(name: str, minutes: float, out: Path, extra: list[str]) -> dict:
 
 
 def _sample(run: Path) -> str:
-    from dlforge.pipelines import lm
+    from dlforge.recipes import language_model as lm
     from dlforge.runs import Run
     return lm.generate(Run.open(run), "ROMEO:", 300, temperature=0.8, seed=0)
 
@@ -119,7 +119,7 @@ def generation(run: Path | None, tokens: int, model_name: str) -> dict:
     """500 tokens from "ROMEO:" with and without the KV cache (temperature 1, seeded). Without a run,
     the registered model with random weights (speed does not depend on the weights)."""
     import torch
-    from dlforge.pipelines import lm
+    from dlforge.recipes import language_model as lm
     from dlforge.registry import create_model
     from dlforge.runs import Run
     if run is not None:

@@ -49,7 +49,7 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
-    from dlforge.pipelines.classify import summary
+    from dlforge.recipes.classify import summary
     from dlforge.registry import create_model
     kw = {"in_channels": args.in_channels, "img_size": args.img_size, "num_classes": args.num_classes}
     model = create_model(args.model, **kw)
@@ -95,7 +95,7 @@ def _train_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from dlforge.pipelines import classify
+    from dlforge.recipes import classify
     from dlforge.registry import get_entry
     if args.model == "diffusion":  # `dlforge train diffusion`: the default text-to-image denoiser
         args.model = "unet"
@@ -123,7 +123,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def _train_lm(args: argparse.Namespace) -> None:
-    from dlforge.pipelines import lm
+    from dlforge.recipes import language_model as lm
     tcfg = _train_config(args)
     if not args.data_file:
         args.data = args.data or "tinyshakespeare"
@@ -140,7 +140,7 @@ def _train_lm(args: argparse.Namespace) -> None:
 
 
 def _train_seq2seq(args: argparse.Namespace) -> None:
-    from dlforge.pipelines import translate
+    from dlforge.recipes import seq2seq as translate
     tcfg = _train_config(args)
     names = (("n_enc_layer", args.layers), ("n_dec_layer", args.layers), ("n_head", args.heads),
              ("d_model", args.width), ("dropout", args.dropout))
@@ -156,7 +156,7 @@ def _train_seq2seq(args: argparse.Namespace) -> None:
 
 
 def _train_diffusion(args: argparse.Namespace) -> None:
-    from dlforge.pipelines import diffusion
+    from dlforge.recipes import denoise as diffusion
     if args.eval_every is None:  # validation loss and a sample grid every 500 steps
         args.eval_every = 500
     tcfg = _train_config(args)
@@ -179,24 +179,24 @@ def _run_task(path: str) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from dlforge.pipelines import classify
+    from dlforge.recipes import classify
     from dlforge.runs import Run
     if _run_task(args.run) == "denoise":
-        from dlforge.pipelines import diffusion
+        from dlforge.recipes import denoise as diffusion
         report = diffusion.evaluate(Run.open(args.run, "denoise"), args.classifier, args.n or 1000, args.sampler,
                                     args.steps, args.guidance, args.eta, args.seed, args.device, quiet=args.json)
         if args.json:
             _print_json(report)
         return
     if _run_task(args.run) == "seq2seq":
-        from dlforge.pipelines import translate
+        from dlforge.recipes import seq2seq as translate
         report = translate.evaluate(Run.open(args.run, "seq2seq"), args.beam, args.length_penalty, args.limit,
                                     args.device, quiet=args.json)
         if args.json:
             _print_json(report)
         return
     if _run_task(args.run) == "language-model":
-        from dlforge.pipelines import lm
+        from dlforge.recipes import language_model as lm
         report = lm.evaluate(Run.open(args.run, "language-model"), device=args.device, quiet=args.json)
         if args.json:
             _print_json(report)
@@ -208,7 +208,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from dlforge.pipelines import classify
+    from dlforge.recipes import classify
     from dlforge.runs import Run
     results = classify.predict(Run.open(args.run, "classify"), args.images, args.top_k, args.device)
     if args.json:
@@ -222,7 +222,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- language models
 def cmd_generate(args: argparse.Namespace) -> None:
-    from dlforge.pipelines import lm
+    from dlforge.recipes import language_model as lm
     from dlforge.runs import Run
     run = Run.open(args.run, "language-model")
     if args.stream:
@@ -235,7 +235,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_next(args: argparse.Namespace) -> None:
-    from dlforge.pipelines import lm
+    from dlforge.recipes import language_model as lm
     from dlforge.runs import Run
     top = lm.next_tokens(Run.open(args.run, "language-model"), args.text, args.top_k, args.device)
     if args.json:
@@ -247,7 +247,7 @@ def cmd_next(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- sequence to sequence
 def cmd_translate(args: argparse.Namespace) -> None:
-    from dlforge.pipelines import translate
+    from dlforge.recipes import seq2seq as translate
     from dlforge.runs import Run
     out = translate.translate(Run.open(args.run, "seq2seq"), args.text, args.to, args.beam, args.length_penalty,
                               args.attention_map, args.device)
@@ -262,7 +262,7 @@ def cmd_translate(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- diffusion
 def cmd_sample(args: argparse.Namespace) -> None:
-    from dlforge.pipelines import diffusion
+    from dlforge.recipes import denoise as diffusion
     from dlforge.runs import Run
     r = diffusion.sample(Run.open(args.run, "denoise"), args.prompt or [], args.n, args.sampler, args.steps,
                          args.guidance, args.eta, args.seed, args.out, args.trajectory, not args.no_ema, args.device)
@@ -274,7 +274,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def cmd_noise(args: argparse.Namespace) -> None:
-    from dlforge.pipelines import diffusion
+    from dlforge.recipes import denoise as diffusion
     r = diffusion.noise(args.image, args.out, args.frames, args.timesteps, args.beta_schedule, args.size, args.seed)
     print(f"forward process at t = {', '.join(map(str, r['timesteps']))}: {r['out']}")
 

@@ -2,7 +2,7 @@ import torch
 
 from dlforge.cli import main
 from dlforge.models.cnn import MyNet
-from dlforge.pipelines.classify import summary
+from dlforge.recipes.classify import summary
 from dlforge.registry import create_model
 
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from dlforge.pipelines.lm import generate_ids
+from dlforge.recipes.language_model import generate_ids
 from dlforge.registry import create_model
 
 V = 11

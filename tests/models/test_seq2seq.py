@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dlforge.data.pairs import BOS, EOS, PAD
-from dlforge.pipelines.translate import beam_search, greedy
+from dlforge.recipes.seq2seq import beam_search, greedy
 from dlforge.registry import create_model
 
 

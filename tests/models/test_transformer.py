@@ -4,7 +4,7 @@ import torch
 
 from dlforge.errors import DlforgeError
 from dlforge.models.layers import MultiHeadAttention, SinusoidalPositions
-from dlforge.pipelines.lm import filter_logits, generate_ids
+from dlforge.recipes.language_model import filter_logits, generate_ids
 from dlforge.registry import create_model
 
 V, T = 13, 16

@@ -22,7 +22,7 @@ from dlforge.data.loader import BatchLoader
 from dlforge.data.text import TOKENIZERS, TextTokenizer, fit_tokenizer
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import plots
-from dlforge.pipelines import fit, load_model
+from dlforge.recipes.base import fit, load_model
 from dlforge.registry import create_model, get_entry
 from dlforge.runs import Run, atomic_write_json
 from dlforge.train.tasks import Seq2SeqTask

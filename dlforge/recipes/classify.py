@@ -17,7 +17,7 @@ from dlforge.data.loader import BatchLoader
 from dlforge.data.transforms import ImageTransform, TransformConfig
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import metrics, plots
-from dlforge.pipelines import fit, load_model
+from dlforge.recipes.base import fit, load_model
 from dlforge.registry import create_model, get_entry
 from dlforge.runs import Run, atomic_write_json
 from dlforge.train.tasks import ClassifyTask

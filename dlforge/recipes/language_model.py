@@ -22,7 +22,7 @@ from dlforge.data import text as textdata
 from dlforge.data.loader import TokenLoader
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import metrics, plots
-from dlforge.pipelines import fit, load_model
+from dlforge.recipes.base import fit, load_model
 from dlforge.registry import create_model, get_entry
 from dlforge.runs import Run, atomic_write_json
 from dlforge.train.tasks import LanguageModelTask

@@ -25,7 +25,7 @@ from dlforge.diffusion.schedulers import DDPMScheduler, make_betas, make_schedul
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import plots
 from dlforge.registry import create_model, entries, get_entry
-from dlforge.pipelines import fit, load_model
+from dlforge.recipes.base import fit, load_model
 from dlforge.runs import Run, atomic_write_json
 from dlforge.train import checkpoint as ckpt
 from dlforge.train.tasks import DenoiseTask
@@ -371,7 +371,7 @@ def _classifier(path: str, classes: list[str], device: torch.device):
     """A dlforge classification run on the same classes -> (classify(uint8 images) -> (logits, features))."""
     from dlforge.data.transforms import ImageTransform
     from dlforge.evaluate.frechet import PenultimateFeatures
-    from dlforge.pipelines import classify
+    from dlforge.recipes import classify
     cfg, task, model, tc, _ = classify.load_run_model(Run.open(path, "classify"))
     if cfg["data"]["num_classes"] != len(classes) or task.loss != "cross-entropy":
         raise DlforgeError(f"--classifier {path}: expected a cross-entropy classifier of the same "
