@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from pathlib import Path
 from typing import Callable
 
 from dlforge.errors import DlforgeError
@@ -25,7 +23,20 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _print_json(obj: dict) -> None:
-    print(json.dumps(obj, default=float))
+    print(json.dumps(_short_floats(obj), default=float))
+
+
+def _short_floats(obj):
+    """Floats that came from float32 (0.14000000059604645) printed as the float32 they are (0.14)."""
+    if isinstance(obj, float):
+        import numpy as np
+        f32 = float(np.float32(obj))
+        return float(str(np.float32(obj))) if f32 == obj else obj
+    if isinstance(obj, dict):
+        return {k: _short_floats(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_short_floats(v) for v in obj]
+    return obj
 
 
 # ---------------------------------------------------------------- data, models, summary
@@ -65,152 +76,41 @@ def cmd_summary(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------- train / eval / predict
-def _out_dir(args: argparse.Namespace) -> str:
-    if args.out:
-        p = Path(args.out)
-        if not args.resume and (p / "checkpoints" / "last.safetensors").is_file():
-            raise DlforgeError(f"--out {p}: already holds a run; pass --resume to continue it or choose another --out")
-        return str(p)
-    if not args.resume and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would number its own
-        raise DlforgeError("--out: required under torchrun, so that every process writes the same run directory")
-    data = args.data or (Path(args.data_file).stem if getattr(args, "data_file", None) else "data")
-    base = Path("runs") / f"{args.model}-{data}"
-    if args.resume:
-        return str(base)
-    p, n = base, 1
-    while p.exists():
-        n += 1
-        p = base.with_name(f"{base.name}-{n}")
-    return str(p)
-
-
-def _train_config(args: argparse.Namespace):
-    from dlforge.train.trainer import TrainConfig
-    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                       optimizer=args.optimizer, seed=args.seed, device=args.device, precision=args.precision,
-                       max_steps=args.max_steps, max_time=args.max_time, grad_clip=args.grad_clip,
-                       lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps, min_lr_ratio=args.min_lr_ratio,
-                       decay_steps=args.decay_steps, beta2=args.beta2, eval_every=args.eval_every,
-                       tensorboard=args.tensorboard, progress=not args.no_progress, init_from=args.init_from)
+CLI_ONLY = ("command", "fn", "model", "data", "out", "resume", "json")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from dlforge.recipes import classify
-    from dlforge.registry import get_entry
-    if args.model == "diffusion":  # `dlforge train diffusion`: the default text-to-image denoiser
-        args.model = "unet"
-    if get_entry(args.model).task == "denoise":
-        return _train_diffusion(args)
-    if get_entry(args.model).task == "language-model":
-        return _train_lm(args)
-    if get_entry(args.model).task == "seq2seq":
-        return _train_seq2seq(args)
-    args.data = args.data or "digits"
-    args.img_size = 48 if args.img_size is None else args.img_size  # the reference's size
-    tcfg = _train_config(args)
-    dc = classify.DataConfig(name=args.data, data_dir=args.data_dir, val_fraction=args.val_fraction,
-                             grayscale=args.grayscale)
-    model_kw = {k: v for k, v in (("hidden", args.hidden), ("activation", args.activation)) if v is not None}
-    out = _out_dir(args)
-    if args.resume:  # the run's own recipe and data; only the budget (epochs, steps, time, lr) comes from here
-        report = classify.resume(out, tcfg, args.model)
-    else:
-        cfg, data = classify.new_config(args.model, dc, tcfg, args.img_size, args.loss, args.positive_class,
-                                        args.channels_last, model_kw)
-        report = classify.train(cfg, data, out)
-    if args.json:
-        _print_json({k: v for k, v in report.items() if k not in ("per_class", "confusion_matrix")})
+    """Every flag given (and only those: the parser has no defaults) goes to dlforge.train as an option; one
+    that does not apply to the model is an error there, naming the flag."""
+    import dlforge
+    options = {k: v for k, v in vars(args).items() if k not in CLI_ONLY}
+    run = dlforge.train(args.model, getattr(args, "data", None), out=getattr(args, "out", None),
+                        resume=getattr(args, "resume", False), **options)
+    if getattr(args, "json", False) and run is not None:
+        _print_json({k: v for k, v in run.report.items() if k not in ("per_class", "confusion_matrix")}
+                    if run.config.task == "classify" else run.report)
 
 
-def _train_lm(args: argparse.Namespace) -> None:
-    from dlforge.recipes import language_model as lm
-    tcfg = _train_config(args)
-    if not args.data_file:
-        args.data = args.data or "tinyshakespeare"
-    names = (("n_layer", args.layers), ("n_head", args.heads), ("d_model", args.width), ("dropout", args.dropout),
-             ("pos_encoding", args.pos_encoding), ("tie_weights", args.tie_weights))
-    overrides = {k: v for k, v in names if v is not None}
-    dc = lm.TextDataConfig(name=args.data, data_file=args.data_file, tokenizer=args.tokenizer or "char",
-                           vocab_size=args.vocab_size or 512, val_fraction=args.val_fraction,
-                           block_size=args.block_size or lm.default_block_size(args.model),
-                           eval_tokens=args.eval_tokens or None)
-    report = lm.train(args.model, dc, tcfg, overrides, _out_dir(args), args.resume)
-    if args.json:
-        _print_json(report)
-
-
-def _train_seq2seq(args: argparse.Namespace) -> None:
-    from dlforge.recipes import seq2seq as translate
-    tcfg = _train_config(args)
-    names = (("n_enc_layer", args.layers), ("n_dec_layer", args.layers), ("n_head", args.heads),
-             ("d_model", args.width), ("dropout", args.dropout))
-    overrides = {k: v for k, v in names if v is not None}
-    dc = translate.PairDataConfig(
-        name=None if args.data_file else (args.data or "numbers"), data_file=args.data_file, langs=args.langs,
-        tokenizer=args.tokenizer or "bpe", vocab_size=args.vocab_size or 1000, separate_vocab=args.separate_vocab,
-        train_per_direction=args.train_pairs, val_numbers=args.val_numbers, test_numbers=args.test_numbers,
-        max_len=args.max_len)
-    report = translate.train(args.model, dc, tcfg, overrides, _out_dir(args), args.resume, args.label_smoothing)
-    if args.json:
-        _print_json(report)
-
-
-def _train_diffusion(args: argparse.Namespace) -> None:
-    from dlforge.recipes import denoise as diffusion
-    if args.eval_every is None:  # validation loss and a sample grid every 500 steps
-        args.eval_every = 500
-    tcfg = _train_config(args)
-    data = args.data or "fashion-mnist"
-    dc = diffusion.DiffusionDataConfig(name=data, data_dir=args.data_dir, img_size=args.img_size,
-                                       val_fraction=args.val_fraction, text_encoder=args.text_encoder)
-    overrides = {k: v for k, v in (("ch", args.width), ("n_head", args.heads), ("num_res_blocks", args.layers),
-                                   ("dropout", args.dropout)) if v is not None}
-    task = {"num_train_timesteps": args.timesteps, "beta_schedule": args.beta_schedule, "cond_drop": args.cond_drop,
-            "ema_decay": args.ema_decay, "snr_gamma": args.snr_gamma}
-    args.data = Path(data).stem if dc.is_csv else data  # the default run name: runs/unet-<data>
-    report = diffusion.train(args.model, dc, tcfg, overrides, task, _out_dir(args), args.resume)
-    if args.json:
-        _print_json(report)
-
-
-def _run_task(path: str) -> str:
-    from dlforge.runs import Run
-    return Run.open(path).config.get("task", {}).get("name", "classify")
+EVAL_OPTIONS = {"classify": ("data", "data_dir"), "seq2seq": ("beam", "length_penalty", "limit"),
+                "denoise": ("classifier", "n", "sampler", "steps", "guidance", "eta", "seed"), "language-model": ()}
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from dlforge.recipes import classify
-    from dlforge.runs import Run
-    if _run_task(args.run) == "denoise":
-        from dlforge.recipes import denoise as diffusion
-        report = diffusion.evaluate(Run.open(args.run, "denoise"), args.classifier, args.n or 1000, args.sampler,
-                                    args.steps, args.guidance, args.eta, args.seed, args.device, quiet=args.json)
-        if args.json:
-            _print_json(report)
-        return
-    if _run_task(args.run) == "seq2seq":
-        from dlforge.recipes import seq2seq as translate
-        report = translate.evaluate(Run.open(args.run, "seq2seq"), args.beam, args.length_penalty, args.limit,
-                                    args.device, quiet=args.json)
-        if args.json:
-            _print_json(report)
-        return
-    if _run_task(args.run) == "language-model":
-        from dlforge.recipes import language_model as lm
-        report = lm.evaluate(Run.open(args.run, "language-model"), device=args.device, quiet=args.json)
-        if args.json:
-            _print_json(report)
-        return
-    report = classify.evaluate(Run.open(args.run, "classify"), data_name=args.data, data_dir=args.data_dir,
-                               quiet=args.json, device=args.device)
+    import dlforge
+    handle = dlforge.load(args.run, device=args.device)
+    task = handle.config.task
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "fn", "run", "device", "json")}
+    for k in given:
+        if k not in EVAL_OPTIONS[task]:
+            raise DlforgeError(f"--{k.replace('_', '-')}: does not apply to evaluating a {task} run")
+    report = handle.evaluate(quiet=args.json, **given)
     if args.json:
         _print_json(report)
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from dlforge.recipes import classify
-    from dlforge.runs import Run
-    results = classify.predict(Run.open(args.run, "classify"), args.images, args.top_k, args.device)
+    from dlforge.recipes.classify import Classifier
+    results = Classifier(_open(args.run, "classify"), device=args.device).predict(args.images, args.top_k)
     if args.json:
         _print_json({"predictions": results})
         return
@@ -220,24 +120,30 @@ def cmd_predict(args: argparse.Namespace) -> None:
             print(f"  {t['class']:<20} {100 * t['probability']:6.2f}%")
 
 
+def _open(path: str, task: str):
+    from dlforge.runs import Run
+    return Run.open(path, task)
+
+
 # ---------------------------------------------------------------- language models
 def cmd_generate(args: argparse.Namespace) -> None:
-    from dlforge.recipes import language_model as lm
-    from dlforge.runs import Run
-    run = Run.open(args.run, "language-model")
+    from dlforge.recipes.language_model import LanguageModel
+    lm = LanguageModel(_open(args.run, "language-model"), device=args.device)
+    pieces = lm.stream(args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
+                       not args.no_cache)
     if args.stream:
         sys.stdout.write(args.prompt)
-        sys.stdout.flush()
-    write = (lambda t: (sys.stdout.write(t), sys.stdout.flush())) if args.stream else None
-    text = lm.generate(run, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
-                       write, not args.no_cache, args.device)
-    print() if args.stream else print(text)
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        print()
+    else:
+        print(args.prompt + "".join(pieces))
 
 
 def cmd_next(args: argparse.Namespace) -> None:
-    from dlforge.recipes import language_model as lm
-    from dlforge.runs import Run
-    top = lm.next_tokens(Run.open(args.run, "language-model"), args.text, args.top_k, args.device)
+    from dlforge.recipes.language_model import LanguageModel
+    top = LanguageModel(_open(args.run, "language-model"), device=args.device).next_tokens(args.text, args.top_k)
     if args.json:
         _print_json({"text": args.text, "next": top})
         return
@@ -247,25 +153,26 @@ def cmd_next(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- sequence to sequence
 def cmd_translate(args: argparse.Namespace) -> None:
-    from dlforge.recipes import seq2seq as translate
-    from dlforge.runs import Run
-    out = translate.translate(Run.open(args.run, "seq2seq"), args.text, args.to, args.beam, args.length_penalty,
-                              args.attention_map, args.device)
+    from dlforge.recipes.seq2seq import Translator
+    tr = Translator(_open(args.run, "seq2seq"), device=args.device)
+    out = tr.translate(args.text, args.to, args.beam, args.length_penalty)
+    if args.attention_map:
+        tr.attention_map(args.text[0], args.to, args.attention_map, out[0]["translation"])
     if args.json:
         _print_json({"translations": out} if len(out) > 1 else out[0])
         return
     for r in out:
-        print(r["translation"])
+        print(r["translation"] if r["translation"] else "(empty translation)")
     if args.attention_map:
         print(f"cross-attention: {args.attention_map}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- diffusion
 def cmd_sample(args: argparse.Namespace) -> None:
-    from dlforge.recipes import denoise as diffusion
-    from dlforge.runs import Run
-    r = diffusion.sample(Run.open(args.run, "denoise"), args.prompt or [], args.n, args.sampler, args.steps,
-                         args.guidance, args.eta, args.seed, args.out, args.trajectory, not args.no_ema, args.device)
+    from dlforge.recipes.denoise import Diffuser
+    d = Diffuser(_open(args.run, "denoise"), device=args.device, ema=not args.no_ema)
+    r = d.sample_grid(args.prompt or [], args.n, args.sampler, args.steps, args.guidance, args.eta, args.seed,
+                      args.out, args.trajectory)
     if args.json:
         _print_json(r)
         return
@@ -274,8 +181,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def cmd_noise(args: argparse.Namespace) -> None:
-    from dlforge.recipes import denoise as diffusion
-    r = diffusion.noise(args.image, args.out, args.frames, args.timesteps, args.beta_schedule, args.size, args.seed)
+    from dlforge.recipes import denoise
+    r = denoise.noise(args.image, args.out, args.frames, args.timesteps, args.beta_schedule, args.size, args.seed)
     print(f"forward process at t = {', '.join(map(str, r['timesteps']))}: {r['out']}")
 
 
@@ -284,7 +191,7 @@ def _add_sampling(p) -> None:
     p.add_argument("--steps", type=int, help="denoising steps (default: ddim 50, ddpm all of the training timesteps)")
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1: none, 0: "
                                                                "unconditional)")
-    p.add_argument("--eta", type=float, default=0.0, help="ddim: 0 deterministic ... 1 as random as ddpm")
+    p.add_argument("--eta", type=float, help="ddim: 0 deterministic (default) ... 1 as random as ddpm")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -328,95 +235,112 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- the table
 def _add_train(p: argparse.ArgumentParser) -> None:
+    """No defaults here (argument_default=SUPPRESS): a flag reaches dlforge.train only when it is given, so that
+    a flag foreign to the model is an error, and each recipe's and TrainConfig's defaults apply."""
     p.add_argument("model", help="a registered model (see `dlforge models`)")
-    p.add_argument("--data", help="dataset name (see `dlforge data list`); default digits, or tinyshakespeare "
-                                  "for language models")
-    p.add_argument("--data-dir", help="where the dataset's files are (mnist, fashion-mnist, gtsrb, folder)")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--optimizer", default="adam", help="adam | adamw | sgd | rmsprop")
-    p.add_argument("--loss", default="cross-entropy", help="cross-entropy | bce (one class vs rest) | mse (regress the label)")
-    p.add_argument("--positive-class", type=int, default=0, help="the class that --loss bce detects")
-    p.add_argument("--img-size", type=int, help="image side in pixels (default 48; diffusion: 28 for the MNIST "
+    p.add_argument("--data", help="dataset name (see `dlforge data list`) or file; default digits, tinyshakespeare, "
+                                  "numbers or fashion-mnist by family")
+    p.add_argument("--out", help="run directory (default runs/MODEL-DATA, numbered if it exists)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint, with "
+                                                          "its own data, model and recipe (budgets may change)")
+    p.add_argument("--json", action="store_true", help="end with one JSON line of the test figures")
+    t = p.add_argument_group("training (every model)")
+    t.add_argument("--epochs", type=int, help="default 5, or as many as --max-steps needs; unbounded with --max-time")
+    t.add_argument("--batch-size", type=int, help="default 64")
+    t.add_argument("--lr", type=float, help="default 1e-3")
+    t.add_argument("--weight-decay", type=float, help="default 1e-4")
+    t.add_argument("--optimizer", help="adam (default) | adamw | sgd | rmsprop")
+    t.add_argument("--seed", type=int, help="default 0")
+    t.add_argument("--device", help="auto (default) | cpu | cuda | cuda:N | mps")
+    t.add_argument("--precision", help="fp32 (default) | bf16 | fp16 (autocast)")
+    t.add_argument("--max-steps", type=int, help="stop at a clean checkpoint after N optimiser steps")
+    t.add_argument("--max-time", type=float, help="stop at a clean checkpoint after this many minutes")
+    t.add_argument("--grad-clip", type=float, help="clip the global gradient norm to this value")
+    t.add_argument("--grad-accum", type=int, help="run each batch as K micro-batches (less memory, the same step)")
+    t.add_argument("--early-stop", type=int, help="stop after N evaluations without a lower validation loss")
+    t.add_argument("--lr-schedule", help="constant (default) | cosine (decays to --min-lr-ratio·lr by the end of "
+                   "--max-steps / --max-time / the epochs)")
+    t.add_argument("--warmup-steps", type=int, help="linear learning-rate warm-up over N steps")
+    t.add_argument("--min-lr-ratio", type=float, help="cosine floor as a fraction of --lr (default 0.1)")
+    t.add_argument("--decay-steps", type=int, help="cosine length in steps (default: the training budget)")
+    t.add_argument("--beta2", type=float, help="Adam's second-moment decay (default 0.999; 0.99 for small LMs)")
+    t.add_argument("--eval-every", type=int, help="evaluate and checkpoint every N steps (default: each epoch; "
+                                                  "diffusion 500)")
+    t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files")
+    t.add_argument("--init-from", help="start from these weights: safetensors, or a PyTorch file (read weights-only)")
+    t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    c = p.add_argument_group("image classifiers (cnn, cnn-small, mlp)")
+    c.add_argument("--data-dir", help="where the dataset's files are (mnist, fashion-mnist, gtsrb, folder)")
+    c.add_argument("--loss", help="cross-entropy (default) | bce (one class vs rest) | mse (regress the label)")
+    c.add_argument("--positive-class", type=int, help="the class that --loss bce detects (default 0)")
+    c.add_argument("--img-size", type=int, help="image side in pixels (default 48; diffusion: 28 for the MNIST "
                                                 "family, 16 for digits)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of training images held out for validation")
-    p.add_argument("--grayscale", action="store_true", help="turn RGB images gray first, as the reference does")
-    p.add_argument("--hidden", type=_ints, help="mlp hidden sizes, e.g. 256,128")
-    p.add_argument("--activation", help="mlp activation: relu | sigmoid | tanh")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    p.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 (autocast)")
-    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+    c.add_argument("--val-fraction", type=float, help="share of training data held out for validation")
+    c.add_argument("--grayscale", action="store_true", help="turn RGB images gray first, as the reference does")
+    c.add_argument("--hidden", type=_ints, help="mlp hidden sizes, e.g. 256,128")
+    c.add_argument("--activation", help="mlp activation: relu | sigmoid | tanh")
+    c.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    help="keep NCHW tensors (channels-last is the default: 1.4x faster CNN evaluation on CPU)")
-    p.add_argument("--max-steps", type=int, help="stop at a clean checkpoint after N optimiser steps")
-    p.add_argument("--max-time", type=float, help="stop at a clean checkpoint after this many minutes")
-    p.add_argument("--grad-clip", type=float, help="clip the global gradient norm to this value")
-    p.add_argument("--lr-schedule", default="constant", help="constant | cosine (decays to --min-lr-ratio·lr by the "
-                   "end of --max-steps / --max-time / the epochs)")
-    p.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up over N steps")
-    p.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine floor as a fraction of --lr")
-    p.add_argument("--decay-steps", type=int, help="cosine length in steps (default: the training budget)")
-    p.add_argument("--beta2", type=float, default=0.999, help="Adam's second-moment decay (0.99 for small LMs)")
-    p.add_argument("--eval-every", type=int, help="evaluate and checkpoint every N steps (default: each epoch)")
     lm = p.add_argument_group("language models (rnn, lstm, gru, gpt)")
-    lm.add_argument("--data-file", help="train on any UTF-8 text file instead of a named corpus")
-    lm.add_argument("--tokenizer", help="char | word | bpe (trained on the corpus); default char "
-                                        "(bpe for transformer)")
+    lm.add_argument("--data-file", help="train on any UTF-8 text file (seq2seq: a source<TAB>target file)")
+    lm.add_argument("--tokenizer", help="char | word | bpe (trained on the corpus); default char (bpe for "
+                                        "transformer)")
     lm.add_argument("--vocab-size", type=int, help="bpe vocabulary size (>= 257; default 512, 1000 for transformer)")
     lm.add_argument("--block-size", type=int, help="gpt: context window; rnn: truncated-BPTT length "
                                                    "(default: the variant's, 128 for rnn/lstm/gru)")
-    lm.add_argument("--layers", type=int, help="number of layers")
-    lm.add_argument("--heads", type=int, help="gpt: attention heads")
-    lm.add_argument("--width", type=int, help="gpt: model width; rnn: hidden and embedding size")
+    lm.add_argument("--layers", type=int, help="number of layers (unet: residual blocks per level)")
+    lm.add_argument("--heads", type=int, help="attention heads")
+    lm.add_argument("--width", type=int, help="gpt, transformer: model width; rnn: hidden and embedding size; "
+                                              "unet: base channels")
     lm.add_argument("--dropout", type=float)
     lm.add_argument("--pos-encoding", help="gpt: learned | sinusoidal")
     lm.add_argument("--no-tie-weights", dest="tie_weights", action="store_const", const=False,
                     help="separate input embedding and output head weights")
-    lm.add_argument("--eval-tokens", type=int, default=32768,
-                    help="validation tokens per evaluation during training (0: all); the final report uses all")
+    lm.add_argument("--eval-tokens", type=int, help="validation tokens per evaluation during training (default "
+                                                    "32768; 0: all); the final report uses all")
     s2s = p.add_argument_group("encoder–decoder (transformer): --data numbers or --data-file PAIRS.tsv")
-    s2s.add_argument("--langs", default="pt,es,pl,it,sr,en", help="numbers: languages (num2words codes)")
-    s2s.add_argument("--train-pairs", type=int, default=40000, help="numbers: training pairs per language and "
-                                                                    "direction")
-    s2s.add_argument("--val-numbers", type=int, default=100, help="numbers: held-out validation numbers")
-    s2s.add_argument("--test-numbers", type=int, default=5000, help="numbers: held-out test numbers")
+    s2s.add_argument("--langs", help="numbers: languages (num2words codes; default pt,es,pl,it,sr,en)")
+    s2s.add_argument("--train-pairs", type=int, help="numbers: training pairs per language and direction (40000)")
+    s2s.add_argument("--val-numbers", type=int, help="numbers: held-out validation numbers (100)")
+    s2s.add_argument("--test-numbers", type=int, help="numbers: held-out test numbers (5000)")
     s2s.add_argument("--separate-vocab", action="store_true", help="one tokenizer per side (default: shared)")
-    s2s.add_argument("--label-smoothing", type=float, default=0.1)
-    s2s.add_argument("--max-len", type=int, default=128, help="longest sequence in tokens")
+    s2s.add_argument("--label-smoothing", type=float, help="default 0.1")
+    s2s.add_argument("--max-len", type=int, help="longest sequence in tokens (default 128)")
     dif = p.add_argument_group("text-to-image diffusion (train diffusion | unet | unet-small | unet-fast | unet-tiny): "
                                "--data fashion-mnist | mnist | digits | CAPTIONS.csv")
-    dif.add_argument("--timesteps", type=int, default=1000, help="diffusion steps T of the forward process")
-    dif.add_argument("--beta-schedule", default="linear", help="linear | cosine")
-    dif.add_argument("--cond-drop", type=float, default=0.1, help="probability of training on the empty caption "
-                                                                  "(classifier-free guidance)")
-    dif.add_argument("--ema-decay", type=float, default=0.999, help="moving average of the weights, used to sample")
-    dif.add_argument("--snr-gamma", type=float, default=5.0, help="Min-SNR-γ loss weight min(SNR, γ)/SNR "
-                                                                   "(faster convergence); 0: plain ε MSE")
-    dif.add_argument("--text-encoder", default="own", help="own (a Transformer trained with the model) or a local "
-                                                          "sentence-transformers folder (frozen)")
-    p.add_argument("--out", help="run directory (default runs/MODEL-DATA, numbered if it exists)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files")
-    p.add_argument("--init-from", help="start from these weights: safetensors, or a PyTorch file (read weights-only)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="end with one JSON line of the test figures")
+    dif.add_argument("--timesteps", type=int, help="diffusion steps T of the forward process (1000)")
+    dif.add_argument("--beta-schedule", help="linear (default) | cosine")
+    dif.add_argument("--cond-drop", type=float, help="probability of training on the empty caption "
+                                                     "(classifier-free guidance; 0.1)")
+    dif.add_argument("--ema-decay", type=float, help="moving average of the weights, used to sample (0.999)")
+    dif.add_argument("--snr-gamma", type=float, help="Min-SNR-γ loss weight min(SNR, γ)/SNR (faster "
+                                                     "convergence; 5); 0: plain ε MSE")
+    dif.add_argument("--text-encoder", help="own (default: a Transformer trained with the model) or a local "
+                                            "sentence-transformers folder (frozen)")
 
 
 def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="a run directory")
-    p.add_argument("--data", help="evaluate on another dataset with the same classes")
-    p.add_argument("--data-dir")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object (accuracy, loss, per-class figures)")
+    S = argparse.SUPPRESS  # family options reach evaluate() only when given: a foreign one is an error
+    c = p.add_argument_group("classifier runs")
+    c.add_argument("--data", default=S, help="evaluate on another dataset with the same classes (report in "
+                                             "RUN/eval-DATA/)")
+    c.add_argument("--data-dir", default=S, help="other files of the run's dataset (report in RUN/eval-DIR/)")
     d = p.add_argument_group("diffusion runs: sample quality")
-    d.add_argument("--classifier", help="a dlforge classifier run on the same dataset: prompt accuracy and "
-                                        "Fréchet distance of its penultimate features")
-    d.add_argument("--n", type=int, help="images to generate (default 1000)")
-    _add_sampling(d)
-    _add_decoding(p)
-    p.add_argument("--limit", type=int, help="seq2seq: the first N test pairs of each direction only")
+    d.add_argument("--classifier", default=S, help="a dlforge classifier run on the same dataset: prompt accuracy "
+                                                   "and Fréchet distance of its penultimate features")
+    d.add_argument("--n", type=int, default=S, help="images to generate (default 1000)")
+    d.add_argument("--sampler", default=S, help="ddim (default) | ddpm")
+    d.add_argument("--steps", type=int, default=S, help="denoising steps (default: ddim 50, ddpm all)")
+    d.add_argument("--guidance", type=float, default=S, help="classifier-free guidance scale (default 3)")
+    d.add_argument("--eta", type=float, default=S, help="ddim: 0 deterministic (default) ... 1")
+    d.add_argument("--seed", type=int, default=S)
+    s = p.add_argument_group("seq2seq runs")
+    s.add_argument("--beam", type=int, default=S, help="beam width (default 1: greedy)")
+    s.add_argument("--length-penalty", type=float, default=S, help="GNMT length penalty α for beams (default 1)")
+    s.add_argument("--limit", type=int, default=S, help="the first N test pairs of each direction only")
 
 
 def _add_decoding(p: argparse.ArgumentParser) -> None:
@@ -510,7 +434,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"dlforge {__import__('dlforge').__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (add, fn, help_) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(name, help=help_, description=help_,
+                           argument_default=argparse.SUPPRESS if name == "train" else None)
         add(p)
         p.set_defaults(fn=fn)
     return ap

@@ -5,12 +5,19 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dlforge.errors import DlforgeError
 
-RUN_FORMAT = 1
+RUN_FORMAT = 2  # 1: each task laid out its own config.json (read through RunConfig.from_dict's migration)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -23,6 +30,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: the file gets the user's umask like any other
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -51,6 +59,60 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
+@dataclass
+class RunConfig:
+    """Everything that rebuilds a run: the task (recipe) and its options, the model's name and keyword
+    arguments, the data config, the training config, and the facts the data told when the run began
+    (classes, vocabulary sizes, checksums, the seed that split it). Written and read here only."""
+    task: str
+    model: str
+    model_kwargs: dict
+    data: dict
+    train: dict
+    task_options: dict = field(default_factory=dict)
+    facts: dict = field(default_factory=dict)
+    format: int = RUN_FORMAT
+
+    def meta(self) -> dict:
+        """What every checkpoint of the run carries about it (the layout format-1 checkpoints have)."""
+        return {"model": {"name": self.model, "kwargs": self.model_kwargs},
+                "task": {"name": self.task, **self.task_options}}
+
+    def to_dict(self) -> dict:
+        return {"format": RUN_FORMAT, "task": self.task, "model": {"name": self.model, "kwargs": self.model_kwargs},
+                "data": self.data, "task_options": self.task_options, "train": self.train, "facts": self.facts}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "config.json") -> "RunConfig":
+        try:
+            if d.get("format", 1) == 1:
+                d = _from_format_1(d)
+            return cls(task=d["task"], model=d["model"]["name"], model_kwargs=d["model"]["kwargs"], data=d["data"],
+                       train=d["train"], task_options=d.get("task_options", {}), facts=d.get("facts", {}))
+        except (KeyError, TypeError, AttributeError) as e:
+            raise DlforgeError(f"{where}: not a dlforge run config (missing {e})") from None
+
+
+def _from_format_1(d: dict) -> dict:
+    """Format 1 (dlforge 0.1): classify kept its data config at the top of "data" and its task options
+    under "task_options"; the other tasks kept theirs under "data"/"config" and "task", and the seed that
+    split the data as "train_seed"."""
+    task = d.get("task", {}).get("name", "classify")
+    data, train = dict(d["data"]), d["train"]
+    if task == "classify":
+        tf = d["transform"]
+        config = {k: data.pop(k) for k in ("name", "data_dir", "val_fraction", "grayscale") if k in data}
+        config.update(img_size=tf["img_size"], channels_last=tf.get("channels_last", True))
+        return {"task": task, "model": d["model"], "data": config, "task_options": d.get("task_options", {}),
+                "train": train, "facts": {**data, "transform": tf, "data_seed": train["seed"]}}
+    config = data.pop("config")
+    if "train_per_direction" in config:  # seq2seq's --train-pairs, renamed to match its option
+        config["train_pairs"] = config.pop("train_per_direction")
+    options = {k: v for k, v in d.get("task", {}).items() if k != "name"}
+    return {"task": task, "model": d["model"], "data": config, "task_options": options, "train": train,
+            "facts": {**data, "data_seed": d.get("train_seed", train["seed"])}}
+
+
 class Run:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -63,11 +125,11 @@ class Run:
         return self.checkpoints / f"{which}.safetensors"
 
     @classmethod
-    def create(cls, path: str | Path, config: dict) -> "Run":
+    def create(cls, path: str | Path, config: RunConfig) -> "Run":
         run = cls(path)
         try:
             run.path.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(run.path / "config.json", {"format": RUN_FORMAT, **config})
+            atomic_write_json(run.path / "config.json", config.to_dict())
         except OSError as e:
             raise DlforgeError(f"--out {path}: cannot write the run directory ({e.strerror})") from None
         return run
@@ -79,16 +141,20 @@ class Run:
         if not cfg_path.is_file():
             raise DlforgeError(f"{path}: not a dlforge run directory (no config.json)")
         cfg = run.config
-        if task and cfg.get("task", {}).get("name") != task:
-            raise DlforgeError(f"{path}: this run is a {cfg.get('task', {}).get('name')!r} run, expected {task!r}")
+        if task and cfg.task != task:
+            raise DlforgeError(f"{path}: this run is a {cfg.task!r} run, expected {task!r}")
         return run
 
     @property
-    def config(self) -> dict:
+    def config(self) -> RunConfig:
+        p = self.path / "config.json"
         try:
-            return json.loads((self.path / "config.json").read_text())
+            d = json.loads(p.read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise DlforgeError(f"{self.path / 'config.json'}: unreadable run config ({e})") from None
+            raise DlforgeError(f"{p}: unreadable run config ({e})") from None
+        if not isinstance(d, dict):
+            raise DlforgeError(f"{p}: not a dlforge run config (expected a JSON object)")
+        return RunConfig.from_dict(d, str(p))
 
     def log(self, record: dict) -> None:
         """Append one JSON line to metrics.jsonl (line-buffered; a crash loses at most that line)."""

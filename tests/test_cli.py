@@ -144,8 +144,11 @@ def test_resume_uses_the_runs_own_data_and_model(tmp_path, capsys):
     assert main(["train", "cnn", *FAST, "--epochs", "1", "--out", str(out)]) == 0
     capsys.readouterr()
     assert main(["train", "cnn", "--data", "fashion-mnist", "--no-progress", "--epochs", "2", "--out", str(out),
-                 "--resume"]) == 0
-    assert "training cnn on digits" in capsys.readouterr().err
+                 "--resume"]) == 2  # another dataset is refused, not silently ignored
+    assert "this run was made with data = 'digits', not 'fashion-mnist'" in capsys.readouterr().err
+    assert main(["train", "cnn", "--no-progress", "--epochs", "2", "--out", str(out), "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "training cnn (" in err and " on digits (" in err
     assert main(["train", "mlp", "--no-progress", "--epochs", "3", "--out", str(out), "--resume"]) == 2
     assert "this run trains 'cnn', not 'mlp'" in capsys.readouterr().err
 

@@ -135,7 +135,7 @@ def test_named_corpus_tinyshakespeare(tmp_path, capsys):
                  "--max-steps", "3", "--eval-tokens", "2048", "--out", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["model"]["kwargs"]["vocab_size"] == 65 and cfg["data"]["val_tokens"] == 111539
+    assert cfg["model"]["kwargs"]["vocab_size"] == 65 and cfg["facts"]["val_tokens"] == 111539
     assert report["val_tokens"] > 100000 and report["loss"] < math.log(65) + 0.5
 
 
@@ -147,7 +147,7 @@ def test_named_corpus_tinyshakespeare(tmp_path, capsys):
      "less than one context window (--block-size 64 + 1)"),
     (None, ["train", "gpt-tiny", "--data", "wikipedia"], "--data: unknown text corpus 'wikipedia'"),
     (None, ["train", "gpt-tiny", "--tokenizer", "sentencepiece"], "--tokenizer: expected one of char, word, bpe"),
-    (None, ["train", "lstm", "--heads", "4", "--data-file", "x.txt"], "model 'lstm'"),
+    (None, ["train", "lstm", "--heads", "4", "--data-file", "x.txt"], "--heads: does not apply to lstm"),
     (None, ["train", "lstm", "--data-file", "x.txt", "--batch-size", "64"], "--batch-size 64: 2,887 training tokens make fewer than 64 streams"),
 ])
 def test_bad_input_is_one_line_and_exit_2(setup, argv, message, corpus, tmp_path, monkeypatch, capsys, reliability):
@@ -165,7 +165,7 @@ def test_bad_input_is_one_line_and_exit_2(setup, argv, message, corpus, tmp_path
 @pytest.mark.parametrize("argv, message", [
     (["generate", "{run}", "--prompt", "Ω"], "--prompt: the text has characters the char tokenizer never saw: 'Ω'"),
     (["generate", "{run}", "--prompt", ""], "--prompt: the text is empty"),
-    (["generate", "{run}", "--top-p", "1.5"], "0 < --top-p <= 1"),
+    (["generate", "{run}", "--top-p", "1.5"], "--top-p: expected a probability in (0, 1], got 1.5"),
     (["next", "{run}", ""], "text: the text is empty"),
     (["generate", "/nonexistent/run"], "not a dlforge run directory"),
 ])

@@ -201,3 +201,33 @@ def read_captions_csv(path: str | Path) -> tuple[list[Path], list[str]]:
     if len(files) < 2:
         raise DlforgeError(f"--data {path}: expected at least 2 rows image_path,caption, got {len(files)}")
     return files, caps
+
+
+def write_captions(folder: Path, pairs) -> Path:
+    """(image, caption) pairs given in memory (image: a file path, a PIL image or an array) -> folder/images/N.png
+    and folder/captions.csv, read back by read_captions_csv like any user CSV. -> the CSV's path."""
+    import numpy as np
+    from PIL import Image
+
+    from dlforge.data.arrays import as_uint8_images
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (img, cap) in enumerate(pairs):
+        if not isinstance(cap, str) or not words(cap):
+            raise DlforgeError(f"data: pair {i}: expected a non-empty caption, got {cap!r}")
+        name = f"images/{i:06d}.png"
+        if isinstance(img, (str, Path)):
+            name = str(Path(img).resolve())
+        elif hasattr(img, "save") and hasattr(img, "convert"):  # a PIL image
+            img.save(folder / name)
+        else:
+            a = as_uint8_images(np.asarray(img)[None], f"data: pair {i}'s image")[0].numpy()
+            Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)).save(folder / name)
+        rows.append((name, cap))
+    path = folder / "captions.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["image_path", "caption"])
+        w.writerows(rows)
+    return path

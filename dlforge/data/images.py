@@ -296,6 +296,17 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
+def load_arrays(data_dir: str | None = None, img_size: int = 48) -> ImageData:
+    """Images given in memory to dlforge.train, kept in the run directory (data/arrays.py)."""
+    from dlforge.data import arrays
+    tx, ty, vx, vy, classes = arrays.read(data_dir)
+    return ImageData("arrays", tx, ty, vx, vy, classes, source=str(data_dir))
+
+
+DATASETS["arrays"] = DatasetInfo(load_arrays, "images and labels given in memory to dlforge.train (Python)",
+                                 lambda: "the run directory")
+
+
 def load_dataset(name: str, data_dir: str | None = None, img_size: int = 48) -> ImageData:
     if name not in DATASETS:
         raise DlforgeError(f"unknown dataset {name!r}; expected one of: {', '.join(DATASETS)}")

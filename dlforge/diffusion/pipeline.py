@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from dlforge.diffusion.schedulers import DDIMScheduler, DDPMScheduler
+from dlforge.diffusion.schedulers import DDPMScheduler
 from dlforge.errors import DlforgeError
 
 MAX_GUIDANCE = 30.0
@@ -36,7 +36,7 @@ def guided_eps(model: torch.nn.Module, x_t: torch.Tensor, t: int, cond: torch.Te
 
 @torch.inference_mode()
 def sample(model: torch.nn.Module, scheduler: DDPMScheduler, cond: torch.Tensor, null: torch.Tensor,
-           shape: tuple[int, ...], guidance: float = 3.0, eta: float = 0.0, generator: torch.Generator | None = None,
+           shape: tuple[int, ...], guidance: float = 3.0, eta: float | None = None, generator: torch.Generator | None = None,
            frames: int = 0, callback: Callable[[int], None] | None = None) -> tuple[torch.Tensor, list]:
     """-> (x_0 (B, C, H, W) in [-1, 1], [(t, x_t)] at `frames` evenly spaced steps, noise first).
     The scheduler's timesteps must be set (set_timesteps)."""
@@ -47,10 +47,9 @@ def sample(model: torch.nn.Module, scheduler: DDPMScheduler, cond: torch.Tensor,
     ts = scheduler.timesteps.tolist()
     keep = {round(i * (len(ts) - 1) / max(frames - 2, 1)) for i in range(frames - 1)} if frames > 1 else set()
     traj = [(ts[0], x.cpu())] if frames else []                      # labelled by the timestep they are at
-    ddim = isinstance(scheduler, DDIMScheduler)
     for i, t in enumerate(ts):
         eps = guided_eps(model, x, t, cond, null, guidance)
-        x = scheduler.step(eps, t, x, eta=eta, generator=generator) if ddim else scheduler.step(eps, t, x, generator)
+        x = scheduler.step(eps, t, x, generator=generator, eta=eta)
         if i in keep:
             traj.append((max(scheduler.prev_timestep(t), 0), x.cpu()))
         if callback:

@@ -113,8 +113,14 @@ class DDPMScheduler:
         return (math.sqrt(a_prev) * beta / (1 - a), math.sqrt(1 - beta) * (1 - a_prev) / (1 - a),
                 (1 - a_prev) / (1 - a) * beta)
 
-    def step(self, eps: torch.Tensor, t: int, x_t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """One reverse step x_t -> x_{t'}: the posterior mean plus √β̃ z (no noise at the last step)."""
+    def step(self, eps: torch.Tensor, t: int, x_t: torch.Tensor, generator: torch.Generator | None = None,
+             eta: float | None = None) -> torch.Tensor:
+        """One reverse step x_t -> x_{t'}: the posterior mean plus √β̃ z (no noise at the last step).
+        The one step signature of every scheduler; DDPM is DDIM's η = 1 by definition, so eta may only be
+        None or 1."""
+        if eta is not None and eta != 1:
+            raise DlforgeError(f"--eta {eta:g}: the ddpm sampler is η = 1 by definition; use --sampler ddim for "
+                               f"another η")
         c0, ct, var = self.posterior(t)
         mean = c0 * self.pred_x0(eps, t, x_t) + ct * x_t
         if self.prev_timestep(t) < 0:
@@ -134,8 +140,10 @@ class DDIMScheduler(DDPMScheduler):
         a, a_prev = self.alphas_cumprod[int(t)].item(), self.alpha_prev(t).item()
         return eta * math.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))
 
-    def step(self, eps: torch.Tensor, t: int, x_t: torch.Tensor, eta: float = 0.0,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+    def step(self, eps: torch.Tensor, t: int, x_t: torch.Tensor, generator: torch.Generator | None = None,
+             eta: float | None = None) -> torch.Tensor:
+        """One DDIM step x_t -> x_{t'} (Song et al., 2021) with σ = η·√((1-ᾱ')/(1-ᾱ)·(1-ᾱ/ᾱ')); eta None is 0."""
+        eta = 0.0 if eta is None else eta
         a, a_prev = self.alphas_cumprod[int(t)].item(), self.alpha_prev(t).item()
         x0 = self.pred_x0(eps, t, x_t)
         if self.clip_sample:  # the ε consistent with the clipped x̂_0

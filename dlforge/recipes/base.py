@@ -1,14 +1,207 @@
-"""One module per kind of run: builds data, model and task from a run's config, trains, evaluates."""
+"""The recipe contract, and the one generic path that trains, resumes and loads a run of any task.
+
+A recipe is the whole difference between two families: its data config, how it prepares data, the model
+keyword arguments the data decides (vocabulary size, classes, image size), its task, validation and
+callbacks, the files it keeps beside the checkpoints (tokenizers, caption vocabulary), its evaluation
+and its handle (predict / generate / translate / sample). Everything else is here, once.
+"""
 from __future__ import annotations
 
+import inspect
+import math
+import os
+import sys
+from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
 from dlforge.errors import DlforgeError
-from dlforge.registry import create_model
-from dlforge.runs import Run
+from dlforge.registry import create_model, get_entry
+from dlforge.runs import Run, RunConfig
 from dlforge.train import checkpoint as ckpt
+from dlforge.train.callbacks import Callback
+from dlforge.train.tasks import Task
+from dlforge.train.trainer import Trainer, TrainConfig, pick_device
+
+TRAIN_OPTIONS = tuple(f.name for f in fields(TrainConfig))
+BUDGET = ("epochs", "max_steps", "max_time")  # on --resume: given together or kept together
+
+
+def flag(option: str) -> str:
+    """block_size -> --block-size: how the command line spells an option."""
+    return "--" + option.replace("_", "-")
+
+
+class Handle:
+    """A trained run, loaded once: `.model` (eval mode, on `.device`), `.config` (RunConfig), `.path`, and the
+    family's methods. What `dlforge.load(path)` returns; the CLI, the server and the exporter all use it."""
+
+    def __init__(self, run: Run | str | Path, device: str = "auto", which: str = "best"):
+        self.run = run if isinstance(run, Run) else Run.open(run)
+        self.config: RunConfig = self.run.config
+        self.recipe = recipe_for(self.config.task)
+        self.device = pick_device(device)
+        self.artifacts = self.recipe.load_artifacts(self.run)
+        model, self.tensors, self.checkpoint = load_model(self.run, which)
+        self.model = self.recipe.ready_model(model, self.config).to(self.device).eval()
+        self.report: dict | None = None  # set by dlforge.train: the evaluation at the end of training
+
+    @property
+    def path(self) -> Path:
+        return self.run.path
+
+    def __repr__(self) -> str:
+        n = sum(p.numel() for p in self.model.parameters())
+        return f"<{type(self).__name__} {self.config.model} ({n / 1e6:.2f}M parameters) at {self.path}>"
+
+    def evaluate(self, **options) -> dict:
+        """The family's evaluation of the best checkpoint (report.json and plots in the run directory)."""
+        raise NotImplementedError
+
+
+class Recipe:
+    """One task's recipe: override what the task needs (see each method)."""
+    task: str = ""
+    DataConfig: type = object
+    handle: type = Handle
+    data_options: tuple[str, ...] = ()       # options that fill the DataConfig's fields of the same names
+    model_options: dict[str, str | tuple[str, ...]] = {}  # option -> model keyword argument(s) (--layers -> n_layer)
+    task_options: dict[str, str] = {}        # option -> the task's field (--timesteps -> num_train_timesteps)
+    train_defaults: dict = {}                # TrainConfig values this task prefers when not given
+    artifacts: tuple[str, ...] = ()          # files beside the checkpoints (tokenizers, caption vocabulary)
+
+    # ---------------------------------------------------------------- data
+    def data_label(self, data: Any, options: dict) -> str:
+        """The data's part of the default run directory name, runs/MODEL-DATA."""
+        if isinstance(data, (str, Path)):
+            return Path(str(data)).stem if os.sep in str(data) or "." in str(data) else str(data)
+        if options.get("data_file"):
+            return Path(options["data_file"]).stem
+        return "memory" if data is not None else self.default_data
+
+    default_data: str = "data"
+
+    def data_config(self, model: str, data: Any, options: dict, out: Path):
+        """The DataConfig for the API's `data` (a dataset name, a file, or data in memory, which is written
+        into the run directory `out` so that the run rebuilds from its own files) and the data options."""
+        if data is not None and not isinstance(data, (str, Path)):
+            raise DlforgeError(f"data: expected a dataset name or a file for {self.task}, got {type(data).__name__}")
+        return self.DataConfig(**({"name": str(data)} if data is not None else {}), **options)
+
+    def prepare(self, dc, seed: int, artifacts: Any = None):
+        """Load the data (artifacts: the tokenizers of a run being resumed, to encode exactly as before)."""
+        raise NotImplementedError
+
+    def facts(self, data, dc) -> dict:
+        """What the data told, kept in the run config (classes, sizes, checksums)."""
+        return {}
+
+    def model_kwargs(self, data, dc, overrides: dict, task_options: dict) -> dict:
+        """The model's keyword arguments: what the data decides (vocabulary, classes, sizes), then the options."""
+        return dict(overrides)
+
+    def save_artifacts(self, run: Run, data) -> None:
+        pass
+
+    def load_artifacts(self, run: Run) -> Any:
+        return None
+
+    def check_task_options(self, options: dict) -> None:
+        """Refuse bad task options before any data is loaded (default: building the task checks them)."""
+
+    def full_task_options(self, options: dict) -> dict:
+        """The task options kept in the run config: those given, with the task's defaults."""
+        return dict(options)
+
+    # ---------------------------------------------------------------- training
+    def make_task(self, cfg: RunConfig, model: torch.nn.Module) -> Task:
+        raise NotImplementedError
+
+    def ready_model(self, model: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
+        """A freshly created model made ready to run (e.g. channels-last memory)."""
+        return model
+
+    def loader(self, cfg: RunConfig, data, tcfg: TrainConfig, task: Task):
+        raise NotImplementedError
+
+    def validator(self, cfg: RunConfig, data, task: Task, tcfg: TrainConfig) -> Callable[[torch.nn.Module], dict] | None:
+        """model -> validation figures ({"loss": ..., ...}: lower loss is better), or None without validation."""
+        return None
+
+    def callbacks(self, cfg: RunConfig, data, task: Task, run: Run) -> list[Callback]:
+        return []
+
+    def describe(self, cfg: RunConfig, data, loader, dc) -> str:
+        """The banner's 'on what' part: the data, its sizes and the batches."""
+        return ""
+
+    def after_training(self, handle: Handle, data) -> dict:
+        """The report at the end of training (default: the family's evaluation)."""
+        return handle.evaluate(quiet=False)
+
+    # ---------------------------------------------------------------- options
+    def split_options(self, model: str, options: dict) -> tuple[dict, dict, dict, dict]:
+        """-> (train, data, model kwargs, task) options. An option that does not apply to this model is an
+        error that names it (before, `train cnn --layers 4` was silently ignored)."""
+        train, data, model_kw, task = {}, {}, {}, {}
+        accepted = _kwargs_of(model)
+        for k, v in options.items():
+            if k in TRAIN_OPTIONS:
+                train[k] = v
+            elif k in self.data_options:
+                data[k] = v
+            elif k in self.model_options and _takes(accepted, self.model_options[k]):
+                for name in _names(self.model_options[k]):
+                    model_kw[name] = v
+            elif k in self.task_options:
+                task[self.task_options[k]] = v
+            else:
+                raise DlforgeError(f"{flag(k)}: does not apply to {model} (a {self.task} model); its options are: "
+                                   f"{', '.join(flag(o) for o in self.own_options(model))}")
+        return train, data, model_kw, task
+
+    def own_options(self, model: str) -> list[str]:
+        accepted = _kwargs_of(model)
+        return [*self.data_options, *(k for k, v in self.model_options.items() if _takes(accepted, v)),
+                *self.task_options]
+
+
+def _names(kwargs: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (kwargs,) if isinstance(kwargs, str) else kwargs
+
+
+def _takes(accepted: set[str] | None, kwargs: str | tuple[str, ...]) -> bool:
+    return accepted is None or all(k in accepted for k in _names(kwargs))
+
+
+def _kwargs_of(model: str) -> set[str] | None:
+    """The keyword arguments a registered model takes: its function's, and where it passes **kw on, those of
+    the class it returns (its return annotation). None: any."""
+    import typing
+    fn = get_entry(model).fn
+    names, open_ = set(), False
+    for target in (fn, typing.get_type_hints(fn).get("return")):
+        if target is None:
+            return None
+        params = inspect.signature(target).parameters.values()
+        names |= {p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD}
+        open_ = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+        if not open_:
+            return names
+    return None
+
+
+RECIPES: dict[str, str] = {"classify": "classify", "language-model": "language_model", "seq2seq": "seq2seq",
+                           "denoise": "denoise"}
+
+
+def recipe_for(task: str) -> Recipe:
+    import importlib
+    if task not in RECIPES:
+        raise DlforgeError(f"unknown task {task!r}; expected one of: {', '.join(RECIPES)}")
+    return importlib.import_module(f"dlforge.recipes.{RECIPES[task]}").RECIPE
 
 
 def load_model(run: Run, which: str = "best") -> tuple[torch.nn.Module, dict[str, torch.Tensor], Path]:
@@ -16,24 +209,127 @@ def load_model(run: Run, which: str = "best") -> tuple[torch.nn.Module, dict[str
     `which` (the last one where there is no such file). -> (model, every tensor of the checkpoint, path)."""
     cfg = run.config
     path = run.checkpoint(which) if run.checkpoint(which).is_file() else run.checkpoint("last")
+    if not path.is_file():
+        raise DlforgeError(f"{run.path}: no checkpoint yet (the run stopped before its first one); "
+                           f"continue it with: dlforge train {cfg.model} --out {run.path} --resume")
     tensors, meta = ckpt.load_checkpoint(path)
-    if meta.get("model", {}).get("name") != cfg["model"]["name"]:
-        raise DlforgeError(f"{path}: holds model {meta.get('model', {}).get('name')!r}, the run says "
-                           f"{cfg['model']['name']!r}")
-    model = create_model(cfg["model"]["name"], **cfg["model"]["kwargs"])
+    if meta.get("model", {}).get("name") != cfg.model:
+        raise DlforgeError(f"{path}: holds model {meta.get('model', {}).get('name')!r}, the run says {cfg.model!r}")
+    model = create_model(cfg.model, **cfg.model_kwargs)
     ckpt.restore_model(model, tensors, path)
     return model, tensors, path
 
 
-def fit(trainer, resume: bool, out: str, name: str, what: str, show_params: bool = True) -> bool:
-    """Resume the trainer from its run's last checkpoint when asked, say what trains on what, train.
-    `what` describes the data and batches (each pipeline its own). -> whether this process reports
-    (under torchrun only rank 0 does)."""
-    import sys
+def out_dir(model: str, out: str | Path | None, resume: bool, data_label: str) -> Path:
+    """--out, or runs/MODEL-DATA numbered so that an existing run is never overwritten."""
+    if out:
+        p = Path(out)
+        if not resume and (p / "checkpoints" / "last.safetensors").is_file():
+            raise DlforgeError(f"--out {p}: already holds a run; pass --resume to continue it or choose another --out")
+        return p
+    if not resume and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would number its own
+        raise DlforgeError("--out: required under torchrun, so that every process writes the same run directory")
+    base = Path("runs") / f"{model}-{data_label}"
+    if resume:
+        return base
+    p, n = base, 1
+    while p.exists():
+        n += 1
+        p = base.with_name(f"{base.name}-{n}")
+    return p
+
+
+def _check_unchanged(recipe: Recipe, cfg: RunConfig, data: dict, model_kw: dict, task: dict, out: Path) -> None:
+    """A resumed run keeps its data, model and task: options that would change them are refused."""
+    saved = {**{k: cfg.data.get(k) for k in data}, **{k: cfg.model_kwargs.get(k) for k in model_kw},
+             **{k: cfg.task_options.get(k) for k in task}}
+    given = {**{k: getattr(recipe.DataConfig(**{**cfg.data, k: v}), k) for k, v in data.items()}, **model_kw, **task}
+    for k, v in given.items():
+        if _norm(v) != _norm(saved[k]):
+            raise DlforgeError(f"--resume {out}: this run was made with {k} = {saved[k]!r}, not {v!r}; a resumed "
+                               f"run keeps its data, model and task (only the training options may change)")
+
+
+def _norm(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+def train(model: str, data: Any = None, *, out: str | Path | None = None, resume: bool = False,
+          callbacks: list[Callback] | tuple = (), **options) -> Handle | None:
+    """Train `model` (a registered name) on `data` into a run directory, or continue it (resume=True).
+    options: the command line's, without dashes (epochs=3, lr=1e-3, block_size=64, ...).
+    -> the run's handle with `.report` (None on a torchrun process other than rank 0)."""
+    if model == "diffusion":  # `dlforge train diffusion`: the default text-to-image denoiser
+        model = "unet"
+    recipe = recipe_for(get_entry(model).task)
+    train_opts, data_opts, model_kw, task_opts = recipe.split_options(model, options)
+    label = recipe.data_label(data, data_opts)
+    out = out_dir(model, out, resume, label)
+    if resume:
+        run = Run.open(out, recipe.task)
+        cfg = run.config
+        if cfg.model != model:
+            raise DlforgeError(f"--resume {out}: this run trains {cfg.model!r}, not {model!r}")
+        if data is not None and str(data) != str(cfg.data.get("name")):
+            raise DlforgeError(f"--resume {out}: this run was made with data = {cfg.data.get('name')!r}, not "
+                               f"{str(data)!r}; a resumed run keeps its data, model and task")
+        _check_unchanged(recipe, cfg, data_opts, model_kw, task_opts, out)
+        saved = dict(cfg.train)
+        if any(k in train_opts for k in BUDGET):  # a new budget replaces the whole old one
+            saved.update({k: None for k in BUDGET})
+        tcfg = TrainConfig(**{**saved, **train_opts})  # the run's recipe, and what this call changes
+        cfg.train = asdict(tcfg)
+        dc = recipe.DataConfig(**cfg.data)
+        prepared = recipe.prepare(dc, cfg.facts.get("data_seed", tcfg.seed), recipe.load_artifacts(run))
+        Run.create(out, cfg)
+    else:
+        tcfg = TrainConfig(**{**recipe.train_defaults, **train_opts})
+        dc = recipe.data_config(model, data, data_opts, out)
+        recipe.check_task_options(task_opts)
+        prepared = recipe.prepare(dc, tcfg.seed)
+        cfg = RunConfig(task=recipe.task, model=model, model_kwargs=recipe.model_kwargs(prepared, dc, model_kw, task_opts),
+                        data=asdict(dc), train=asdict(tcfg), task_options=recipe.full_task_options(task_opts),
+                        facts={**recipe.facts(prepared, dc), "data_seed": tcfg.seed})
+        run = Run.create(out, cfg)
+        recipe.save_artifacts(run, prepared)
+    torch.manual_seed(tcfg.seed)
+    net = recipe.ready_model(create_model(cfg.model, **cfg.model_kwargs), cfg)
+    task = recipe.make_task(cfg, net)
+    loader = recipe.loader(cfg, prepared, tcfg, task)
+    trainer = Trainer(task, net, loader, tcfg, run, recipe.validator(cfg, prepared, task, tcfg), meta=cfg.meta(),
+                      callbacks=[*recipe.callbacks(cfg, prepared, task, run), *callbacks])
+    if not fit(trainer, resume, out, cfg.model, recipe.describe(cfg, prepared, loader, dc)):
+        return None  # torchrun: rank 0 reports
+    handle = recipe.handle(run, device=tcfg.device)
+    handle.report = recipe.after_training(handle, prepared)
+    return handle
+
+
+def fit(trainer: Trainer, resume: bool, out: Path, name: str, what: str) -> bool:
+    """Resume the trainer from its run's last checkpoint when asked, say what trains on what and what will
+    stop it, train. -> whether this process reports (under torchrun only rank 0 does)."""
     if resume:
         trainer.resume()
         print(f"dlforge: resuming {out} at epoch {trainer.epoch + 1}, step {trainer.step}", file=sys.stderr)
-    params = f" ({sum(p.numel() for p in trainer.model.parameters()) / 1e6:.2f}M parameters)" if show_params else ""
-    print(f"dlforge: training {name}{params} on {what} on {trainer.device}", file=sys.stderr)
+    params = sum(p.numel() for p in trainer.model.parameters())
+    print(f"dlforge: training {name} ({params / 1e6:.2f}M parameters) on {what} on {trainer.device}; "
+          f"{_budget(trainer)}", file=sys.stderr)
     trainer.fit()
     return trainer.world.main
+
+
+def _budget(trainer: Trainer) -> str:
+    """Which limit will stop the run: the banner says it, so that --max-steps is never silently capped."""
+    cfg, per_epoch = trainer.cfg, len(trainer.train)
+    limits = []
+    if cfg.epochs is not None or cfg.max_steps is None and cfg.max_time is None:
+        limits.append((trainer.epochs * per_epoch, f"{trainer.epochs} epochs of {per_epoch} steps"))
+    if cfg.max_steps is not None:
+        limits.append((cfg.max_steps, f"--max-steps {cfg.max_steps}"))
+    steps = min(s for s, _ in limits) if limits else math.inf
+    first = [w for s, w in limits if s == steps]
+    clock = f"--max-time {cfg.max_time:g} min" if cfg.max_time is not None else None
+    if not first:
+        return f"stops at {clock}"
+    stop = f"stops after step {steps:,} ({first[0]})"
+    return stop + (f" or at {clock}, whichever comes first" if clock else "")

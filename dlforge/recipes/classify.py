@@ -1,27 +1,28 @@
-"""Image classification end to end: data -> batched transforms -> model -> Trainer -> report.
+"""Image classification: images -> batched transforms -> cnn / mlp -> report (accuracy, per-class report,
+confusion matrix, worst test images); the Classifier handle predicts any image, file or array.
 
-Everything is rebuilt from the run directory's config.json, so `eval` and `predict` need nothing
-but the run. Used by the CLI commands train / eval / predict for models whose task is 'classify'.
+Everything is rebuilt from the run directory's config.json, so evaluation and prediction need nothing but
+the run. A dataset given in memory is kept in the run directory (data.safetensors).
 """
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from dlforge.data import images
+from dlforge.data import arrays, images
 from dlforge.data.loader import BatchLoader
-from dlforge.data.transforms import ImageTransform, TransformConfig
+from dlforge.data.transforms import ImageTransform, TransformConfig, resize
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import metrics, plots
-from dlforge.recipes.base import fit, load_model
-from dlforge.registry import create_model, get_entry
-from dlforge.runs import Run, atomic_write_json
+from dlforge.recipes.base import Handle, Recipe
+from dlforge.runs import RunConfig, atomic_write_json
 from dlforge.train.tasks import ClassifyTask
-from dlforge.train.trainer import Trainer, TrainConfig, autocast, pick_device
+from dlforge.train.trainer import TrainConfig, autocast
 
 
 @dataclass
@@ -29,18 +30,22 @@ class DataConfig:
     name: str = "digits"
     data_dir: str | None = None
     val_fraction: float = 0.1
-    grayscale: bool = False  # RGB datasets: convert to gray first (the reference does this for every dataset)
+    grayscale: bool = False     # RGB datasets: convert to gray first (the reference does this for every dataset)
+    img_size: int = 48          # the reference's size
+    channels_last: bool = True  # NHWC tensors: 1.4x faster CNN evaluation on CPU
 
     def __post_init__(self) -> None:
         if self.name not in images.DATASETS:
             raise DlforgeError(f"--data: unknown dataset {self.name!r}; expected one of: {', '.join(images.DATASETS)}")
         if not 0 <= self.val_fraction < 1:
             raise DlforgeError(f"--val-fraction: expected 0 <= f < 1, got {self.val_fraction}")
+        if not 1 <= self.img_size <= 1024:
+            raise DlforgeError(f"--img-size: expected 1..1024 pixels, got {self.img_size}")
 
 
-def prepare_data(dc: DataConfig, img_size: int, seed: int) -> images.ImageData:
+def prepare_data(dc: DataConfig, seed: int) -> images.ImageData:
     """Load, carve the validation split, and (with --grayscale) turn RGB images gray."""
-    data = images.split_validation(images.load_dataset(dc.name, dc.data_dir, img_size), dc.val_fraction, seed)
+    data = images.split_validation(images.load_dataset(dc.name, dc.data_dir, dc.img_size), dc.val_fraction, seed)
     if dc.grayscale and data.channels == 3:
         data.train_x, data.test_x = _grayscale(data.train_x), _grayscale(data.test_x)
         data.val_x = None if data.val_x is None else _grayscale(data.val_x)
@@ -48,47 +53,9 @@ def prepare_data(dc: DataConfig, img_size: int, seed: int) -> images.ImageData:
     return data
 
 
-def transform_config(data: images.ImageData, img_size: int, channels_last: bool) -> TransformConfig:
-    """Grayscale is repeated to 3 channels, as in the reference; RGB stays RGB."""
-    return TransformConfig(img_size=img_size, channels=3, mean=data.mean, std=data.std, channels_last=channels_last)
-
-
 def _grayscale(x: torch.Tensor) -> torch.Tensor:
     w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
     return (x.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
-
-
-def build(cfg: dict) -> tuple[ClassifyTask, torch.nn.Module, TransformConfig]:
-    """Task, model (seeded initial weights) and transforms from a run config (as saved in config.json)."""
-    tc = TransformConfig(**cfg["transform"])
-    task = ClassifyTask(num_classes=cfg["data"]["num_classes"], **cfg["task_options"])
-    torch.manual_seed(cfg["train"]["seed"])
-    model = create_model(cfg["model"]["name"], **cfg["model"]["kwargs"])
-    if tc.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return task, model, tc
-
-
-def check_classes(data: images.ImageData, cfg: dict) -> None:
-    if len(data.classes) != cfg["data"]["num_classes"]:
-        raise DlforgeError(f"--data {data.name}: the data has {len(data.classes)} classes, but the run's model "
-                           f"predicts {cfg['data']['num_classes']}")
-
-
-def new_config(model: str, dc: DataConfig, tcfg: TrainConfig, img_size: int, loss: str, positive_class: int,
-               channels_last: bool, model_kwargs: dict) -> tuple[dict, images.ImageData]:
-    if get_entry(model).task != "classify":
-        raise DlforgeError(f"model {model!r} is not an image classifier")
-    data = prepare_data(dc, img_size, tcfg.seed)
-    tc = transform_config(data, img_size, channels_last)
-    task = ClassifyTask(num_classes=len(data.classes), loss=loss, positive_class=positive_class)
-    kwargs = {"in_channels": tc.channels, "img_size": img_size, "num_classes": task.out_features, **model_kwargs}
-    cfg = {"task": {"name": "classify"}, "model": {"name": model, "kwargs": kwargs},
-           "data": {**asdict(dc), "num_classes": len(data.classes), "classes": data.classes,
-                    "native_size": list(data.train_x.shape[1:])},
-           "transform": tc.to_dict(), "task_options": {"loss": loss, "positive_class": positive_class},
-           "train": asdict(tcfg)}
-    return cfg, data
 
 
 def predict_batches(model: torch.nn.Module, task: ClassifyTask, x: torch.Tensor, tf: ImageTransform,
@@ -102,133 +69,208 @@ def predict_batches(model: torch.nn.Module, task: ClassifyTask, x: torch.Tensor,
     return torch.cat(outs) if outs else torch.empty(0, task.out_features)
 
 
-def val_callback(task: ClassifyTask, data: images.ImageData, tc: TransformConfig, tcfg: TrainConfig):
-    if data.val_x is None:
-        return None
-    tf = ImageTransform(tc, train=False)
+class ClassifyRecipe(Recipe):
+    task = "classify"
+    DataConfig = DataConfig
+    default_data = "digits"
+    data_options = ("data_dir", "val_fraction", "grayscale", "img_size", "channels_last")
+    model_options = {"hidden": "hidden", "activation": "activation"}
+    task_options = {"loss": "loss", "positive_class": "positive_class"}
 
-    def evaluate(model: torch.nn.Module) -> dict:
-        dev = next(model.parameters()).device
-        out = predict_batches(model, task, data.val_x, tf, dev, tcfg.precision, tcfg.eval_batch_size)
-        acc = (task.predictions(out) == task.targets(data.val_y)).float().mean().item()
-        return {"loss": task.per_sample_loss(out, data.val_y).mean().item(), "accuracy": acc}
-    return evaluate
+    def data_config(self, model: str, data: Any, options: dict, out: Path) -> DataConfig:
+        if data is None or isinstance(data, (str, Path)):
+            return super().data_config(model, data, options, out)
+        path = arrays.write(Path(out) / arrays.FILE, data)  # in memory: kept in the run directory
+        return DataConfig(name="arrays", data_dir=str(path.resolve()), **options)
 
+    def prepare(self, dc: DataConfig, seed: int, artifacts: Any = None) -> images.ImageData:
+        return prepare_data(dc, seed)
 
-def train(cfg: dict, data: images.ImageData, out: str) -> dict:
-    """A new run in `out` from a config made by new_config."""
-    return _fit(Run.create(out, cfg), cfg, data, resume=False)
+    def facts(self, data: images.ImageData, dc: DataConfig) -> dict:
+        tc = TransformConfig(img_size=dc.img_size, channels=3, mean=data.mean, std=data.std,
+                             channels_last=dc.channels_last)  # gray is repeated to 3 channels, as in the reference
+        return {"num_classes": len(data.classes), "classes": data.classes, "native_size": list(data.train_x.shape[1:]),
+                "transform": tc.to_dict()}
 
+    def check_task_options(self, options: dict) -> None:
+        ClassifyTask(num_classes=10 ** 6, **options)
 
-def resume(out: str, tcfg: TrainConfig, model: str) -> dict:
-    """Continue the run in `out` exactly where its last checkpoint stopped, on the data it was trained on."""
-    run = Run.open(out, "classify")
-    cfg = {**run.config, "train": asdict(tcfg)}
-    if cfg["model"]["name"] != model:
-        raise DlforgeError(f"--resume {out}: this run trains {cfg['model']['name']!r}, not {model!r}")
-    saved = {k: cfg["data"][k] for k in ("name", "data_dir", "val_fraction", "grayscale")}
-    data = prepare_data(DataConfig(**saved), cfg["transform"]["img_size"], tcfg.seed)
-    Run.create(out, cfg)
-    return _fit(run, cfg, data, resume=True)
+    def full_task_options(self, options: dict) -> dict:
+        return {"loss": "cross-entropy", "positive_class": 0, **options}
 
+    def model_kwargs(self, data: images.ImageData, dc: DataConfig, overrides: dict, task_options: dict) -> dict:
+        task = ClassifyTask(num_classes=len(data.classes), **task_options)  # checks --positive-class too
+        return {"in_channels": 3, "img_size": dc.img_size, "num_classes": task.out_features, **overrides}
 
-def _fit(run: Run, cfg: dict, data: images.ImageData, resume: bool) -> dict:
-    out = run.path
-    check_classes(data, cfg)
-    task, model, tc = build(cfg)
-    tcfg = TrainConfig(**cfg["train"])
-    loader = BatchLoader(data.train_x, data.train_y, tcfg.batch_size, shuffle=True, seed=tcfg.seed,
-                         transform=ImageTransform(tc, train=True))
-    trainer = Trainer(task, model, loader, tcfg, run, val_callback(task, data, tc, tcfg),
-                      meta={"model": cfg["model"], "task": cfg["task"]})
-    if not fit(trainer, resume, out, cfg["model"]["name"], f"{data.name} ({len(data.train_y)} train / "
-               f"{0 if data.val_y is None else len(data.val_y)} val / {len(data.test_y)} test images)",
-               show_params=False):
-        return {}  # torchrun: rank 0 reports
-    return evaluate(run, data=data)
+    def make_task(self, cfg: RunConfig, model: torch.nn.Module) -> ClassifyTask:
+        return ClassifyTask(num_classes=cfg.facts["num_classes"], **cfg.task_options)
 
+    def ready_model(self, model: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
+        return model.to(memory_format=torch.channels_last) if cfg.facts["transform"]["channels_last"] else model
 
-def load_run_model(run: Run, which: str = "best") -> tuple[dict, ClassifyTask, torch.nn.Module, TransformConfig, Path]:
-    cfg = run.config
-    model, _, path = load_model(run, which)
-    task = ClassifyTask(num_classes=cfg["data"]["num_classes"], **cfg["task_options"])
-    tc = TransformConfig(**cfg["transform"])
-    if tc.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return cfg, task, model, tc, path
+    def loader(self, cfg: RunConfig, data: images.ImageData, tcfg: TrainConfig, task: ClassifyTask) -> BatchLoader:
+        check_classes(data, cfg)
+        return BatchLoader(data.train_x, data.train_y, tcfg.batch_size, shuffle=True, seed=tcfg.seed,
+                           transform=ImageTransform(TransformConfig(**cfg.facts["transform"]), train=True))
 
+    def validator(self, cfg: RunConfig, data: images.ImageData, task: ClassifyTask, tcfg: TrainConfig):
+        if data.val_x is None:
+            return None
+        tf = ImageTransform(TransformConfig(**cfg.facts["transform"]), train=False)
 
-def evaluate(run: Run, data: images.ImageData | None = None, data_name: str | None = None,
-             data_dir: str | None = None, quiet: bool = False, device: str = "auto") -> dict:
-    """Test loss/accuracy, per-class report, confusion matrix of the best checkpoint; report.json and
-    PNGs in the run directory. data_name/data_dir evaluate the run's model on other data."""
-    cfg, task, model, tc, path = load_run_model(run)
-    if data is None:
-        saved = {k: cfg["data"][k] for k in ("name", "data_dir", "val_fraction", "grayscale")}
-        if data_name:
-            saved.update(name=data_name, data_dir=data_dir)
-        elif data_dir:
-            saved.update(data_dir=data_dir)
-        data = prepare_data(DataConfig(**saved), tc.img_size, cfg["train"]["seed"])
-    check_classes(data, cfg)
-    dev = pick_device(device)
-    model = model.to(dev)
-    t0 = time.perf_counter()
-    out = predict_batches(model, task, data.test_x, ImageTransform(tc, train=False), dev, cfg["train"]["precision"],
-                          cfg["train"].get("eval_batch_size", 256))
-    seconds = time.perf_counter() - t0
-    y_true, y_pred = task.targets(data.test_y).numpy(), task.predictions(out).numpy()
-    names = task.label_names(cfg["data"]["classes"])
-    figs = metrics.classification_figures(y_true, y_pred, names)
-    losses = task.per_sample_loss(out, data.test_y)
-    report = {"run": str(run.path), "checkpoint": str(path), "data": data.name, "test_images": len(y_true),
-              "loss": losses.mean().item(), "accuracy": figs["accuracy"], "eval_images_per_s": len(y_true) / seconds,
-              "per_class": figs["per_class"], "confusion_matrix": figs["confusion_matrix"], "classes": names}
-    if task.loss == "mse":
-        report["mae"] = (out[:, 0] - data.test_y.float()).abs().mean().item()
-    atomic_write_json(run.path / "report.json", report)
-    _plots(run, report, data, losses, y_pred, names, task)
-    if not quiet:
-        print(f"\ntest loss = {report['loss']:.4f} | test accuracy = {100 * report['accuracy']:.2f}% "
-              f"({len(y_true)} images, {report['eval_images_per_s']:.0f} images/s)\n")
-        print(figs["report_text"])
-        print(metrics.format_confusion(figs["confusion_matrix"], names))
-        print(f"\nreport: {run.path / 'report.json'}; plots: confusion_matrix.png, learning_curves.png, worst_test_images.png")
-    return report
+        def evaluate(model: torch.nn.Module) -> dict:
+            dev = next(model.parameters()).device
+            out = predict_batches(model, task, data.val_x, tf, dev, tcfg.precision, tcfg.eval_batch_size)
+            acc = (task.predictions(out) == task.targets(data.val_y)).float().mean().item()
+            return {"loss": task.per_sample_loss(out, data.val_y).mean().item(), "accuracy": acc}
+        return evaluate
+
+    def describe(self, cfg: RunConfig, data: images.ImageData, loader: BatchLoader, dc: DataConfig) -> str:
+        return (f"{data.name} ({len(data.train_y)} train / {0 if data.val_y is None else len(data.val_y)} val / "
+                f"{len(data.test_y)} test images, {len(data.classes)} classes)")
+
+    def after_training(self, handle: "Classifier", data: images.ImageData) -> dict:
+        return handle.evaluate(quiet=False, _data=data)
 
 
-def _plots(run: Run, report: dict, data: images.ImageData, losses: torch.Tensor, y_pred: np.ndarray,
-           names: list[str], task: ClassifyTask) -> None:
-    plots.plot_confusion(report["confusion_matrix"], names, run.path / "confusion_matrix.png",
-                         f"Confusion matrix — test accuracy {100 * report['accuracy']:.2f}%")
-    plots.plot_learning_curves(run.metrics(), run.path / "learning_curves.png")
-    worst = losses.argsort(descending=True)[:24].tolist()
-    y_true = task.targets(data.test_y)
-    titles = [f"true {names[y_true[i]][:10]}\npred {names[y_pred[i]][:10]}" for i in worst]
-    colors = ["crimson" if y_pred[i] != y_true[i] else "black" for i in worst]
-    plots.plot_image_grid(data.test_x[worst].numpy(), titles, run.path / "worst_test_images.png",
-                          "Test images with the highest loss (red: misclassified)", colors=colors)
+def check_classes(data: images.ImageData, cfg: RunConfig) -> None:
+    if len(data.classes) != cfg.facts["num_classes"]:
+        raise DlforgeError(f"--data {data.name}: the data has {len(data.classes)} classes, but the run's model "
+                           f"predicts {cfg.facts['num_classes']}")
 
 
-def predict(run: Run, paths: list[str], top_k: int = 3, device: str = "auto") -> list[dict]:
-    """Any image file, any size or colour mode -> top-k classes, preprocessed exactly like the test data."""
-    cfg, task, model, tc, _ = load_run_model(run)
-    c, h, w = cfg["data"]["native_size"]
-    mode = "L" if c == 1 else "RGB"
-    x = torch.from_numpy(np.stack([images.decode_image(Path(p), h, mode) for p in paths]))
-    if cfg["data"].get("grayscale") and c == 3:
-        x = _grayscale(x)
-    dev = pick_device(device)
-    out = predict_batches(model.to(dev), task, x, ImageTransform(tc, train=False), dev, "fp32")
-    probs = task.probabilities(out)
-    names = task.label_names(cfg["data"]["classes"])
-    k = min(top_k, probs.shape[1])
-    results = []
-    for p, row in zip(paths, probs):
-        top = row.topk(k)
-        results.append({"image": p, "top": [{"class": names[i], "index": i, "probability": float(v)}
-                                            for v, i in zip(top.values.tolist(), top.indices.tolist())]})
-    return results
+class Classifier(Handle):
+    """A trained image classifier: predict(images) and evaluate()."""
+
+    @property
+    def task(self) -> ClassifyTask:
+        return ClassifyTask(num_classes=self.config.facts["num_classes"], **self.config.task_options)
+
+    @property
+    def classes(self) -> list[str]:
+        """The names of what the model predicts (bce: 'not X' / 'X')."""
+        return self.task.label_names(self.config.facts["classes"])
+
+    def _transform(self) -> ImageTransform:
+        return ImageTransform(TransformConfig(**self.config.facts["transform"]), train=False)
+
+    def as_batch(self, items: Any) -> torch.Tensor:
+        """Image files, PIL images, arrays or tensors (one or a batch) -> uint8 (N, C, H, W) at the dataset's
+        own size and channels, before the test transform."""
+        c, h, _ = self.config.facts["native_size"]
+        mode = "L" if c == 1 else "RGB"
+        if isinstance(items, (torch.Tensor, np.ndarray)) and np.ndim(items) == 4:
+            items = list(items)
+        elif not isinstance(items, (list, tuple)):
+            items = [items]
+        if not items:
+            raise DlforgeError("images: give at least one image")
+        rows = [_one_image(it, h, mode) for it in items]
+        x = torch.stack([r if r.shape[0] == c else (_grayscale(r[None])[0] if c == 1 else r.expand(3, -1, -1))
+                         for r in rows])
+        if self.config.data.get("grayscale") and c == 3:
+            x = _grayscale(x)
+        return x
+
+    def predict(self, images_: Any, top_k: int = 3) -> list[dict]:
+        """Any image (a file of any size or colour mode, a PIL image, an array or tensor), one or a batch ->
+        [{"image", "top": [{"class", "index", "probability"}]}], preprocessed exactly like the test data."""
+        names = self.classes
+        if not 1 <= top_k:
+            raise DlforgeError(f"--top-k: expected at least 1 (at most {len(names)} classes), got {top_k}")
+        batch = images_ if isinstance(images_, (list, tuple)) or np.ndim(images_) == 4 else [images_]
+        x = self.as_batch(batch)
+        out = predict_batches(self.model, self.task, x, self._transform(), self.device, "fp32")
+        probs = self.task.probabilities(out)
+        k = min(top_k, probs.shape[1])
+        results = []
+        for j, row in enumerate(probs):
+            top = row.topk(k)
+            item = batch[j] if isinstance(batch, (list, tuple)) else j
+            results.append({"image": str(item) if isinstance(item, (str, Path)) else j,
+                            "top": [{"class": names[i], "index": i, "probability": round(float(v), 6)}
+                                    for v, i in zip(top.values.tolist(), top.indices.tolist())]})
+        return results
+
+    def evaluate(self, data: str | None = None, data_dir: str | None = None, quiet: bool = True,
+                 _data: images.ImageData | None = None) -> dict:
+        """Test loss/accuracy, per-class report and confusion matrix of the best checkpoint; report.json and
+        plots in the run directory. On other data (data= another dataset with the same classes, or
+        data_dir= other files) the report goes to RUN/eval-<data>/, never over the run's own."""
+        cfg, task = self.config, self.task
+        dest = self.path
+        if _data is None:
+            own = {k: cfg.data[k] for k in ("name", "data_dir", "val_fraction", "grayscale", "img_size", "channels_last")}
+            other = {**own, **({"name": data} if data else {}), **({"data_dir": data_dir} if data_dir else {})}
+            if data and not data_dir and data != own["name"]:
+                other["data_dir"] = None
+            _data = prepare_data(DataConfig(**other), cfg.facts.get("data_seed", cfg.train["seed"]))
+            if (other["name"], other["data_dir"]) != (own["name"], own["data_dir"]):
+                check_classes(_data, cfg)
+                self._check_same_classes(_data)
+                dest = self.path / f"eval-{Path(other['data_dir']).name if data_dir else other['name']}"
+        check_classes(_data, cfg)
+        t0 = time.perf_counter()
+        out = predict_batches(self.model, task, _data.test_x, self._transform(), self.device, cfg.train["precision"],
+                              cfg.train.get("eval_batch_size", 256))
+        seconds = time.perf_counter() - t0
+        y_true, y_pred = task.targets(_data.test_y).numpy(), task.predictions(out).numpy()
+        names = self.classes
+        figs = metrics.classification_figures(y_true, y_pred, names)
+        losses = task.per_sample_loss(out, _data.test_y)
+        report = {"run": str(self.path), "checkpoint": str(self.checkpoint), "data": _data.name,
+                  "data_source": _data.source, "test_images": len(y_true), "loss": losses.mean().item(),
+                  "accuracy": figs["accuracy"], "eval_images_per_s": len(y_true) / max(seconds, 1e-9),
+                  "per_class": figs["per_class"], "confusion_matrix": figs["confusion_matrix"], "classes": names}
+        if task.loss == "mse":
+            report["mae"] = (out[:, 0] - _data.test_y.float()).abs().mean().item()
+        dest.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(dest / "report.json", report)
+        written = self._plots(dest, report, _data, losses, y_pred, names)
+        if not quiet:
+            print(f"\ntest loss = {report['loss']:.4f} | test accuracy = {100 * report['accuracy']:.2f}% "
+                  f"({len(y_true)} images, {report['eval_images_per_s']:.0f} images/s)\n")
+            print(figs["report_text"])
+            print(metrics.format_confusion(figs["confusion_matrix"], names))
+            print(f"\nreport: {dest / 'report.json'}; plots: {', '.join(written)}")
+        return report
+
+    def _check_same_classes(self, data: images.ImageData) -> None:
+        own = self.config.facts["classes"]
+        if list(data.classes) != list(own):
+            show = lambda c: ", ".join(map(str, c[:4])) + (", …" if len(c) > 4 else "")  # noqa: E731
+            raise DlforgeError(f"--data {data.name}: its classes ({show(data.classes)}) are not the run's "
+                               f"({show(own)}); a classifier is evaluated on data of its own classes only")
+
+    def _plots(self, dest: Path, report: dict, data: images.ImageData, losses: torch.Tensor, y_pred: np.ndarray,
+               names: list[str]) -> list[str]:
+        """-> the names of the files written (learning curves only when there are metrics to draw)."""
+        written = []
+        plots.plot_confusion(report["confusion_matrix"], names, dest / "confusion_matrix.png",
+                             f"Confusion matrix — test accuracy {100 * report['accuracy']:.2f}%")
+        written.append("confusion_matrix.png")
+        records = self.run.metrics()
+        if dest == self.path and records and plots.plot_learning_curves(records, dest / "learning_curves.png"):
+            written.append("learning_curves.png")
+        worst = losses.argsort(descending=True)[:24].tolist()
+        y_true = self.task.targets(data.test_y)
+        titles = [f"true {names[y_true[i]][:10]}\npred {names[y_pred[i]][:10]}" for i in worst]
+        colors = ["crimson" if y_pred[i] != y_true[i] else "black" for i in worst]
+        plots.plot_image_grid(data.test_x[worst].numpy(), titles, dest / "worst_test_images.png",
+                              "Test images with the highest loss (red: misclassified)", colors=colors)
+        return written + ["worst_test_images.png"]
+
+
+def _one_image(item: Any, size: int, mode: str) -> torch.Tensor:
+    """One image -> uint8 (C, size, size) in `mode`'s channels (arrays keep theirs; the caller converts)."""
+    if isinstance(item, (str, Path)):
+        return torch.from_numpy(images.decode_image(Path(item), size, mode).copy())
+    if hasattr(item, "convert") and hasattr(item, "resize"):  # a PIL image (PIL is imported only if used)
+        from PIL import Image
+        a = np.asarray(item.convert(mode).resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+        return torch.from_numpy((a[None] if a.ndim == 2 else a.transpose(2, 0, 1)).copy())
+    x = arrays.as_uint8_images(np.asarray(item)[None] if not isinstance(item, torch.Tensor) else item[None], "image")
+    return resize(x.float(), size).round().clamp(0, 255).to(torch.uint8)[0] if x.shape[-2:] != (size, size) else x[0]
 
 
 def summary(model: torch.nn.Module, input_shape: tuple[int, ...]) -> tuple[list[tuple[str, str, tuple, int]], int]:
@@ -247,3 +289,6 @@ def summary(model: torch.nn.Module, input_shape: tuple[int, ...]) -> tuple[list[
         h.remove()
     return rows, sum(p.numel() for p in model.parameters())
 
+
+RECIPE = ClassifyRecipe()
+ClassifyRecipe.handle = Classifier

@@ -1,18 +1,17 @@
-"""Text-to-image diffusion end to end: images + captions -> caption tokenizer -> batches -> text-conditioned
-UNet -> Trainer (DenoiseTask: ε-prediction, condition dropout, EMA) -> periodic sample grids; then
-sampling (DDPM / DDIM, classifier-free guidance), the forward process on an image, and evaluation
-(prompt accuracy and Fréchet distance with a dlforge classifier) from the run directory alone.
+"""Text-to-image diffusion: images + captions -> caption tokenizer -> batches -> text-conditioned UNet ->
+DenoiseTask (ε-prediction, condition dropout, EMA) with sample grids as a callback; the Diffuser handle
+samples (DDPM / DDIM, classifier-free guidance) and evaluates (prompt accuracy and Fréchet / kernel
+distances with a dlforge classifier); `noise` shows the forward process on an image.
 
-The run directory holds config.json (data, model, task and training config), captions.json (the
-caption tokenizer), checkpoints/{best,last}.safetensors (weights, optimiser and the EMA as task.ema.*),
-metrics.jsonl, samples/step-N.png, samples.png, report.json and learning_curves.png.
-Used by the CLI commands train / sample / noise / eval for models whose task is 'denoise'.
+The run directory holds config.json, captions.json (the caption tokenizer), checkpoints/{best,last}.safetensors
+(weights, optimiser and the EMA as task.ema.*), metrics.jsonl, samples/step-N.png, samples.png, report.json and
+learning_curves.png. Images with captions given in memory are kept in the run directory (captions.csv, images/).
 """
 from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +23,13 @@ from dlforge.diffusion import pipeline as P
 from dlforge.diffusion.schedulers import DDPMScheduler, make_betas, make_scheduler
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import plots
-from dlforge.registry import create_model, entries, get_entry
-from dlforge.recipes.base import fit, load_model
-from dlforge.runs import Run, atomic_write_json
+from dlforge.recipes.base import Handle, Recipe
+from dlforge.runs import Run, RunConfig, atomic_write_json
 from dlforge.train import checkpoint as ckpt
+from dlforge.train.callbacks import Callback
 from dlforge.train.tasks import DenoiseTask
-from dlforge.train.trainer import Trainer, TrainConfig, pick_device
+from dlforge.train.trainer import TrainConfig
 
-TASK = "denoise"
 VAL_IMAGES = 1000     # validation loss on this many held-out images, with fixed t and ε
 GRID_PER_PROMPT = 4   # sample grids during training: every class prompt (at most 10) × 4
 
@@ -99,12 +97,13 @@ class Conditioner:
             if warn and not all(t.strip() for t in texts):
                 raise DlforgeError("--prompt: the prompt is empty")
             return torch.as_tensor(self.st.encode(texts, convert_to_numpy=True)).float()[:, None]
-        rows = []
+        rows, unknown = [], set()
         for text in texts:
-            ids, unknown = self.tok.encode_prompt(text) if warn else self.tok.encode(text)
-            if unknown and warn:
-                print(f"dlforge: note: unknown words encoded as <unk>: {', '.join(sorted(set(unknown)))}", file=sys.stderr)
+            ids, unk = self.tok.encode_prompt(text) if warn else self.tok.encode(text)
+            unknown.update(unk)
             rows.append(ids)
+        if unknown and warn:  # one note for all the prompts
+            print(f"dlforge: note: unknown words encoded as <unk>: {', '.join(sorted(unknown))}", file=sys.stderr)
         return self.tok.pad(rows)
 
     def null(self, n: int, like: torch.Tensor) -> torch.Tensor:
@@ -124,6 +123,7 @@ class DiffusionData:
     test_x: torch.Tensor | None = None
     test_y: torch.Tensor | None = None
     prompts: list[str] = field(default_factory=list)  # one per class (or a few CSV captions): sample grids
+    cond_fn: "Conditioner | None" = None             # captions -> the denoiser's condition
 
 
 def _split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,24 +157,24 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- sampling
-def make_sampler(cfg: dict, sampler: str = "ddim", steps: int | None = None) -> DDPMScheduler:
+def make_sampler(cfg: RunConfig, sampler: str = "ddim", steps: int | None = None) -> DDPMScheduler:
     """The sampler for a run's noise schedule: ddim (default 50 steps) or ddpm (default all T steps)."""
-    T, sched = cfg["task"]["num_train_timesteps"], cfg["task"]["beta_schedule"]
+    T, sched = cfg.task_options["num_train_timesteps"], cfg.task_options["beta_schedule"]
     s = make_scheduler(sampler, T, sched)
     s.set_timesteps(steps if steps is not None else (min(50, T) if sampler == "ddim" else T))
     return s
 
 
-def generate(model: torch.nn.Module, cfg: dict, cond: torch.Tensor, null: torch.Tensor, sampler: str = "ddim",
-             steps: int | None = None, guidance: float = 3.0, eta: float = 0.0, seed: int = 0,
+def generate(model: torch.nn.Module, cfg: RunConfig, cond: torch.Tensor, null: torch.Tensor, sampler: str = "ddim",
+             steps: int | None = None, guidance: float = 3.0, eta: float | None = None, seed: int = 0,
              batch_size: int = 64, frames: int = 0) -> tuple[torch.Tensor, list]:
     """len(cond) images as uint8 (N, C, S, S), in batches (64: with guidance a forward pass of 128, the
     fastest size measured on 2 CPU cores); the trajectory of the first batch."""
-    if not 0 <= eta <= 1:
+    if eta is not None and not 0 <= eta <= 1:
         raise DlforgeError(f"--eta: expected a number in [0, 1] (0: deterministic DDIM), got {eta}")
     P.check_guidance(guidance)
     sched = make_sampler(cfg, sampler, steps)
-    k = cfg["model"]["kwargs"]
+    k = cfg.model_kwargs
     g = torch.Generator().manual_seed(seed)
     dev = next(model.parameters()).device
     out, traj = [], []
@@ -187,150 +187,14 @@ def generate(model: torch.nn.Module, cfg: dict, cond: torch.Tensor, null: torch.
     return torch.cat(out), traj
 
 
-def sample_grid(model, cfg: dict, cond_fn: Conditioner, prompts: list[str], path: Path, title: str, n: int = 4,
+def sample_grid(model, cfg: RunConfig, cond_fn: Conditioner, prompts: list[str], path: Path, title: str, n: int = 4,
                 steps: int = 25, guidance: float = 3.0, seed: int = 0) -> Path:
     """n images for each prompt, one row per prompt."""
     cond = cond_fn.encode([p for p in prompts for _ in range(n)])
-    steps = min(steps, cfg["task"]["num_train_timesteps"])
+    steps = min(steps, cfg.task_options["num_train_timesteps"])
     imgs, _ = generate(model, cfg, cond, cond_fn.null(len(cond), cond), "ddim", steps, guidance, seed=seed)
     titles = [p[:18] if j == 0 else "" for p in prompts for j in range(n)]
     return plots.plot_image_grid(imgs.numpy(), titles, path, title, cols=n)
-
-
-# ---------------------------------------------------------------- training
-def val_callback(data: DiffusionData, task: DenoiseTask, cfg: dict, cond_fn: Conditioner, run: Run,
-                 trainer_box: list):
-    """Validation loss of the EMA weights on fixed held-out images, t and ε; a sample grid each time."""
-    g = torch.Generator().manual_seed(1234)
-    n = min(VAL_IMAGES, len(data.val_x))
-    x0 = C.to_unit(data.val_x[:n], cfg["data"]["config"]["img_size"])
-    cond = data.table.sample(data.val_owner[:n], g)
-    if cond_fn.st is not None:
-        cond = cond_fn.encode([data.table.texts[int(data.table.start[o])] for o in data.val_owner[:n]])
-    t = torch.randint(0, task.num_train_timesteps, (n,), generator=g)
-    eps = torch.randn(x0.shape, generator=g)
-    x_t = task.scheduler.add_noise(x0, eps, t)
-
-    def evaluate(model: torch.nn.Module) -> dict:
-        task.swap_ema(model)
-        try:
-            model.eval()
-            dev = next(model.parameters()).device
-            with torch.inference_mode():
-                se = sum(((model(x_t[i:i + 250].to(dev), t[i:i + 250].to(dev), cond[i:i + 250].to(dev)).float().cpu()
-                           - eps[i:i + 250]) ** 2).sum().item() for i in range(0, n, 250))
-            step = trainer_box[0].step if trainer_box else 0
-            path = sample_grid(model, cfg, cond_fn, data.prompts[:10], run.path / "samples" / f"step-{step:06d}.png",
-                               f"step {step}: EMA weights, DDIM 25 steps, guidance 3")
-            (run.path / "samples.png").write_bytes(path.read_bytes())
-        finally:
-            task.swap_ema(model)
-        return {"loss": se / x0.numel()}  # the plain ε MSE (no Min-SNR weight): comparable across recipes
-    return evaluate
-
-
-def train(model_name: str, dc: DiffusionDataConfig, tcfg: TrainConfig, overrides: dict, task_options: dict,
-          out: str, resume: bool) -> dict:
-    """Train a text-to-image denoiser into run directory `out` (or continue it); -> a short report."""
-    if get_entry(model_name).task != TASK:
-        denoisers = ", ".join(e.name for e in entries() if e.task == TASK)
-        raise DlforgeError(f"model {model_name!r} is not a denoiser (expected one of: {denoisers})")
-    if resume:
-        run = Run.open(out, TASK)
-        cfg = {**run.config, "train": asdict(tcfg)}
-        dc = DiffusionDataConfig(**cfg["data"]["config"])
-        data = prepare(dc, cfg["train_seed"], C.CaptionTokenizer.load(run.path / "captions.json"))
-        Run.create(out, cfg)
-    else:
-        task = DenoiseTask(**task_options)  # validates the options before the data is loaded
-        data = prepare(dc, tcfg.seed)
-        kwargs = {"vocab_size": data.tok.vocab_size, "img_size": dc.img_size, "max_len": data.tok.max_len,
-                  "in_channels": 1, **overrides}
-        cfg = {"task": {"name": TASK, **{k: v for k, v in task.to_dict().items() if k != "name"}},
-               "model": {"name": model_name, "kwargs": kwargs},
-               "data": {"config": asdict(dc), "classes": data.classes, "train_images": len(data.train_x),
-                        "val_images": len(data.val_x), "vocab_size": data.tok.vocab_size},
-               "train": asdict(tcfg), "train_seed": tcfg.seed}
-        run = Run.create(out, cfg)
-        data.tok.save(run.path / "captions.json")
-    cond_fn = Conditioner(data.tok, None if dc.text_encoder == "own" else dc.text_encoder)
-    if cond_fn.st is not None and not resume:
-        st = cond_fn.st  # newer sentence-transformers renamed the method
-        cfg["model"]["kwargs"]["context_dim"] = (getattr(st, "get_embedding_dimension", None)
-                                                 or st.get_sentence_embedding_dimension)()
-        Run.create(out, cfg)
-    if cond_fn.st is not None:  # the frozen encoder's states replace the token ids, once per caption
-        data.table.ids = cond_fn.encode(data.table.texts)
-    torch.manual_seed(tcfg.seed)
-    model = create_model(cfg["model"]["name"], **cfg["model"]["kwargs"])
-    task = DenoiseTask(**{k: v for k, v in cfg["task"].items() if k != "name"})
-    loader = C.CaptionBatches(data.train_x, data.train_owner, data.table, tcfg.batch_size, dc.img_size, tcfg.seed)
-    box: list = []
-    trainer = Trainer(task, model, loader, tcfg, run, val_callback(data, task, cfg, cond_fn, run, box),
-                      meta={"model": cfg["model"], "task": cfg["task"]})
-    box.append(trainer)
-    if not fit(trainer, resume, out, cfg["model"]["name"],
-          f"{Path(dc.name).name} at {dc.img_size}×{dc.img_size} ({len(data.train_x):,} train / {len(data.val_x):,} "
-          f"val images, {data.tok.vocab_size} caption words; {len(loader)} batches of {tcfg.batch_size} per epoch)"):
-        return {}  # torchrun: rank 0 reports
-    return finish(run)
-
-
-def finish(run: Run) -> dict:
-    """After training: report.json (best validation loss, time), learning curves, a sample grid."""
-    records = run.metrics()
-    vals = [r["val_loss"] for r in records if "val_loss" in r]
-    report = {"run": str(run.path), "best_val_loss": min(vals) if vals else None,
-              "steps": max((r.get("step", 0) for r in records), default=0),
-              "train_seconds": max((r.get("time", 0.0) for r in records), default=0.0)}
-    atomic_write_json(run.path / "report.json", report)
-    plots.plot_lm_curves(records, run.path / "learning_curves.png")
-    print(f"dlforge: best validation loss {report['best_val_loss']}; samples: {run.path / 'samples.png'}; "
-          f"sample more with: dlforge sample {run.path} --prompt \"...\"", file=sys.stderr)
-    return report
-
-
-# ---------------------------------------------------------------- from a run directory
-def load_run(run: Run, which: str = "best", ema: bool = True, device: str = "auto"):
-    """-> (config, Conditioner, model with the checkpoint's EMA weights (or raw with ema=False), path)."""
-    cfg = run.config
-    model, tensors, path = load_model(run, which)
-    if ema and any(k.startswith("task.ema.") for k in tensors):
-        ckpt.restore_model(model, {"model." + k[len("task.ema."):]: v for k, v in tensors.items()
-                                   if k.startswith("task.ema.")}, path)
-    text_encoder = cfg["data"]["config"].get("text_encoder", "own")
-    cond_fn = Conditioner(C.CaptionTokenizer.load(run.path / "captions.json"),
-                          None if text_encoder == "own" else text_encoder)
-    model = model.to(pick_device(device), memory_format=torch.channels_last)  # 1.1-1.5x faster sampling on CPU
-    return cfg, cond_fn, model.eval(), str(path)
-
-
-def sample(run: Run, prompts: list[str], n: int = 16, sampler: str = "ddim", steps: int | None = None,
-           guidance: float = 3.0, eta: float = 0.0, seed: int = 0, out: str | None = None,
-           trajectory: str | None = None, ema: bool = True, device: str = "auto") -> dict:
-    """n images per prompt -> a grid PNG (one row block per prompt); trajectory: the reverse process of the
-    first images, step by step from noise to image."""
-    if not 1 <= n <= 4096:
-        raise DlforgeError(f"--n: expected 1..4096 images per prompt, got {n}")
-    if not prompts:
-        raise DlforgeError("--prompt: give at least one prompt")
-    cfg, cond_fn, model, _ = load_run(run, ema=ema, device=device)
-    cond = cond_fn.encode([p for p in prompts for _ in range(n)], warn=True)
-    t0 = time.perf_counter()
-    imgs, traj = generate(model, cfg, cond, cond_fn.null(len(cond), cond), sampler, steps, guidance, eta, seed,
-                          frames=10 if trajectory else 0)
-    seconds = time.perf_counter() - t0
-    out_path = Path(out or run.path / "sample.png")
-    cols = min(n, 8)
-    titles = [(p[:18] if j % cols == 0 else "") for p in prompts for j in range(n)]
-    what = f"{sampler.upper()} {len(make_sampler(cfg, sampler, steps).timesteps)} steps, guidance {guidance:g}"
-    plots.plot_image_grid(imgs.numpy(), titles, out_path, what, cols=cols)
-    result = {"prompts": prompts, "n": n, "images": len(imgs), "sampler": sampler, "guidance": guidance,
-              "seconds": seconds, "out": str(out_path)}
-    if trajectory:
-        result["trajectory"] = str(trajectory_strip(traj, Path(trajectory), f"reverse process, {what}: "
-                                                                              f"{prompts[0][:40]!r}"))
-    return result
 
 
 def trajectory_strip(traj: list, path: Path, title: str, rows: int = 4) -> Path:
@@ -369,15 +233,16 @@ def noise(image: str, out: str, frames: int = 8, timesteps: int = 1000, beta_sch
 # ---------------------------------------------------------------- evaluation
 def _classifier(path: str, classes: list[str], device: torch.device):
     """A dlforge classification run on the same classes -> (classify(uint8 images) -> (logits, features))."""
-    from dlforge.data.transforms import ImageTransform
+    from dlforge.data.transforms import ImageTransform, TransformConfig
     from dlforge.evaluate.frechet import PenultimateFeatures
-    from dlforge.recipes import classify
-    cfg, task, model, tc, _ = classify.load_run_model(Run.open(path, "classify"))
-    if cfg["data"]["num_classes"] != len(classes) or task.loss != "cross-entropy":
+    from dlforge.recipes.classify import Classifier
+    clf = Classifier(Run.open(path, "classify"), device=str(device))
+    task = clf.task
+    if clf.config.facts["num_classes"] != len(classes) or task.loss != "cross-entropy":
         raise DlforgeError(f"--classifier {path}: expected a cross-entropy classifier of the same "
-                           f"{len(classes)} classes, got {cfg['data']['num_classes']} ({task.loss})")
-    model = model.to(device).eval()
-    tf, hook = ImageTransform(tc, train=False), PenultimateFeatures(model)
+                           f"{len(classes)} classes, got {clf.config.facts['num_classes']} ({task.loss})")
+    model = clf.model
+    tf, hook = ImageTransform(TransformConfig(**clf.config.facts["transform"]), train=False), PenultimateFeatures(model)
 
     @torch.inference_mode()
     def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -394,51 +259,6 @@ def eval_prompts(dc: DiffusionDataConfig, classes: list[str], n: int) -> tuple[l
     caps = C.class_captions(Path(dc.name).name, classes)
     labels = torch.arange(n) % len(classes)
     return [caps[c][(i // len(classes)) % len(caps[c])] for i, c in enumerate(labels.tolist())], labels
-
-
-def evaluate(run: Run, classifier: str | None = None, n: int = 1000, sampler: str = "ddim", steps: int | None = None,
-             guidance: float = 3.0, eta: float = 0.0, seed: int = 0, device: str = "auto", quiet: bool = False,
-             batch_size: int = 64) -> dict:
-    """Sample quality of the EMA weights: prompt accuracy (a dlforge classifier labels the generated images),
-    the Fréchet distance of its penultimate features between n generated and n real test images, with the
-    same figure for n held-out real images (floor) and for noise (ceiling); sampling speed; report.json."""
-    if not 10 <= n <= 20000:
-        raise DlforgeError(f"--n: expected 10..20000 evaluation images, got {n}")
-    cfg, cond_fn, model, path = load_run(run, device=device)
-    dc = DiffusionDataConfig(**cfg["data"]["config"])
-    report = {"run": str(run.path), "checkpoint": path, "sampler": sampler, "guidance": guidance, "eta": eta,
-              "steps": len(make_sampler(cfg, sampler, steps).timesteps), "images": n, "seed": seed}
-    if dc.is_csv or not classifier:
-        if not quiet:
-            print("dlforge: note: prompt accuracy and Fréchet distance need a labelled dataset and --classifier RUN "
-                  "(a dlforge cnn trained on it); writing a sample grid only", file=sys.stderr)
-        data = prepare(dc, cfg.get("train_seed", 0), cond_fn.tok)
-        sample_grid(model, cfg, cond_fn, data.prompts[:10], run.path / "eval_samples.png", "evaluation samples")
-        atomic_write_json(run.path / "report.json", report)
-        return report
-    data = prepare(dc, cfg.get("train_seed", 0), cond_fn.tok)
-    dev = pick_device(device)
-    classify_fn = _classifier(classifier, data.classes, dev)
-    prompts, labels = eval_prompts(dc, data.classes, n)
-    cond = cond_fn.encode(prompts)
-    t0 = time.perf_counter()
-    fake, _ = generate(model, cfg, cond, cond_fn.null(n, cond), sampler, steps, guidance, eta, seed, batch_size)
-    seconds = time.perf_counter() - t0
-    report.update(_quality(classify_fn, fake, labels, data, dc, n, seed, data.classes))
-    report.update({"sampling_seconds": seconds, "images_per_s": n / seconds, "classifier": classifier,
-                   "train_steps": ckpt.read_meta(Path(path)).get("step")})
-    show = torch.cat([torch.nonzero(labels == c)[:4, 0] for c in range(len(data.classes))])
-    plots.plot_image_grid(fake[show].numpy(), [prompts[i][:18] for i in show.tolist()], run.path / "eval_samples.png",
-                          f"{sampler.upper()} {report['steps']} steps, guidance {guidance:g}: prompt accuracy "
-                          f"{100 * report['prompt_accuracy']:.1f}%", cols=8)
-    atomic_write_json(run.path / "report.json", report)
-    if not quiet:
-        print(f"{report['sampler'].upper()} {report['steps']} steps, guidance {guidance:g}, {n} images: prompt accuracy "
-              f"{100 * report['prompt_accuracy']:.2f}% | Fréchet distance {report['frechet']:.3f} (real held-out "
-              f"{report['frechet_real']:.3f}, noise {report['frechet_noise']:.3f}) | kernel distance {report['kid']:.4f} "
-              f"(real {report['kid_real']:.4f}, noise {report['kid_noise']:.4f}) | {report['images_per_s']:.1f} "
-              f"images/s\nreport: {run.path / 'report.json'}; samples: eval_samples.png")
-    return report
 
 
 def _quality(classify_fn, fake: torch.Tensor, labels: torch.Tensor, data: DiffusionData, dc: DiffusionDataConfig,
@@ -459,3 +279,244 @@ def _quality(classify_fn, fake: torch.Tensor, labels: torch.Tensor, data: Diffus
             "frechet_noise": frechet_distance(fn, ft), "kid": kid, "kid_std": kid_std, "kid_real": kid_real,
             "kid_noise": kid_noise, "real_images": len(test), "held_out_images": len(held),
             "classifier_accuracy_real": float((tl.argmax(1) == test_y).float().mean())}
+
+
+class SampleGrid(Callback):
+    """At each validation: a grid of every class prompt (at most 10) × 4, drawn with the EMA weights
+    (DDIM 25 steps, guidance 3), as samples/step-N.png and samples.png."""
+
+    def __init__(self, cfg: RunConfig, task: DenoiseTask, cond_fn: Conditioner, prompts: list[str], run: Run):
+        self.cfg, self.task, self.cond_fn, self.prompts, self.run = cfg, task, cond_fn, prompts[:10], run
+
+    def on_evaluate(self, trainer, record: dict) -> None:
+        if not trainer.world.main:
+            return
+        self.task.swap_ema(trainer.model)
+        try:
+            path = sample_grid(trainer.model, self.cfg, self.cond_fn, self.prompts,
+                               self.run.path / "samples" / f"step-{trainer.step:06d}.png",
+                               f"step {trainer.step}: EMA weights, DDIM 25 steps, guidance 3")
+            (self.run.path / "samples.png").write_bytes(path.read_bytes())
+        finally:
+            self.task.swap_ema(trainer.model)
+
+
+class DenoiseRecipe(Recipe):
+    task = "denoise"
+    DataConfig = DiffusionDataConfig
+    default_data = "fashion-mnist"
+    data_options = ("data_dir", "img_size", "val_fraction", "text_encoder")
+    model_options = {"width": "ch", "heads": "n_head", "layers": "num_res_blocks", "dropout": "dropout"}
+    task_options = {"timesteps": "num_train_timesteps", "beta_schedule": "beta_schedule", "cond_drop": "cond_drop",
+                    "ema_decay": "ema_decay", "snr_gamma": "snr_gamma"}
+    train_defaults = {"eval_every": 500}  # validation loss and a sample grid every 500 steps
+    artifacts = ("captions.json",)
+
+    def data_label(self, data, options: dict) -> str:
+        return super().data_label(data if isinstance(data, (str, Path)) or data is None else None, options) \
+            if data is None or isinstance(data, (str, Path)) else "memory"
+
+    def data_config(self, model: str, data, options: dict, out: Path) -> DiffusionDataConfig:
+        """data: a labelled dataset name, a captions CSV (image_path,caption), or (image, caption) pairs in
+        memory (image: a file, a PIL image or an array), written to the run directory as captions.csv and
+        images/."""
+        if isinstance(data, (list, tuple)) and data and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in data):
+            data = C.write_captions(Path(out), data)
+        return DiffusionDataConfig(**({"name": str(data)} if data is not None else {}), **options)
+
+    def prepare(self, dc: DiffusionDataConfig, seed: int, artifacts=None) -> DiffusionData:
+        data = prepare(dc, seed, artifacts)
+        data.cond_fn = Conditioner(data.tok, None if dc.text_encoder == "own" else dc.text_encoder)
+        if data.cond_fn.st is not None:  # the frozen encoder's states replace the token ids, once per caption
+            data.table.ids = data.cond_fn.encode(data.table.texts)
+        return data
+
+    def facts(self, data: DiffusionData, dc: DiffusionDataConfig) -> dict:
+        return {"classes": data.classes, "train_images": len(data.train_x), "val_images": len(data.val_x),
+                "vocab_size": data.tok.vocab_size}
+
+    def check_task_options(self, options: dict) -> None:
+        DenoiseTask(**options)  # before the data is loaded
+
+    def full_task_options(self, options: dict) -> dict:
+        return {k: v for k, v in DenoiseTask(**options).to_dict().items() if k != "name"}
+
+    def model_kwargs(self, data: DiffusionData, dc: DiffusionDataConfig, overrides: dict, task_options: dict) -> dict:
+        kwargs = {"vocab_size": data.tok.vocab_size, "img_size": dc.img_size, "max_len": data.tok.max_len,
+                  "in_channels": 1, **overrides}
+        if data.cond_fn.st is not None:  # newer sentence-transformers renamed the method
+            st = data.cond_fn.st
+            kwargs["context_dim"] = (getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension)()
+        return kwargs
+
+    def save_artifacts(self, run: Run, data: DiffusionData) -> None:
+        data.tok.save(run.path / "captions.json")
+
+    def load_artifacts(self, run: Run) -> C.CaptionTokenizer:
+        return C.CaptionTokenizer.load(run.path / "captions.json")
+
+    def make_task(self, cfg: RunConfig, model: torch.nn.Module) -> DenoiseTask:
+        return DenoiseTask(**cfg.task_options)
+
+    def loader(self, cfg: RunConfig, data: DiffusionData, tcfg: TrainConfig, task: DenoiseTask) -> C.CaptionBatches:
+        return C.CaptionBatches(data.train_x, data.train_owner, data.table, tcfg.batch_size, cfg.data["img_size"],
+                                tcfg.seed)
+
+    def validator(self, cfg: RunConfig, data: DiffusionData, task: DenoiseTask, tcfg: TrainConfig):
+        """The plain ε MSE (no Min-SNR weight: comparable across recipes) of the EMA weights on fixed held-out
+        images, t and ε."""
+        g = torch.Generator().manual_seed(1234)
+        n = min(VAL_IMAGES, len(data.val_x))
+        x0 = C.to_unit(data.val_x[:n], cfg.data["img_size"])
+        cond = data.table.sample(data.val_owner[:n], g)
+        if data.cond_fn.st is not None:
+            cond = data.cond_fn.encode([data.table.texts[int(data.table.start[o])] for o in data.val_owner[:n]])
+        t = torch.randint(0, task.num_train_timesteps, (n,), generator=g)
+        eps = torch.randn(x0.shape, generator=g)
+        x_t = task.scheduler.add_noise(x0, eps, t)
+
+        def evaluate(model: torch.nn.Module) -> dict:
+            task.swap_ema(model)
+            try:
+                model.eval()
+                dev = next(model.parameters()).device
+                with torch.inference_mode():
+                    se = sum(((model(x_t[i:i + 250].to(dev), t[i:i + 250].to(dev), cond[i:i + 250].to(dev)).float()
+                               .cpu() - eps[i:i + 250]) ** 2).sum().item() for i in range(0, n, 250))
+            finally:
+                task.swap_ema(model)
+            return {"loss": se / x0.numel()}
+        return evaluate
+
+    def callbacks(self, cfg: RunConfig, data: DiffusionData, task: DenoiseTask, run: Run) -> list[Callback]:
+        return [SampleGrid(cfg, task, data.cond_fn, data.prompts, run)]
+
+    def describe(self, cfg: RunConfig, data: DiffusionData, loader, dc: DiffusionDataConfig) -> str:
+        return (f"{Path(dc.name).name} at {dc.img_size}×{dc.img_size} ({len(data.train_x):,} train / {len(data.val_x):,} "
+                f"val images, {data.tok.vocab_size} caption words; {len(loader)} batches of {cfg.train['batch_size']} per "
+                f"epoch)")
+
+    def after_training(self, handle: "Diffuser", data: DiffusionData) -> dict:
+        """report.json (best validation loss, time), learning curves; the sample grid of the last validation."""
+        run = handle.run
+        records = run.metrics()
+        vals = [r["val_loss"] for r in records if "val_loss" in r]
+        report = {"run": str(run.path), "best_val_loss": min(vals) if vals else None,
+                  "steps": max((r.get("step", 0) for r in records), default=0),
+                  "train_seconds": max((r.get("time", 0.0) for r in records), default=0.0)}
+        atomic_write_json(run.path / "report.json", report)
+        if records:
+            plots.plot_lm_curves(records, run.path / "learning_curves.png")
+        said = [f"best validation loss {report['best_val_loss']:.4f}" if vals else "no validation yet (raise "
+                f"--max-steps past --eval-every {handle.config.train['eval_every']})"]
+        if (run.path / "samples.png").is_file():
+            said.append(f"samples: {run.path / 'samples.png'}")
+        print(f"dlforge: {'; '.join(said)}; sample with: dlforge sample {run.path} --prompt \"...\"", file=sys.stderr)
+        return report
+
+
+class Diffuser(Handle):
+    """A trained text-to-image model: sample(prompts), sample_grid(...), evaluate(classifier=...). The EMA
+    weights are loaded (ema=False: the raw ones)."""
+
+    def __init__(self, run, device: str = "auto", which: str = "best", ema: bool = True):
+        super().__init__(run, device, which)
+        if ema and any(k.startswith("task.ema.") for k in self.tensors):
+            ckpt.restore_model(self.model, {"model." + k[len("task.ema."):]: v for k, v in self.tensors.items()
+                                            if k.startswith("task.ema.")}, self.checkpoint)
+        text_encoder = self.config.data.get("text_encoder", "own")
+        self.cond_fn = Conditioner(self.artifacts, None if text_encoder == "own" else text_encoder)
+        self.model = self.model.to(memory_format=torch.channels_last)  # 1.1-1.5x faster sampling on CPU
+
+    def generate(self, prompts: str | list[str], n: int = 1, sampler: str = "ddim", steps: int | None = None,
+                 guidance: float = 3.0, eta: float | None = None, seed: int = 0,
+                 frames: int = 0) -> tuple[torch.Tensor, list]:
+        """n images per prompt as uint8 (N, C, H, W), prompt by prompt; and the reverse process of the first
+        images at `frames` steps [(t, x_t)]."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not 1 <= n <= 4096:
+            raise DlforgeError(f"--n: expected 1..4096 images per prompt, got {n}")
+        if not prompts:
+            raise DlforgeError("--prompt: give at least one prompt")
+        cond = self.cond_fn.encode(list(dict.fromkeys(prompts)), warn=True)  # each prompt checked once
+        index = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
+        cond = cond[[index[p] for p in prompts for _ in range(n)]]
+        return generate(self.model, self.config, cond, self.cond_fn.null(len(cond), cond), sampler, steps, guidance,
+                        eta, seed, frames=frames)
+
+    def sample(self, prompts: str | list[str], n: int = 1, sampler: str = "ddim", steps: int | None = None,
+               guidance: float = 3.0, eta: float | None = None, seed: int = 0, trajectory: bool = False):
+        """-> PIL images, n per prompt (with trajectory=True also the reverse process: [(t, [PIL images])])."""
+        from PIL import Image
+        imgs, traj = self.generate(prompts, n, sampler, steps, guidance, eta, seed, frames=10 if trajectory else 0)
+        pil = lambda x: [Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0))  # noqa: E731
+                         for a in x.numpy()]
+        out = pil(imgs)
+        return (out, [(t, pil(P.to_uint8(x))) for t, x in traj]) if trajectory else out
+
+    def sample_grid(self, prompts: list[str], n: int = 16, sampler: str = "ddim", steps: int | None = None,
+                    guidance: float = 3.0, eta: float | None = None, seed: int = 0, out: str | Path | None = None,
+                    trajectory: str | Path | None = None) -> dict:
+        """n images per prompt -> a grid PNG (one row block per prompt); trajectory: the reverse process of the
+        first images, step by step from noise to image, to this PNG."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        t0 = time.perf_counter()
+        imgs, traj = self.generate(prompts, n, sampler, steps, guidance, eta, seed, frames=10 if trajectory else 0)
+        seconds = time.perf_counter() - t0
+        out_path = Path(out or self.path / "sample.png")
+        cols = min(n, 8)
+        titles = [(p[:18] if j % cols == 0 else "") for p in prompts for j in range(n)]
+        what = f"{sampler.upper()} {len(make_sampler(self.config, sampler, steps).timesteps)} steps, guidance {guidance:g}"
+        plots.plot_image_grid(imgs.numpy(), titles, out_path, what, cols=cols)
+        result = {"prompts": prompts, "n": n, "images": len(imgs), "sampler": sampler, "guidance": guidance,
+                  "seconds": seconds, "out": str(out_path)}
+        if trajectory:
+            result["trajectory"] = str(trajectory_strip(traj, Path(trajectory), f"reverse process, {what}: "
+                                                                                  f"{prompts[0][:40]!r}"))
+        return result
+
+    def evaluate(self, classifier: str | None = None, n: int = 1000, sampler: str = "ddim", steps: int | None = None,
+                 guidance: float = 3.0, eta: float | None = None, seed: int = 0, quiet: bool = True,
+                 batch_size: int = 64) -> dict:
+        """Sample quality of the EMA weights: prompt accuracy (a dlforge classifier labels the generated images),
+        the Fréchet and kernel distances of its penultimate features between n generated and n real test images,
+        with the same figures for n held-out real images (floor) and for noise (ceiling); sampling speed."""
+        if not 10 <= n <= 20000:
+            raise DlforgeError(f"--n: expected 10..20000 evaluation images, got {n}")
+        cfg, model, cond_fn = self.config, self.model, self.cond_fn
+        dc = DiffusionDataConfig(**cfg.data)
+        report = {"run": str(self.path), "checkpoint": str(self.checkpoint), "sampler": sampler, "guidance": guidance,
+                  "eta": eta, "steps": len(make_sampler(cfg, sampler, steps).timesteps), "images": n, "seed": seed}
+        data = prepare(dc, cfg.facts.get("data_seed", 0), cond_fn.tok)
+        if dc.is_csv or not classifier:
+            if not quiet:
+                print("dlforge: note: prompt accuracy and Fréchet distance need a labelled dataset and --classifier "
+                      "RUN (a dlforge cnn trained on it); writing a sample grid only", file=sys.stderr)
+            sample_grid(model, cfg, cond_fn, data.prompts[:10], self.path / "eval_samples.png", "evaluation samples")
+            atomic_write_json(self.path / "report.json", report)
+            return report
+        classify_fn = _classifier(classifier, data.classes, self.device)
+        prompts, labels = eval_prompts(dc, data.classes, n)
+        cond = cond_fn.encode(prompts)
+        t0 = time.perf_counter()
+        fake, _ = generate(model, cfg, cond, cond_fn.null(n, cond), sampler, steps, guidance, eta, seed, batch_size)
+        seconds = time.perf_counter() - t0
+        report.update(_quality(classify_fn, fake, labels, data, dc, n, seed, data.classes))
+        report.update({"sampling_seconds": seconds, "images_per_s": n / seconds, "classifier": classifier,
+                       "train_steps": ckpt.read_meta(Path(self.checkpoint)).get("step")})
+        show = torch.cat([torch.nonzero(labels == c)[:4, 0] for c in range(len(data.classes))])
+        plots.plot_image_grid(fake[show].numpy(), [prompts[i][:18] for i in show.tolist()],
+                              self.path / "eval_samples.png", f"{sampler.upper()} {report['steps']} steps, guidance "
+                              f"{guidance:g}: prompt accuracy {100 * report['prompt_accuracy']:.1f}%", cols=8)
+        atomic_write_json(self.path / "report.json", report)
+        if not quiet:
+            print(f"{sampler.upper()} {report['steps']} steps, guidance {guidance:g}, {n} images: prompt accuracy "
+                  f"{100 * report['prompt_accuracy']:.2f}% | Fréchet distance {report['frechet']:.3f} (real held-out "
+                  f"{report['frechet_real']:.3f}, noise {report['frechet_noise']:.3f}) | kernel distance "
+                  f"{report['kid']:.4f} (real {report['kid_real']:.4f}, noise {report['kid_noise']:.4f}) | "
+                  f"{report['images_per_s']:.1f} images/s\nreport: {self.path / 'report.json'}; samples: eval_samples.png")
+        return report
+
+
+RECIPE = DenoiseRecipe()
+DenoiseRecipe.handle = Diffuser

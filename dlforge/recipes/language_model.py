@@ -1,9 +1,8 @@
-"""Language modelling end to end: text -> tokenizer -> token streams -> model -> Trainer -> report;
-then generation, next-token prediction and evaluation from the run directory alone.
+"""Language modelling: text -> tokenizer -> token streams -> rnn / lstm / gru / gpt -> report (loss,
+perplexity, bits per character); the LanguageModel handle generates, streams and ranks next tokens.
 
-The run directory holds config.json (data source, tokenizer kind, model name and sizes, training
-recipe), tokenizer.json, checkpoints/{best,last}.safetensors, metrics.jsonl, report.json and plots.
-Used by the CLI commands train / eval / generate / next for models whose task is 'language-model'.
+The run directory holds config.json, tokenizer.json, checkpoints/{best,last}.safetensors, metrics.jsonl,
+report.json and plots. Text given in memory is kept in the run directory (corpus.txt).
 """
 from __future__ import annotations
 
@@ -12,9 +11,9 @@ import inspect
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 
@@ -22,11 +21,11 @@ from dlforge.data import text as textdata
 from dlforge.data.loader import TokenLoader
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import metrics, plots
-from dlforge.recipes.base import fit, load_model
-from dlforge.registry import create_model, get_entry
-from dlforge.runs import Run, atomic_write_json
+from dlforge.recipes.base import Handle, Recipe
+from dlforge.registry import get_entry
+from dlforge.runs import Run, RunConfig, atomic_write_json
 from dlforge.train.tasks import LanguageModelTask
-from dlforge.train.trainer import Trainer, TrainConfig, autocast, pick_device
+from dlforge.train.trainer import TrainConfig, autocast
 
 TASK = "language-model"
 
@@ -38,7 +37,7 @@ class TextDataConfig:
     tokenizer: str = "char"
     vocab_size: int = 512         # bpe only: char and word keep every symbol of the corpus
     val_fraction: float = 0.1     # the last 10% of the text validates
-    block_size: int = 256         # gpt: the context window; rnn: the truncated-BPTT length
+    block_size: int | None = None  # gpt: the context window; rnn: the truncated-BPTT length (None: the variant's)
     eval_tokens: int | None = 32768  # validation tokens per evaluation during training (None: all)
 
     def __post_init__(self) -> None:
@@ -49,8 +48,10 @@ class TextDataConfig:
                                f"{', '.join(textdata.CORPORA)} (or --data-file PATH)")
         if not 0 < self.val_fraction < 1:
             raise DlforgeError(f"--val-fraction: expected 0 < f < 1 for a language model, got {self.val_fraction}")
-        if self.block_size < 1:
+        if self.block_size is not None and self.block_size < 1:
             raise DlforgeError(f"--block-size: expected at least 1, got {self.block_size}")
+        if self.eval_tokens == 0:  # --eval-tokens 0: all of them
+            self.eval_tokens = None
         if self.eval_tokens is not None and self.eval_tokens < 1:
             raise DlforgeError(f"--eval-tokens: expected at least 1, got {self.eval_tokens}")
         if self.data_file:  # absolute, so that the run directory works from anywhere
@@ -142,92 +143,159 @@ def figures(loss: float, tokens_per_char: float) -> dict:
     return {"perplexity": metrics.perplexity(loss), "bpc": loss / math.log(2) * tokens_per_char}
 
 
-def val_callback(data: TextData, dc: TextDataConfig, tcfg: TrainConfig) -> Callable[[torch.nn.Module], dict]:
-    tpc = len(data.val) / max(data.val_chars, 1)
+class LanguageModelRecipe(Recipe):
+    task = "language-model"
+    DataConfig = TextDataConfig
+    default_data = "tinyshakespeare"
+    data_options = ("data_file", "tokenizer", "vocab_size", "val_fraction", "block_size", "eval_tokens")
+    model_options = {"layers": "n_layer", "heads": "n_head", "width": "d_model", "dropout": "dropout",
+                     "pos_encoding": "pos_encoding", "tie_weights": "tie_weights"}
+    artifacts = ("tokenizer.json",)
 
-    def evaluate(model: torch.nn.Module) -> dict:
-        dev = next(model.parameters()).device
-        r = lm_loss(model, data.val, dc.block_size, dev, tcfg.precision, dc.eval_tokens)
-        return {"loss": r["loss"], "accuracy": r["accuracy"], **figures(r["loss"], tpc)}
-    return evaluate
+    def data_config(self, model: str, data, options: dict, out: Path) -> TextDataConfig:
+        """data: a corpus name, a text file, or text in memory (a string with whitespace in it, or a list of
+        strings, one per line), which is written to the run directory as corpus.txt."""
+        options = {"block_size": default_block_size(model), **options}
+        if isinstance(data, (list, tuple)) and all(isinstance(t, str) for t in data):
+            data = "\n".join(data)
+        if isinstance(data, str) and (data.strip() != data or any(c.isspace() for c in data)) and \
+                not Path(data).is_file():
+            path = Path(out) / "corpus.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(data, encoding="utf-8")
+            return TextDataConfig(name=None, **{**options, "data_file": str(path)})
+        if isinstance(data, (str, Path)) and Path(data).is_file():
+            return TextDataConfig(name=None, **{**options, "data_file": str(data)})
+        if data is None and options.get("data_file"):
+            return TextDataConfig(name=None, **options)
+        return super().data_config(model, data, options, out)
 
+    def prepare(self, dc: TextDataConfig, seed: int, artifacts=None) -> TextData:
+        return prepare(dc, artifacts)
 
-# ---------------------------------------------------------------- training
-def model_kwargs(tok: textdata.TextTokenizer, block_size: int, overrides: dict) -> dict:
-    return {"vocab_size": tok.vocab_size, "block_size": block_size, **overrides}
+    def facts(self, data: TextData, dc: TextDataConfig) -> dict:
+        return {"train_tokens": len(data.train), "val_tokens": len(data.val), "val_chars": data.val_chars,
+                "sha256": data.sha256, "vocab_size": data.tokenizer.vocab_size}
 
+    def model_kwargs(self, data: TextData, dc: TextDataConfig, overrides: dict, task_options: dict) -> dict:
+        return {"vocab_size": data.tokenizer.vocab_size, "block_size": dc.block_size, **overrides}
 
-def train(model_name: str, dc: TextDataConfig, tcfg: TrainConfig, overrides: dict, out: str, resume: bool) -> dict:
-    """Train a language model into run directory `out` (or continue it); -> the evaluation report."""
-    if get_entry(model_name).task != TASK:
-        raise DlforgeError(f"model {model_name!r} is not a language model")
-    if resume:
-        run = Run.open(out, TASK)
-        cfg = {**run.config, "train": asdict(tcfg)}  # the saved recipe; budgets from this call
-        dc = TextDataConfig(**cfg["data"]["config"])
-        data = prepare(dc, textdata.TextTokenizer.load(run.path / "tokenizer.json"))
-        Run.create(out, cfg)
-    else:
-        data = prepare(dc)
-        cfg = {"task": {"name": TASK}, "model": {"name": model_name, "kwargs": model_kwargs(
-                   data.tokenizer, dc.block_size, overrides)},
-               "data": {"config": asdict(dc), "train_tokens": len(data.train), "val_tokens": len(data.val),
-                        "val_chars": data.val_chars, "sha256": data.sha256, "vocab_size": data.tokenizer.vocab_size},
-               "train": asdict(tcfg)}
-        run = Run.create(out, cfg)
+    def save_artifacts(self, run: Run, data: TextData) -> None:
         data.tokenizer.save(run.path / "tokenizer.json")
-    torch.manual_seed(tcfg.seed)
-    model = create_model(cfg["model"]["name"], **cfg["model"]["kwargs"])
-    mode = "streams" if getattr(model, "recurrent", False) else "windows"
-    loader = TokenLoader(data.train, tcfg.batch_size, dc.block_size, mode, tcfg.seed)
-    if not len(loader):
-        raise DlforgeError(f"--batch-size {tcfg.batch_size}: {len(data.train):,} training tokens make fewer than "
-                           f"{tcfg.batch_size} streams of --block-size {dc.block_size}; use a smaller --batch-size")
-    trainer = Trainer(LanguageModelTask(data.tokenizer.vocab_size), model, loader, tcfg, run,
-                      val_callback(data, dc, tcfg), meta={"model": cfg["model"], "task": cfg["task"]})
-    if not fit(trainer, resume, out, cfg["model"]["name"],
-          f"{dc.source} ({dc.tokenizer} tokenizer, {data.tokenizer.vocab_size} tokens; {len(data.train):,} train / "
-          f"{len(data.val):,} val tokens; {len(loader)} batches of {tcfg.batch_size}×{dc.block_size} per epoch)"):
-        return {}  # torchrun: rank 0 reports
-    return evaluate(run, data=data)
+
+    def load_artifacts(self, run: Run) -> textdata.TextTokenizer:
+        return textdata.TextTokenizer.load(run.path / "tokenizer.json")
+
+    def make_task(self, cfg: RunConfig, model: torch.nn.Module) -> LanguageModelTask:
+        return LanguageModelTask(cfg.model_kwargs["vocab_size"], recurrent=bool(getattr(model, "recurrent", False)))
+
+    def loader(self, cfg: RunConfig, data: TextData, tcfg: TrainConfig, task: LanguageModelTask) -> TokenLoader:
+        """gpt: random windows; recurrent models: contiguous streams, one per batch row (truncated BPTT)."""
+        dc = TextDataConfig(**cfg.data)
+        loader = TokenLoader(data.train, tcfg.batch_size, dc.block_size, "streams" if task.recurrent else "windows",
+                             tcfg.seed)
+        if not len(loader):
+            raise DlforgeError(f"--batch-size {tcfg.batch_size}: {len(data.train):,} training tokens make fewer than "
+                               f"{tcfg.batch_size} streams of --block-size {dc.block_size}; use a smaller --batch-size")
+        return loader
+
+    def validator(self, cfg: RunConfig, data: TextData, task: LanguageModelTask, tcfg: TrainConfig):
+        dc = TextDataConfig(**cfg.data)
+        tpc = len(data.val) / max(data.val_chars, 1)
+
+        def evaluate(model: torch.nn.Module) -> dict:
+            dev = next(model.parameters()).device
+            r = lm_loss(model, data.val, dc.block_size, dev, tcfg.precision, dc.eval_tokens)
+            return {"loss": r["loss"], "accuracy": r["accuracy"], **figures(r["loss"], tpc)}
+        return evaluate
+
+    def describe(self, cfg: RunConfig, data: TextData, loader: TokenLoader, dc: TextDataConfig) -> str:
+        return (f"{dc.source} ({dc.tokenizer} tokenizer, {data.tokenizer.vocab_size:,} tokens; {len(data.train):,} "
+                f"train / {len(data.val):,} val tokens; {len(loader)} batches of {loader.batch_size}×{dc.block_size} "
+                f"per epoch)")
+
+    def after_training(self, handle: "LanguageModel", data: TextData) -> dict:
+        return handle.evaluate(quiet=False, _data=data)
 
 
-# ---------------------------------------------------------------- from a run directory
-def load_run(run: Run, which: str = "best") -> tuple[dict, textdata.TextTokenizer, torch.nn.Module, str]:
-    """-> (config, tokenizer, model with the checkpoint's weights, checkpoint path)."""
-    model, _, path = load_model(run, which)
-    return run.config, textdata.TextTokenizer.load(run.path / "tokenizer.json"), model.eval(), str(path)
+class LanguageModel(Handle):
+    """A trained language model: generate(prompt), stream(prompt), next_tokens(text), evaluate()."""
 
+    @property
+    def tokenizer(self) -> textdata.TextTokenizer:
+        return self.artifacts
 
-def evaluate(run: Run, data: TextData | None = None, device: str = "auto", quiet: bool = False) -> dict:
-    """Validation loss, perplexity, bits per character and next-token accuracy of the best checkpoint
-    over the whole validation text; report.json, learning curves and (gpt) attention maps."""
-    cfg, tok, model, path = load_run(run)
-    dc = TextDataConfig(**cfg["data"]["config"])
-    if data is None:
-        data = prepare(dc, tok)
-        if data.sha256 != cfg["data"]["sha256"]:
-            print(f"dlforge: note: {dc.source} changed since training (sha256 differs)", file=sys.stderr)
-    dev = pick_device(device)
-    t0 = time.perf_counter()
-    r = lm_loss(model.to(dev), data.val, dc.block_size, dev, cfg["train"]["precision"])
-    seconds = time.perf_counter() - t0
-    report = {"run": str(run.path), "checkpoint": path, "data": dc.source, "tokenizer": dc.tokenizer,
-              "val_tokens": r["tokens"], "loss": r["loss"], "accuracy": r["accuracy"],
-              **figures(r["loss"], len(data.val) / max(data.val_chars, 1)), "eval_tokens_per_s": r["tokens"] / seconds,
-              "best_val_loss_during_training": min((m["val_loss"] for m in run.metrics() if "val_loss" in m), default=None)}
-    atomic_write_json(run.path / "report.json", report)
-    plots.plot_lm_curves(run.metrics(), run.path / "learning_curves.png")
-    if hasattr(model, "attention_maps"):
-        ids = data.val[: min(48, model.block_size)]
-        plots.plot_attention(model.attention_maps(ids.to(dev)), [tok.token_text(i) for i in ids.tolist()],
-                             run.path / "attention.png")
-    if not quiet:
-        print(f"\nvalidation loss = {report['loss']:.4f} | perplexity = {report['perplexity']:.2f} | "
-              f"bits per character = {report['bpc']:.4f} | next-token accuracy = {100 * report['accuracy']:.2f}% "
-              f"({r['tokens']:,} tokens)\nreport: {run.path / 'report.json'}; plots: learning_curves.png"
-              + (", attention.png" if hasattr(model, "attention_maps") else ""))
-    return report
+    def evaluate(self, quiet: bool = True, _data: TextData | None = None) -> dict:
+        """Validation loss, perplexity, bits per character and next-token accuracy of the best checkpoint over
+        the whole validation text; report.json, learning curves and (gpt) attention maps."""
+        cfg, tok, model = self.config, self.tokenizer, self.model
+        dc = TextDataConfig(**cfg.data)
+        data = _data
+        if data is None:
+            data = prepare(dc, tok)
+            if data.sha256 != cfg.facts["sha256"]:
+                print(f"dlforge: note: {dc.source} changed since training (sha256 differs)", file=sys.stderr)
+        t0 = time.perf_counter()
+        r = lm_loss(model, data.val, dc.block_size, self.device, cfg.train["precision"])
+        seconds = time.perf_counter() - t0
+        records = self.run.metrics()
+        report = {"run": str(self.path), "checkpoint": str(self.checkpoint), "data": dc.source,
+                  "tokenizer": dc.tokenizer, "val_tokens": r["tokens"], "loss": r["loss"], "accuracy": r["accuracy"],
+                  **figures(r["loss"], len(data.val) / max(data.val_chars, 1)),
+                  "eval_tokens_per_s": r["tokens"] / max(seconds, 1e-9),
+                  "best_val_loss_during_training": min((m["val_loss"] for m in records if "val_loss" in m), default=None)}
+        atomic_write_json(self.path / "report.json", report)
+        written = ["learning_curves.png"] if records and plots.plot_lm_curves(records, self.path / "learning_curves.png") \
+            else []
+        if hasattr(model, "attention_maps"):  # a gpt: what each head looks at in a stretch of validation text
+            ids = data.val[: min(48, model.block_size)]
+            plots.plot_attention(model.attention_maps(ids.to(self.device)), [tok.token_text(i) for i in ids.tolist()],
+                                 self.path / "attention.png")
+            written.append("attention.png")
+        if not quiet:
+            print(f"\nvalidation loss = {report['loss']:.4f} | perplexity = {report['perplexity']:.2f} | "
+                  f"bits per character = {report['bpc']:.4f} | next-token accuracy = {100 * report['accuracy']:.2f}% "
+                  f"({r['tokens']:,} tokens)\nreport: {self.path / 'report.json'}"
+                  + (f"; plots: {', '.join(written)}" if written else ""))
+        return report
+
+    def stream(self, prompt: str, max_new_tokens: int = 500, temperature: float = 0.8, top_k: int | None = None,
+               top_p: float | None = None, seed: int = 0, use_cache: bool = True) -> Iterator[str]:
+        """Yield the continuation of `prompt` piece by piece as it is sampled (whole UTF-8 characters)."""
+        check_sampling(max_new_tokens, temperature, top_k, top_p)
+        tok = self.tokenizer
+        ids = encode_prompt(tok, prompt).to(self.device)
+        new: list[int] = []
+        shown = 0
+        for t in generate_ids(self.model, ids, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
+            new.append(t)
+            text = tok.decode(new)
+            if not text.endswith("\ufffd"):  # wait for a whole UTF-8 character (bpe)
+                yield text[shown:]
+                shown = len(text)
+        text = tok.decode(new)
+        if shown < len(text):
+            yield text[shown:]
+
+    def generate(self, prompt: str, max_new_tokens: int = 500, temperature: float = 0.8, top_k: int | None = None,
+                 top_p: float | None = None, seed: int = 0, use_cache: bool = True) -> str:
+        """The prompt and a sampled continuation (temperature 0: greedy)."""
+        return prompt + "".join(self.stream(prompt, max_new_tokens, temperature, top_k, top_p, seed, use_cache))
+
+    @torch.inference_mode()
+    def next_tokens(self, text: str, top_k: int = 10) -> list[dict]:
+        """The top_k most likely next tokens after `text`, with probabilities (context cropped to block_size)."""
+        if top_k < 1:
+            raise DlforgeError(f"--top-k: expected at least 1, got {top_k}")
+        tok, model = self.tokenizer, self.model
+        ids = encode_prompt(tok, text, "text").to(self.device)
+        if model.block_size is not None:
+            ids = ids[:, -model.block_size:]
+        logits, _ = model(ids)
+        probs = logits[0, -1].float().softmax(-1)
+        top = probs.topk(min(top_k, probs.numel()))
+        return [{"token": tok.token_text(i), "id": i, "probability": round(float(p), 6)}
+                for p, i in zip(top.values.tolist(), top.indices.tolist())]
 
 
 # ---------------------------------------------------------------- sampling
@@ -293,42 +361,17 @@ def encode_prompt(tok: textdata.TextTokenizer, prompt: str, option: str = "--pro
     return torch.tensor([ids], dtype=torch.long)
 
 
-def generate(run: Run, prompt: str, max_new_tokens: int = 500, temperature: float = 0.8, top_k: int | None = None,
-             top_p: float | None = None, seed: int = 0, on_text: Callable[[str], None] | None = None,
-             use_cache: bool = True, device: str = "auto") -> str:
-    """Sample a continuation of `prompt`; on_text receives the text as it is produced. -> the whole text."""
-    if max_new_tokens < 0 or temperature < 0 or (top_k is not None and top_k < 1) or \
-            (top_p is not None and not 0 < top_p <= 1):
-        raise DlforgeError("expected --max-new-tokens >= 0, --temperature >= 0, --top-k >= 1 and 0 < --top-p <= 1")
-    _, tok, model, _ = load_run(run)
-    dev = pick_device(device)
-    ids = encode_prompt(tok, prompt).to(dev)
-    new: list[int] = []
-    shown = 0
-    for t in generate_ids(model.to(dev), ids, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
-        new.append(t)
-        text = tok.decode(new)
-        if on_text is not None and not text.endswith("\ufffd"):  # wait for a whole UTF-8 character (bpe)
-            on_text(text[shown:])
-            shown = len(text)
-    text = tok.decode(new)
-    if on_text is not None and shown < len(text):
-        on_text(text[shown:])
-    return prompt + text
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """Each limit on its own: the message names the option that is out of range."""
+    checks = [("--max-new-tokens", max_new_tokens >= 0, "0 or more"), ("--temperature", temperature >= 0,
+              "0 (greedy) or more"), ("--top-k", top_k is None or top_k >= 1, "at least 1"),
+              ("--top-p", top_p is None or 0 < top_p <= 1, "a probability in (0, 1]")]
+    for opt, ok, want in checks:
+        if not ok:
+            value = {"--max-new-tokens": max_new_tokens, "--temperature": temperature, "--top-k": top_k,
+                     "--top-p": top_p}[opt]
+            raise DlforgeError(f"{opt}: expected {want}, got {value}")
 
 
-@torch.inference_mode()
-def next_tokens(run: Run, text: str, top_k: int = 10, device: str = "auto") -> list[dict]:
-    """The top_k most likely next tokens after `text`, with probabilities (context cropped to block_size)."""
-    if top_k < 1:
-        raise DlforgeError(f"--top-k: expected at least 1, got {top_k}")
-    _, tok, model, _ = load_run(run)
-    dev = pick_device(device)
-    ids = encode_prompt(tok, text, "text").to(dev)
-    if model.block_size is not None:
-        ids = ids[:, -model.block_size:]
-    logits, _ = model.to(dev)(ids)
-    probs = logits[0, -1].float().softmax(-1)
-    top = probs.topk(min(top_k, probs.numel()))
-    return [{"token": tok.token_text(i), "id": i, "probability": float(p)}
-            for p, i in zip(top.values.tolist(), top.indices.tolist())]
+RECIPE = LanguageModelRecipe()
+LanguageModelRecipe.handle = LanguageModel

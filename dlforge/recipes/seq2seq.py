@@ -1,17 +1,17 @@
-"""Sequence to sequence end to end: parallel pairs -> tokenizer(s) -> padded tensors -> encoder–decoder ->
-Trainer -> report; then translation (greedy or beam search) and evaluation from the run directory alone.
+"""Sequence to sequence: parallel pairs -> tokenizer(s) -> padded tensors -> encoder–decoder -> report (exact
+match, character error rate, BLEU for user corpora); the Translator handle translates with greedy or beam
+search decoding and draws the cross-attention.
 
-The run directory holds config.json (data source, tokenizer kind, model name and sizes, recipe),
-src_tokenizer.json / tgt_tokenizer.json (one file twice when the vocabulary is shared),
-checkpoints/{best,last}.safetensors, metrics.jsonl, report.json and plots.
-Used by the CLI commands train / eval / translate for models whose task is 'seq2seq'.
+The run directory holds config.json, src_tokenizer.json / tgt_tokenizer.json (one file twice when the
+vocabulary is shared), checkpoints/{best,last}.safetensors, metrics.jsonl, report.json and plots. Pairs
+given in memory are kept in the run directory (pairs.tsv).
 """
 from __future__ import annotations
 
 import hashlib
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,11 +22,10 @@ from dlforge.data.loader import BatchLoader
 from dlforge.data.text import TOKENIZERS, TextTokenizer, fit_tokenizer
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import plots
-from dlforge.recipes.base import fit, load_model
-from dlforge.registry import create_model, get_entry
-from dlforge.runs import Run, atomic_write_json
+from dlforge.recipes.base import Handle, Recipe
+from dlforge.runs import Run, RunConfig, atomic_write_json
 from dlforge.train.tasks import Seq2SeqTask
-from dlforge.train.trainer import Trainer, TrainConfig, autocast, pick_device
+from dlforge.train.trainer import TrainConfig, autocast
 
 TASK = "seq2seq"
 
@@ -39,7 +38,7 @@ class PairDataConfig:
     tokenizer: str = "bpe"
     vocab_size: int = 1000            # bpe only
     separate_vocab: bool = False      # one tokenizer (and one embedding) for both sides, or one each
-    train_per_direction: int = 40000  # numbers: training pairs per language and direction
+    train_pairs: int = 40000          # numbers: training pairs per language and direction
     val_numbers: int = 100            # numbers: validation numbers (every language and direction)
     test_numbers: int = 5000          # numbers: held-out test numbers
     val_fraction: float = 0.05        # TSV: shares of the lines for validation and test
@@ -54,7 +53,7 @@ class PairDataConfig:
             raise DlforgeError(f"--data: unknown parallel corpus {self.name!r}; expected numbers "
                                f"(or --data-file PAIRS.tsv)")
         self.langs = P.parse_langs(self.langs)
-        checks = [("--train-pairs", self.train_per_direction >= 1), ("--val-numbers", self.val_numbers >= 1),
+        checks = [("--train-pairs", self.train_pairs >= 1), ("--val-numbers", self.val_numbers >= 1),
                   ("--test-numbers", self.test_numbers >= 1), ("--max-len", self.max_len >= 4),
                   ("--val-numbers + --test-numbers", self.val_numbers + self.test_numbers < P.MAX_NUMBER // 2),
                   ("--val-fraction", 0 < self.val_fraction < 0.5), ("--test-fraction", 0 < self.test_fraction < 0.5)]
@@ -95,7 +94,7 @@ def _corpus(dc: PairDataConfig, seed: int, with_train: bool = True):
     if not with_train:  # evaluation: the fixed held-out numbers only
         _, val, test = P.split_numbers(dc.val_numbers, dc.test_numbers, dc.split_seed)
         return [], P.number_pairs(val, dc.langs), P.number_pairs(test, dc.langs), digest
-    return (*P.numbers_corpus(dc.langs, dc.train_per_direction, dc.val_numbers, dc.test_numbers, dc.split_seed,
+    return (*P.numbers_corpus(dc.langs, dc.train_pairs, dc.val_numbers, dc.test_numbers, dc.split_seed,
                               seed), digest)
 
 
@@ -256,133 +255,11 @@ def teacher_forced_loss(model, src: torch.Tensor, tgt: torch.Tensor, task: Seq2S
     return {"loss": nll / max(count, 1), "accuracy": correct / max(count, 1)}
 
 
-def val_callback(data: PairData, task: Seq2SeqTask, tcfg: TrainConfig):
-    """Validation loss (teacher forced, label-smoothed as in training) and greedy exact match per direction."""
-    src, tgt = data.tensors["val"]
-
-    def evaluate(model: torch.nn.Module) -> dict:
-        dev = next(model.parameters()).device
-        r = teacher_forced_loss(model, src, tgt, task, dev, tcfg.precision)
-        s = scores(data.val, decode_pairs(model, data.src_tok, data.tgt_tok, data.val, dev))
-        r["exact_match"] = s["all"]["exact_match"]
-        r.update({f"exact[{g}]": v["exact_match"] for g, v in s.items() if g != "all"})
-        if tcfg.progress and len(s) > 2:  # per direction, above the trainer's [Step N] line
-            tqdm.write("  val exact match: " + "  ".join(f"{g} {100 * v['exact_match']:.1f}%" for g, v in s.items()
-                                                         if g != "all"), file=sys.stderr)
-        return r
-    return evaluate
-
-
-# ---------------------------------------------------------------- training
-def train(model_name: str, dc: PairDataConfig, tcfg: TrainConfig, overrides: dict, out: str, resume: bool,
-          label_smoothing: float = 0.1) -> dict:
-    """Train an encoder–decoder into run directory `out` (or continue it); -> the evaluation report."""
-    if get_entry(model_name).task != TASK:
-        raise DlforgeError(f"model {model_name!r} is not a sequence-to-sequence model")
-    if resume:
-        run = Run.open(out, TASK)
-        cfg = {**run.config, "train": asdict(tcfg)}  # the saved recipe; budgets from this call
-        dc = PairDataConfig(**cfg["data"]["config"])
-        data = prepare(dc, cfg["train_seed"], load_tokenizers(run))
-        Run.create(out, cfg)
-    else:
-        t0 = time.perf_counter()
-        data = prepare(dc, tcfg.seed)
-        vocab = {"src_vocab_size": data.src_tok.vocab_size, "tgt_vocab_size": data.tgt_tok.vocab_size}
-        cfg = {"task": {"name": TASK, "label_smoothing": label_smoothing},
-               "model": {"name": model_name, "kwargs": {**vocab, "max_len": dc.max_len, "pad_id": P.PAD, **overrides}},
-               "data": {"config": asdict(dc), "train_pairs": len(data.train), "val_pairs": len(data.val),
-                        "test_pairs": len(data.test), "sha256": data.sha256, **vocab},
-               "train": asdict(tcfg), "train_seed": tcfg.seed}
-        run = Run.create(out, cfg)
-        save_tokenizers(run, data)
-        print(f"dlforge: {len(data.train):,} training pairs made and tokenized in {time.perf_counter() - t0:.1f} s",
-              file=sys.stderr)
-    torch.manual_seed(tcfg.seed)
-    model = create_model(cfg["model"]["name"], **cfg["model"]["kwargs"])
-    task = Seq2SeqTask(P.PAD, cfg["task"]["label_smoothing"])
-    src, tgt = data.tensors["train"]
-    loader = BatchLoader(src, tgt, tcfg.batch_size, shuffle=True, seed=tcfg.seed,
-                         lengths=(src != P.PAD).sum(1) + (tgt != P.PAD).sum(1))
-    trainer = Trainer(task, model, loader, tcfg, run, val_callback(data, task, tcfg),
-                      meta={"model": cfg["model"], "task": cfg["task"]})
-    if not fit(trainer, resume, out, cfg["model"]["name"],
-          f"{dc.source} ({dc.tokenizer} tokenizer, {data.src_tok.vocab_size} tokens; {len(data.train):,} train / "
-          f"{len(data.val):,} val pairs; {len(loader)} batches of {tcfg.batch_size} per epoch)"):
-        return {}  # torchrun: rank 0 reports
-    return evaluate(run, limit=200 if not dc.data_file else None)
-
-
-# ---------------------------------------------------------------- from a run directory
-def save_tokenizers(run: Run, data: PairData) -> None:
-    data.src_tok.save(run.path / "src_tokenizer.json")
-    data.tgt_tok.save(run.path / "tgt_tokenizer.json")
-
-
-def load_tokenizers(run: Run) -> tuple[TextTokenizer, TextTokenizer]:
-    src = TextTokenizer.load(run.path / "src_tokenizer.json")
-    cfg = run.config["data"]["config"]
-    return src, (TextTokenizer.load(run.path / "tgt_tokenizer.json") if cfg.get("separate_vocab") else src)
-
-
-def load_run(run: Run, which: str = "best"):
-    """-> (config, data config, (src, tgt) tokenizers, model with the checkpoint's weights, checkpoint path)."""
-    model, _, path = load_model(run, which)
-    cfg = run.config
-    return cfg, PairDataConfig(**cfg["data"]["config"]), load_tokenizers(run), model.eval(), str(path)
-
-
 def _check_decoding(beam: int, length_penalty: float) -> None:
     if not 1 <= beam <= 64:
         raise DlforgeError(f"--beam: expected 1..64, got {beam}")
     if not 0 <= length_penalty <= 5:
         raise DlforgeError(f"--length-penalty: expected 0..5, got {length_penalty}")
-
-
-def evaluate(run: Run, beam: int = 1, length_penalty: float = 1.0, limit: int | None = None, device: str = "auto",
-             quiet: bool = False) -> dict:
-    """Exact match and character error rate per direction on the held-out test pairs (BLEU for user
-    corpora), decoding speed, report.json, learning curves and a cross-attention map."""
-    _check_decoding(beam, length_penalty)
-    cfg, dc, (src_tok, tgt_tok), model, path = load_run(run)
-    data = prepare(dc, cfg.get("train_seed", 0), (src_tok, tgt_tok), with_train=False)
-    test = data.test
-    if limit is not None:  # the first `limit` test pairs of each direction
-        if limit < 1:
-            raise DlforgeError(f"--limit: expected at least 1, got {limit}")
-        kept, seen = [], {}
-        for p in test:
-            seen[p.group] = seen.get(p.group, 0) + 1
-            if seen[p.group] <= limit:
-                kept.append(p)
-        test = kept
-    dev = pick_device(device)
-    model.to(dev)
-    t0 = time.perf_counter()
-    hyps = decode_pairs(model, src_tok, tgt_tok, test, dev, beam, length_penalty)
-    seconds = time.perf_counter() - t0
-    per = scores(test, hyps, bleu=bool(dc.data_file))
-    overall = per["all"]
-    report = {"run": str(run.path), "checkpoint": path, "data": dc.source, "decoding": "greedy" if beam == 1 else
-              f"beam {beam} (length penalty {length_penalty})", "test_pairs": len(test),
-              "exact_match": overall["exact_match"], "cer": overall["cer"], **({"bleu": overall["bleu"]} if
-              "bleu" in overall else {}), "sentences_per_s": len(test) / seconds, "per_direction": per,
-              "examples": [{"source": p.src, "to": p.to, "reference": p.tgt, "output": h}
-                           for p, h in list(zip(test, hyps))[:: max(1, len(test) // 12)][:12]]}
-    atomic_write_json(run.path / "report.json", report)
-    plots.plot_lm_curves(run.metrics(), run.path / "learning_curves.png")
-    if test:
-        attention_map(model, src_tok, tgt_tok, test[0].src, test[0].to, hyps[0], run.path / "attention.png", dev)
-    if not quiet:
-        print(f"\n{report['decoding']} on {len(test):,} test pairs: exact match = {100 * report['exact_match']:.2f}% | "
-              f"CER = {100 * report['cer']:.2f}%" + (f" | BLEU = {report['bleu']:.1f}" if "bleu" in report else "")
-              + f" | {report['sentences_per_s']:.0f} sentences/s")
-        for g, v in per.items():
-            if g != "all":
-                print(f"  {g:<14} exact match {100 * v['exact_match']:6.2f}%   CER {100 * v['cer']:5.2f}%   "
-                      f"({v['pairs']} pairs)")
-        print(f"report: {run.path / 'report.json'}; plots: learning_curves.png, attention.png")
-    return report
 
 
 def _source(dc: PairDataConfig, src_tok: TextTokenizer, text: str, to: str | None) -> list[int]:
@@ -404,24 +281,6 @@ def _source(dc: PairDataConfig, src_tok: TextTokenizer, text: str, to: str | Non
     return ids
 
 
-def translate(run: Run, texts: list[str], to: str | None = None, beam: int = 1, length_penalty: float = 1.0,
-              attention_path: str | None = None, device: str = "auto") -> list[dict]:
-    """-> [{"source", "to", "translation"}] for each text; attention_path: the cross-attention of the
-    first one, every layer and head."""
-    _check_decoding(beam, length_penalty)
-    cfg, dc, (src_tok, tgt_tok), model, _ = load_run(run)
-    dev = pick_device(device)
-    model.to(dev)
-    rows = [_source(dc, src_tok, t, to) for t in texts]
-    src = P.pad(rows).to(dev)
-    ids = greedy(model, src) if beam == 1 else beam_search(model, src, beam, length_penalty)
-    out = [{"source": t, "to": to, "translation": tgt_tok.decode(i)} for t, i in zip(texts, ids)]
-    if attention_path:
-        attention_map(model, src_tok, tgt_tok, texts[0].strip(), to or "", out[0]["translation"],
-                      Path(attention_path), dev)
-    return out
-
-
 def attention_map(model, src_tok: TextTokenizer, tgt_tok: TextTokenizer, text: str, to: str, output: str,
                   path: Path, device: torch.device) -> Path:
     """Teacher-force the translation through the decoder once and draw every cross-attention head."""
@@ -433,3 +292,176 @@ def attention_map(model, src_tok: TextTokenizer, tgt_tok: TextTokenizer, text: s
     tgt_labels = [tgt_tok.token_text(i) for i in out_ids] + ["</s>"]
     # row t of the decoder input predicts output token t: label rows by what they produce
     return plots.plot_cross_attention(maps, src_labels, tgt_labels, Path(path))
+
+
+def load_tokenizers(run: Run) -> tuple[TextTokenizer, TextTokenizer]:
+    src = TextTokenizer.load(run.path / "src_tokenizer.json")
+    return src, (TextTokenizer.load(run.path / "tgt_tokenizer.json") if run.config.data.get("separate_vocab") else src)
+
+
+class Seq2SeqRecipe(Recipe):
+    task = "seq2seq"
+    DataConfig = PairDataConfig
+    default_data = "numbers"
+    data_options = ("data_file", "langs", "tokenizer", "vocab_size", "separate_vocab", "train_pairs", "val_numbers",
+                    "test_numbers", "val_fraction", "test_fraction", "max_len")
+    model_options = {"layers": ("n_enc_layer", "n_dec_layer"), "heads": "n_head", "width": "d_model",
+                     "dropout": "dropout"}
+    task_options = {"label_smoothing": "label_smoothing"}
+    artifacts = ("src_tokenizer.json", "tgt_tokenizer.json")
+
+    def data_config(self, model: str, data, options: dict, out: Path) -> PairDataConfig:
+        """data: numbers, a TSV file of source<TAB>target, or (source, target) pairs in memory, which are
+        written to the run directory as pairs.tsv."""
+        if isinstance(data, (list, tuple)) and data and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in data):
+            bad = [i for i, (a, b) in enumerate(data) if "\t" in f"{a}{b}" or "\n" in f"{a}{b}"]
+            if bad:
+                raise DlforgeError(f"data: pair {bad[0]} holds a tab or a line break; give one-line texts")
+            path = Path(out) / "pairs.tsv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(f"{a}\t{b}\n" for a, b in data), encoding="utf-8")
+            return PairDataConfig(name=None, **{**options, "data_file": str(path)})
+        if isinstance(data, (str, Path)) and Path(data).is_file() or data is None and options.get("data_file"):
+            return PairDataConfig(name=None, **{"data_file": str(data), **options})
+        return super().data_config(model, data, options, out)
+
+    def prepare(self, dc: PairDataConfig, seed: int, artifacts=None) -> PairData:
+        t0 = time.perf_counter()
+        data = prepare(dc, seed, artifacts)
+        if artifacts is None:
+            print(f"dlforge: {len(data.train):,} training pairs made and tokenized in {time.perf_counter() - t0:.1f} s",
+                  file=sys.stderr)
+        return data
+
+    def facts(self, data: PairData, dc: PairDataConfig) -> dict:
+        return {"train_pairs": len(data.train), "val_pairs": len(data.val), "test_pairs": len(data.test),
+                "sha256": data.sha256, "src_vocab_size": data.src_tok.vocab_size,
+                "tgt_vocab_size": data.tgt_tok.vocab_size}
+
+    def check_task_options(self, options: dict) -> None:
+        Seq2SeqTask(P.PAD, **options)
+
+    def full_task_options(self, options: dict) -> dict:
+        return {"label_smoothing": 0.1, **options}
+
+    def model_kwargs(self, data: PairData, dc: PairDataConfig, overrides: dict, task_options: dict) -> dict:
+        return {"src_vocab_size": data.src_tok.vocab_size, "tgt_vocab_size": data.tgt_tok.vocab_size,
+                "max_len": dc.max_len, "pad_id": P.PAD, **overrides}
+
+    def save_artifacts(self, run: Run, data: PairData) -> None:
+        data.src_tok.save(run.path / "src_tokenizer.json")
+        data.tgt_tok.save(run.path / "tgt_tokenizer.json")
+
+    def load_artifacts(self, run: Run) -> tuple[TextTokenizer, TextTokenizer]:
+        return load_tokenizers(run)
+
+    def make_task(self, cfg: RunConfig, model: torch.nn.Module) -> Seq2SeqTask:
+        return Seq2SeqTask(P.PAD, **cfg.task_options)
+
+    def loader(self, cfg: RunConfig, data: PairData, tcfg: TrainConfig, task: Seq2SeqTask) -> BatchLoader:
+        src, tgt = data.tensors["train"]
+        return BatchLoader(src, tgt, tcfg.batch_size, shuffle=True, seed=tcfg.seed,
+                           lengths=(src != P.PAD).sum(1) + (tgt != P.PAD).sum(1))
+
+    def validator(self, cfg: RunConfig, data: PairData, task: Seq2SeqTask, tcfg: TrainConfig):
+        """Validation loss (teacher forced, label-smoothed as in training) and greedy exact match per direction."""
+        src, tgt = data.tensors["val"]
+
+        def evaluate(model: torch.nn.Module) -> dict:
+            dev = next(model.parameters()).device
+            r = teacher_forced_loss(model, src, tgt, task, dev, tcfg.precision)
+            s = scores(data.val, decode_pairs(model, data.src_tok, data.tgt_tok, data.val, dev))
+            r["exact_match"] = s["all"]["exact_match"]
+            r.update({f"exact[{g}]": v["exact_match"] for g, v in s.items() if g != "all"})
+            if tcfg.progress and len(s) > 2:  # per direction, above the trainer's [Step N] line
+                tqdm.write("  val exact match: " + "  ".join(f"{g} {100 * v['exact_match']:.1f}%" for g, v in s.items()
+                                                             if g != "all"), file=sys.stderr)
+            return r
+        return evaluate
+
+    def describe(self, cfg: RunConfig, data: PairData, loader: BatchLoader, dc: PairDataConfig) -> str:
+        return (f"{dc.source} ({dc.tokenizer} tokenizer, {data.src_tok.vocab_size:,} tokens; {len(data.train):,} train / "
+                f"{len(data.val):,} val pairs; {len(loader)} batches of {loader.batch_size} per epoch)")
+
+    def after_training(self, handle: "Translator", data: PairData) -> dict:
+        return handle.evaluate(limit=200 if not handle.config.data.get("data_file") else None, quiet=False)
+
+
+class Translator(Handle):
+    """A trained encoder–decoder: translate(texts, to=...), attention_map(...), evaluate()."""
+
+    @property
+    def data_config(self) -> PairDataConfig:
+        return PairDataConfig(**self.config.data)
+
+    def evaluate(self, beam: int = 1, length_penalty: float = 1.0, limit: int | None = None,
+                 quiet: bool = True) -> dict:
+        """Exact match and character error rate per direction on the held-out test pairs (BLEU for user
+        corpora), decoding speed, report.json, learning curves and a cross-attention map."""
+        _check_decoding(beam, length_penalty)
+        dc, (src_tok, tgt_tok), model, dev = self.data_config, self.artifacts, self.model, self.device
+        data = prepare(dc, self.config.facts.get("data_seed", 0), (src_tok, tgt_tok), with_train=False)
+        test = data.test
+        if limit is not None:  # the first `limit` test pairs of each direction
+            if limit < 1:
+                raise DlforgeError(f"--limit: expected at least 1, got {limit}")
+            kept, seen = [], {}
+            for p in test:
+                seen[p.group] = seen.get(p.group, 0) + 1
+                if seen[p.group] <= limit:
+                    kept.append(p)
+            test = kept
+        t0 = time.perf_counter()
+        hyps = decode_pairs(model, src_tok, tgt_tok, test, dev, beam, length_penalty)
+        seconds = time.perf_counter() - t0
+        per = scores(test, hyps, bleu=bool(dc.data_file))
+        overall = per["all"]
+        report = {"run": str(self.path), "checkpoint": str(self.checkpoint), "data": dc.source,
+                  "decoding": "greedy" if beam == 1 else f"beam {beam} (length penalty {length_penalty})",
+                  "test_pairs": len(test), "exact_match": overall["exact_match"], "cer": overall["cer"],
+                  **({"bleu": overall["bleu"]} if "bleu" in overall else {}),
+                  "sentences_per_s": len(test) / max(seconds, 1e-9), "per_direction": per,
+                  "examples": [{"source": p.src, "to": p.to, "reference": p.tgt, "output": h}
+                               for p, h in list(zip(test, hyps))[:: max(1, len(test) // 12)][:12]]}
+        atomic_write_json(self.path / "report.json", report)
+        records = self.run.metrics()
+        written = ["learning_curves.png"] if records and plots.plot_lm_curves(records, self.path / "learning_curves.png") \
+            else []
+        if test:
+            attention_map(model, src_tok, tgt_tok, test[0].src, test[0].to, hyps[0], self.path / "attention.png", dev)
+            written.append("attention.png")
+        if not quiet:
+            print(f"\n{report['decoding']} on {len(test):,} test pairs: exact match = {100 * report['exact_match']:.2f}% "
+                  f"| CER = {100 * report['cer']:.2f}%" + (f" | BLEU = {report['bleu']:.1f}" if "bleu" in report else "")
+                  + f" | {report['sentences_per_s']:.0f} sentences/s")
+            for g, v in per.items():
+                if g != "all":
+                    print(f"  {g:<14} exact match {100 * v['exact_match']:6.2f}%   CER {100 * v['cer']:5.2f}%   "
+                          f"({v['pairs']} pairs)")
+            print(f"report: {self.path / 'report.json'}" + (f"; plots: {', '.join(written)}" if written else ""))
+        return report
+
+    def translate(self, texts: str | list[str], to: str | None = None, beam: int = 1,
+                  length_penalty: float = 1.0) -> list[dict]:
+        """-> [{"source", "to", "translation"}] for each text (greedy, or beam search with beam > 1)."""
+        _check_decoding(beam, length_penalty)
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            raise DlforgeError("the texts to translate: give at least one")
+        (src_tok, tgt_tok), model = self.artifacts, self.model
+        rows = [_source(self.data_config, src_tok, t, to) for t in texts]
+        src = P.pad(rows).to(self.device)
+        ids = greedy(model, src) if beam == 1 else beam_search(model, src, beam, length_penalty)
+        return [{"source": t, "to": to, "translation": tgt_tok.decode(i)} for t, i in zip(texts, ids)]
+
+    def attention_map(self, text: str, to: str | None, path: str | Path, translation: str | None = None) -> Path:
+        """Draw every layer's and head's cross-attention while the model writes its translation of `text`."""
+        src_tok, tgt_tok = self.artifacts
+        if translation is None:
+            translation = self.translate([text], to)[0]["translation"]
+        return attention_map(self.model, src_tok, tgt_tok, text.strip(), to or "", translation, Path(path),
+                             self.device)
+
+
+RECIPE = Seq2SeqRecipe()
+Seq2SeqRecipe.handle = Translator

@@ -12,8 +12,37 @@ from dlforge.errors import DlforgeError
 LOSSES = ("cross-entropy", "bce", "mse")
 
 
+class Task:
+    """The trainer's whole contract with a task; a task overrides what it needs.
+    step(model, batch) -> (mean loss, {"count": samples, "correct": right predictions});
+    state_tensors()/load_state_tensors(): state carried across batches, saved in checkpoints as task.*;
+    state_batch_dim: the batch dimension of that state (data-parallel ranks each hold rows), None if shared;
+    after_step(model): after each optimiser step (e.g. a moving average of the weights)."""
+    name = "task"
+    unit, units = "img", "images"     # the progress bar's rate (img/s) and the metrics' images_per_s
+    reports_accuracy = True           # running accuracy in the progress bar and the epoch lines
+    shown_metrics: tuple[str, ...] = ()  # validation figures printed on the [Step N] lines besides val_loss
+    state_batch_dim: int | None = None
+    splittable = True                 # a batch may run as micro-batches (--grad-accum) with the same result
+
+    def step(self, model: torch.nn.Module, batch) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], device: torch.device) -> None:
+        pass
+
+    def after_step(self, model: torch.nn.Module) -> None:
+        pass
+
+
 @dataclass
-class ClassifyTask:
+class ClassifyTask(Task):
     """Image classification with the reference's three losses:
     cross-entropy — K-way softmax classifier (K logits);
     bce — one class (positive_class) against the rest: one logit, BCEWithLogits;
@@ -29,9 +58,6 @@ class ClassifyTask:
             raise DlforgeError(f"--loss: expected one of {', '.join(LOSSES)}; got {self.loss!r}")
         if self.loss == "bce" and not 0 <= self.positive_class < self.num_classes:
             raise DlforgeError(f"--positive-class: expected 0..{self.num_classes - 1}, got {self.positive_class}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @property
     def out_features(self) -> int:
@@ -88,7 +114,7 @@ def _detach(state):
 
 
 @dataclass
-class LanguageModelTask:
+class LanguageModelTask(Task):
     """Next-token prediction. The model maps ids (B, T) to (logits (B, T, V), state); the loss is the
     mean cross-entropy per token in nats, -1/N Σ log p(x_{t+1} | x_≤t). Recurrent models (model.recurrent)
     carry their hidden state from batch to batch, detached (truncated backpropagation through time);
@@ -97,13 +123,13 @@ class LanguageModelTask:
     name: str = "language-model"
     unit = "tok"      # the progress bar's rate: tok/s
     units = "tokens"  # ... and the metrics' tokens_per_s
+    shown_metrics = ("perplexity", "bpc")
     state_batch_dim = 1  # the carried state is (layers, B, hidden): data-parallel ranks each hold rows of it
+    recurrent: bool = False  # rows of a batch continue the streams of the last one's (truncated BPTT)
 
     def __post_init__(self) -> None:
         self.state = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+        self.splittable = not self.recurrent  # the carried state belongs to the whole batch's rows
 
     def step(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict]:
         x, y = batch[0], batch[1]                   # (B, T), (B, T)
@@ -138,7 +164,7 @@ def _fits(state, batch_size: int) -> bool:
 
 
 @dataclass
-class DenoiseTask:
+class DenoiseTask(Task):
     """Denoising diffusion with ε-prediction (Ho et al., 2020). A batch is (x_0 (B, C, H, W) in [-1, 1],
     caption (B, L) token ids, or (B, S, D) states of a frozen text encoder); t ~ U{0..T-1}, ε ~ N(0, I),
     x_t = √ᾱ_t x_0 + √(1 - ᾱ_t) ε, loss = mean w_t ‖ε - ε̂(x_t, t, caption)‖² with the Min-SNR-γ weight
@@ -156,6 +182,7 @@ class DenoiseTask:
     name: str = "denoise"
     reports_accuracy = False  # the trainer shows and logs no accuracy for it
     state_batch_dim = None  # the moving average is not per batch row: every rank holds the same one
+    splittable = False  # t and ε are drawn per batch: micro-batches would draw other ones
 
     def __post_init__(self) -> None:
         from dlforge.diffusion.schedulers import DDPMScheduler
@@ -170,9 +197,6 @@ class DenoiseTask:
         self.loss_weight = (snr.clamp(max=self.snr_gamma) / snr if self.snr_gamma > 0 else torch.ones_like(snr)).float()
         self.ema: dict[str, torch.Tensor] | None = None
         self.ema_updates = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     def drop_condition(self, cond: torch.Tensor, p: float) -> torch.Tensor:
         """Each row replaced by the null condition with probability p."""
@@ -227,7 +251,7 @@ class DenoiseTask:
 
 
 @dataclass
-class Seq2SeqTask:
+class Seq2SeqTask(Task):
     """Sequence to sequence with teacher forcing. A batch is (src (B, S), tgt (B, T)), both right-padded
     with pad_id; tgt = [BOS] y_1 .. y_n [EOS]. The decoder reads tgt[:, :-1] and predicts tgt[:, 1:]; the
     loss is label-smoothed cross-entropy (Szegedy et al., 2016) over the real (non-pad) target tokens:
@@ -237,13 +261,11 @@ class Seq2SeqTask:
     name: str = "seq2seq"
     unit = "tok"
     units = "tokens"
+    shown_metrics = ("exact_match",)
 
     def __post_init__(self) -> None:
         if not 0 <= self.label_smoothing < 1:
             raise DlforgeError(f"--label-smoothing: expected a number in [0, 1), got {self.label_smoothing}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     def trim(self, x: torch.Tensor) -> torch.Tensor:
         """Drop the columns that are padding in every row: a batch costs its longest pair, not the corpus's."""

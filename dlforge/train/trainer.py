@@ -6,14 +6,14 @@ A task may carry state across batches (`state_tensors()` -> tensors named task.*
 `state_batch_dim` names its batch dimension, so that ranks can gather and slice it."""
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import torch
-from tqdm import tqdm
 
 from dlforge.data.loader import BatchLoader
 from dlforge.errors import DlforgeError
@@ -21,6 +21,9 @@ from dlforge.perf import tune_allocator
 from dlforge.runs import Run, atomic_duplicate
 from dlforge.train import checkpoint as ckpt
 from dlforge.train import distributed
+from dlforge.train.callbacks import Callback, EarlyStopping
+from dlforge.train.progress import progress_bar
+from dlforge.train.tasks import Task
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -29,7 +32,8 @@ SCHEDULES = ("constant", "cosine")
 
 @dataclass
 class TrainConfig:
-    epochs: int = 5                 # the reference's globals: EPOCHS 5, BATCH_SIZE 64, LR 1e-3, WD 1e-4
+    epochs: int | None = None       # None: the reference's 5, unless --max-steps / --max-time decide alone
+    # the reference's other globals: BATCH_SIZE 64, LR 1e-3, WD 1e-4
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -51,11 +55,22 @@ class TrainConfig:
     tensorboard: bool = False
     progress: bool = True
     init_from: str | None = None    # start from these weights (safetensors, or a torch file read weights-only)
+    grad_accum: int = 1             # run each batch as this many micro-batches (less memory, the same step)
+    early_stop: int | None = None   # stop after this many evaluations without a better validation loss
+
+    def total_epochs(self, batches_per_epoch: int) -> float:
+        """The epochs the run may take: --epochs, else as many as --max-steps needs, else unbounded under
+        --max-time alone (the clock decides), else the reference's 5."""
+        if self.epochs is not None:
+            return self.epochs
+        if self.max_steps is not None:
+            return math.ceil(self.max_steps / max(batches_per_epoch, 1))
+        return math.inf if self.max_time is not None else 5
 
     def __post_init__(self) -> None:
         checks = [("--optimizer", self.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
                   ("--precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
-                  ("--epochs", self.epochs >= 1, "at least 1"), ("--batch-size", self.batch_size >= 1, "at least 1"),
+                  ("--epochs", self.epochs is None or self.epochs >= 1, "at least 1"), ("--batch-size", self.batch_size >= 1, "at least 1"),
                   ("--lr", self.lr > 0, "a positive number"), ("--weight-decay", self.weight_decay >= 0, "0 or more"),
                   ("--max-steps", self.max_steps is None or self.max_steps >= 1, "at least 1"),
                   ("--max-time", self.max_time is None or self.max_time > 0, "a positive number of minutes"),
@@ -65,7 +80,10 @@ class TrainConfig:
                   ("--min-lr-ratio", 0 <= self.min_lr_ratio <= 1, "a number in [0, 1]"),
                   ("--beta2", 0 < self.beta2 < 1, "a number in (0, 1)"),
                   ("--eval-every", self.eval_every is None or self.eval_every >= 1, "at least 1"),
-                  ("--decay-steps", self.decay_steps is None or self.decay_steps >= 1, "at least 1")]
+                  ("--decay-steps", self.decay_steps is None or self.decay_steps >= 1, "at least 1"),
+                  ("--grad-accum", self.grad_accum >= 1 and self.grad_accum <= self.batch_size,
+                   f"1 .. --batch-size ({self.batch_size})"),
+                  ("--early-stop", self.early_stop is None or self.early_stop >= 1, "at least 1 evaluation")]
         for opt, ok, want in checks:
             if not ok:
                 raise DlforgeError(f"{opt}: expected {want}, got {getattr(self, opt[2:].replace('-', '_'))!r}")
@@ -128,9 +146,19 @@ def _to(batch, device: torch.device):
 
 
 class Trainer:
-    def __init__(self, task: Any, model: torch.nn.Module, train: BatchLoader, cfg: TrainConfig, run: Run,
-                 evaluate: Callable[[torch.nn.Module], dict] | None = None, meta: dict | None = None):
+    """task: what a batch means (train/tasks.py); evaluate(model) -> validation figures ("loss" first, the
+    monitored metric: lower is better); callbacks: events around the loop (train/callbacks.py)."""
+
+    def __init__(self, task: Task, model: torch.nn.Module, train: BatchLoader, cfg: TrainConfig, run: Run,
+                 evaluate: Callable[[torch.nn.Module], dict] | None = None, meta: dict | None = None,
+                 callbacks: list[Callback] | tuple = ()):
         self.task, self.cfg, self.run, self.train, self.evaluate = task, cfg, run, train, evaluate
+        self.callbacks = list(callbacks) + ([EarlyStopping(cfg.early_stop)] if cfg.early_stop else [])
+        if cfg.grad_accum > 1 and not task.splittable:
+            raise DlforgeError(f"--grad-accum {cfg.grad_accum}: a {task.name} batch cannot be split into "
+                               f"micro-batches with the same result here; use a smaller --batch-size instead")
+        if cfg.early_stop and evaluate is None:
+            raise DlforgeError("--early-stop: this run has no validation data to watch (--val-fraction 0?)")
         tune_allocator()
         if distributed.from_env().size > cfg.batch_size:
             raise DlforgeError(f"--batch-size {cfg.batch_size}: the global batch needs at least one sample per "
@@ -147,10 +175,13 @@ class Trainer:
         self.best: float | None = None
         self.best_step: int | None = None
         self.records = 0  # lines logged to metrics.jsonl; a resume drops those logged after its checkpoint
+        self.evals_since_best = 0  # validations in a row without a better score (--early-stop)
+        self.stop_reason: str | None = None  # set by request_stop (a callback): the loop stops cleanly
         self.resumed = False
         self.sums = {"loss": 0.0, "correct": 0, "count": 0}
         self.window = {"loss": 0.0, "correct": 0, "count": 0}  # since the last step evaluation (eval_every)
-        self.unit, self.units = getattr(task, "unit", "img"), getattr(task, "units", "images")
+        self.unit, self.units = task.unit, task.units
+        self.epochs = cfg.total_epochs(len(train))
         self._t0 = time.perf_counter()
         self.tb = self._tensorboard() if cfg.tensorboard and self.world.main else None
         if cfg.precision == "bf16" and self.device.type == "cpu" and not cpu_has_bf16():
@@ -169,9 +200,10 @@ class Trainer:
         """Every rank calls it (a task's per-row state is gathered from all of them); rank 0 writes."""
         meta = {**self.meta, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "step": self.step,
                 "elapsed": self.elapsed, "best": self.best, "best_step": self.best_step, "records": self.records,
-                "sums": self.sums, "window": self.window, "train": asdict(self.cfg)}
-        extra = self.task.state_tensors() if hasattr(self.task, "state_tensors") else {}
-        dim = getattr(self.task, "state_batch_dim", None)
+                "sums": self.sums, "window": self.window, "train": asdict(self.cfg),
+                "evals_since_best": self.evals_since_best}
+        extra = self.task.state_tensors()
+        dim = self.task.state_batch_dim
         if self.world.active and dim is not None:
             extra = distributed.gather_rows(extra, dim, self.world)
         if self.world.active:
@@ -199,15 +231,15 @@ class Trainer:
         ckpt.restore_optimizer(self.opt, tensors, meta)
         ckpt.restore_rng(tensors)
         distributed.restore_rng(tensors, self.world, self.cfg.seed, meta["step"])
-        if hasattr(self.task, "load_state_tensors"):
-            dim = getattr(self.task, "state_batch_dim", None)
-            if self.world.active and dim is not None:  # this rank's rows of the global batch's state
-                task = {k: v for k, v in tensors.items() if k.startswith("task.")}
-                tensors = {**tensors, **distributed.slice_rows(task, dim, self.world)}
-            self.task.load_state_tensors(tensors, self.device)
+        dim = self.task.state_batch_dim
+        if self.world.active and dim is not None:  # this rank's rows of the global batch's state
+            task = {k: v for k, v in tensors.items() if k.startswith("task.")}
+            tensors = {**tensors, **distributed.slice_rows(task, dim, self.world)}
+        self.task.load_state_tensors(tensors, self.device)
         self.epoch, self.step_in_epoch, self.step = meta["epoch"], meta["step_in_epoch"], meta["step"]
         self.elapsed, self.best, self.sums = meta["elapsed"], meta["best"], meta["sums"]
         self.best_step = meta.get("best_step")
+        self.evals_since_best = meta.get("evals_since_best", 0)
         self.window = meta.get("window", {"loss": 0.0, "correct": 0, "count": 0})
         self.resumed = True
         if self.world.main:
@@ -251,10 +283,10 @@ class Trainer:
         cosine decays fully by the end of the budget."""
         if self.cfg.decay_steps is not None:
             return self.step / self.cfg.decay_steps
-        total = self.cfg.epochs * len(self.train)
+        total = self.epochs * len(self.train)
         if self.cfg.max_steps is not None:
             total = min(total, self.cfg.max_steps)
-        p = self.step / max(total, 1)
+        p = self.step / max(total, 1) if math.isfinite(total) else 0.0
         if self.cfg.max_time is not None:
             p = max(p, self._elapsed_now() / (self.cfg.max_time * 60))
         return p
@@ -272,27 +304,27 @@ class Trainer:
         for g in self.opt.param_groups:
             g["lr"] = self._lr()
         local, counts = distributed.shard(batch, self.world)
-        with autocast(self.cfg.precision, self.device):
-            loss, stats = self.task.step(self.net, _to(local, self.device))
-        value, n = loss.item(), stats["count"] if counts else 0
-        correct = int(stats.get("correct", 0)) if counts else 0
-        if self.world.active:
-            # the loss is a mean over this rank's n samples; DDP averages gradients over ranks, so weight it
-            # by n·W/N to get the gradient of the mean over the global batch's N samples
-            total, correct, n_all = distributed.all_sum([value * n if n else 0.0, correct, n], self.device)
-            if n_all * 1.0 != n * self.world.size:
-                loss = loss * (n * self.world.size / n_all)
-            value, n, correct = total / max(n_all, 1), int(n_all), int(correct)
-        if not math.isfinite(value):
-            raise DlforgeError(f"loss became {value} at step {self.step + 1}; the last good checkpoint "
-                               f"({self.run.checkpoint('last')}) is kept — try a lower --lr or --grad-clip")
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.cfg.grad_accum > 1:
+            value, n, correct = self._accumulate(_to(local, self.device), counts)
+        else:
+            with autocast(self.cfg.precision, self.device):
+                loss, stats = self.task.step(self.net, _to(local, self.device))
+            value, n = loss.item(), stats["count"] if counts else 0
+            correct = int(stats.get("correct", 0)) if counts else 0
+            if self.world.active:
+                # the loss is a mean over this rank's n samples; DDP averages gradients over ranks, so weight
+                # it by n·W/N to get the gradient of the mean over the global batch's N samples
+                total, correct, n_all = distributed.all_sum([value * n if n else 0.0, correct, n], self.device)
+                if n_all * 1.0 != n * self.world.size:
+                    loss = loss * (n * self.world.size / n_all)
+                value, n, correct = total / max(n_all, 1), int(n_all), int(correct)
+            self._check_finite(value)
+            loss.backward()
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.opt.step()
-        if hasattr(self.task, "after_step"):  # e.g. DenoiseTask's moving average of the weights
-            self.task.after_step(self.model)
+        self.task.after_step(self.model)  # e.g. DenoiseTask's moving average of the weights
         for sums in (self.sums, self.window):
             sums["loss"] += value * n
             sums["correct"] += correct
@@ -301,26 +333,74 @@ class Trainer:
         self.step_in_epoch += 1
         return n
 
+    def _check_finite(self, value: float) -> None:
+        if not math.isfinite(value):
+            raise DlforgeError(f"loss became {value} at step {self.step + 1}; the last good checkpoint "
+                               f"({self.run.checkpoint('last')}) is kept — try a lower --lr or --grad-clip")
+
+    def _accumulate(self, batch, counts: bool) -> tuple[float, int, int]:
+        """--grad-accum K: the batch as K micro-batches of rows, one forward and backward each, so that only a
+        K-th of the activations is alive at once. Each micro-batch's mean loss is backpropagated times its
+        sample count n_i, then the gradients are divided by the batch's N = Σ n_i (summed over ranks):
+        ∇ (1/N) Σ_i n_i·loss_i, the gradient of the whole batch's mean loss.
+        -> (mean loss, samples, right predictions), over all ranks."""
+        k = self.cfg.grad_accum
+        chunks = list(zip(*(t.chunk(k) for t in batch)))
+        value, n, correct = 0.0, 0, 0
+        for i, chunk in enumerate(chunks):
+            sync = i == len(chunks) - 1 or not self.world.active  # DDP all-reduces on the last backward only
+            with (contextlib.nullcontext() if sync else self.net.no_sync()):
+                with autocast(self.cfg.precision, self.device):
+                    loss, stats = self.task.step(self.net, chunk)
+                c = int(stats["count"])
+                (loss * c).backward()
+            value, n, correct = value + loss.item() * c, n + c, correct + int(stats.get("correct", 0))
+        if not counts:
+            value, n, correct = 0.0, 0, 0
+        if self.world.active:
+            value, correct, n = distributed.all_sum([value, correct, n], self.device)
+            n, correct = int(n), int(correct)
+        scale = (self.world.size if self.world.active else 1) / max(n, 1)  # DDP averaged over the W ranks
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(scale)
+        value /= max(n, 1)
+        self._check_finite(value)
+        return value, n, correct
+
+    def request_stop(self, reason: str) -> None:
+        """Stop after this step, with a clean checkpoint (a callback's way to end the run)."""
+        self.stop_reason = reason
+
     def running(self, sums: dict | None = None) -> dict:
         sums = sums or self.sums
         n = max(sums["count"], 1)
-        if not getattr(self.task, "reports_accuracy", True):  # e.g. denoising: no classes to be right about
+        if not self.task.reports_accuracy:  # e.g. denoising: no classes to be right about
             return {"loss": sums["loss"] / n}
         return {"loss": sums["loss"] / n, "accuracy": sums["correct"] / n}
 
+    def last_epoch(self) -> int | None:
+        """The epoch in which the budget ends (None: the clock decides)."""
+        if self.cfg.max_steps is not None:
+            return min(self.epochs, math.ceil(self.cfg.max_steps / max(len(self.train), 1)))
+        return self.epochs if math.isfinite(self.epochs) else None
+
     def fit(self) -> dict:
-        """Train until the epochs, --max-steps or --max-time run out. -> the last epoch's record."""
+        """Train until the epochs, --max-steps or --max-time run out, or a callback stops the run.
+        -> the last epoch's record."""
         cfg, record = self.cfg, {}
         stopped = False
         if not self.resumed and self.world.main:  # an attempt killed before its first checkpoint left nothing
             self._repair(None)
-        while self.epoch < cfg.epochs and not stopped:
+        for cb in self.callbacks:
+            cb.on_start(self)
+        while self.epoch < self.epochs and not stopped and self.stop_reason is None:
             self._t0 = start = time.perf_counter()
             seen = 0
-            bar = tqdm(total=len(self.train), initial=self.step_in_epoch, desc=f"Epoch {self.epoch + 1}/{cfg.epochs}",
-                       unit="batch", disable=not cfg.progress or not self.world.main, file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
+            bar = progress_bar(len(self.train), self.step_in_epoch, f"Epoch {self.epoch + 1}/{self.last_epoch() or '?'}",
+                               enabled=cfg.progress and self.world.main)
             for batch in self.train.epoch(self.epoch, self.step_in_epoch):
-                if not self._budget_left():
+                if not self._budget_left() or self.stop_reason is not None:
                     stopped = True
                     break
                 seen += self.train_step(batch)
@@ -329,6 +409,8 @@ class Trainer:
                                  **({"acc": f"{100 * r['accuracy']:.2f}%"} if "accuracy" in r else {}),
                                  f"{self.unit}_s": f"{seen / (time.perf_counter() - start):.0f}"}, refresh=False)
                 bar.update()
+                for cb in self.callbacks:
+                    cb.on_step_end(self)
                 if cfg.eval_every and self.evaluate is not None and self.step % cfg.eval_every == 0:
                     self._eval_step(bar)
             bar.close()
@@ -339,11 +421,17 @@ class Trainer:
                 self._tick()
                 self.save("last")  # a clean mid-epoch checkpoint: --resume continues from here
                 if self.world.main:
-                    print(f"dlforge: stopped early at step {self.step} (--max-steps/--max-time); "
-                          f"checkpoint {self.run.checkpoint('last')}", file=sys.stderr)
+                    why = self.stop_reason or "stopped early (--max-steps/--max-time)"
+                    print(f"dlforge: {why} at step {self.step}; checkpoint {self.run.checkpoint('last')}",
+                          file=sys.stderr)
                 break
             self._tick()
             record = self._end_epoch(rate)
+        if self.stop_reason is not None and not stopped and self.world.main:
+            print(f"dlforge: {self.stop_reason} at step {self.step}; checkpoint {self.run.checkpoint('last')}",
+                  file=sys.stderr)
+        for cb in self.callbacks:
+            cb.on_end(self)
         if self.tb:
             self.tb.close()
         distributed.teardown()
@@ -358,13 +446,17 @@ class Trainer:
             for k, v in record.items():
                 self.tb.add_scalar(k, v, self.step)
 
-    def _keep(self, score: float) -> None:
-        """Save last, and best when `score` (validation loss) improved."""
-        improved = self.best is None or (math.isfinite(score) and score < self.best)
-        if improved:
-            self.best, self.best_step = score, self.step
+    def _score(self, score: float) -> None:
+        """Note a validation score (lower is better): best, best_step, evals_since_best."""
+        if self.best is None or (math.isfinite(score) and score < self.best):
+            self.best, self.best_step, self.evals_since_best = score, self.step, 0
+        else:
+            self.evals_since_best += 1
+
+    def _keep(self) -> None:
+        """Save last, and best when the score just noted was the best."""
         self.save("last")
-        if improved:  # the same bytes: link rather than serialise the model and optimiser again
+        if self.best_step == self.step:  # the same bytes: link rather than serialise the model and optimiser again
             distributed.from_main(self._link_best, self.world)
 
     def _link_best(self) -> None:
@@ -383,7 +475,7 @@ class Trainer:
         record = {"step": self.step, "epoch": self.epoch + 1, **self.running(self.window),
                   "lr": self.opt.param_groups[0]["lr"], "time": self._elapsed_now()}
         record.update(self._validate())
-        extra = "".join(f" | val_{k} = {record['val_' + k]:.4f}" for k in ("perplexity", "bpc", "exact_match")
+        extra = "".join(f" | val_{k} = {record['val_' + k]:.4f}" for k in self.task.shown_metrics
                         if "val_" + k in record)
         if self.world.main:
             (bar.write if bar is not None else print)(
@@ -391,7 +483,10 @@ class Trainer:
         self._log(record)
         self.window = {"loss": 0.0, "correct": 0, "count": 0}
         self._tick()  # checkpoints carry the time used so far
-        self._keep(record["val_loss"])
+        self._score(record["val_loss"])
+        for cb in self.callbacks:
+            cb.on_evaluate(self, record)
+        self._keep()
 
     def _end_epoch(self, rate: float) -> dict:
         step_eval = self.cfg.eval_every and self.evaluate is not None
@@ -414,5 +509,11 @@ class Trainer:
         if step_eval:
             self.save("last")
         else:
-            self._keep(record.get("val_loss", record["loss"]))
+            self._score(record.get("val_loss", record["loss"]))
+            if "val_loss" in record:
+                for cb in self.callbacks:
+                    cb.on_evaluate(self, record)
+            self._keep()
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, record)
         return record

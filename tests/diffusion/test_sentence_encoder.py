@@ -46,7 +46,7 @@ def test_train_and_sample_with_a_frozen_local_sentence_encoder(encoder, tmp_path
                  "--max-steps", "60", "--eval-every", "30", "--batch-size", "32", "--lr", "3e-3", "--timesteps", "200",
                  "--no-progress", "--out", str(out)]) == 0
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["model"]["kwargs"]["context_dim"] == 16 and cfg["data"]["config"]["text_encoder"] == str(encoder)
+    assert cfg["model"]["kwargs"]["context_dim"] == 16 and cfg["data"]["text_encoder"] == str(encoder)
     tensors, _ = load_checkpoint(out / "checkpoints" / "last.safetensors")
     assert not any("text." in k for k in tensors)  # the encoder stays outside the model: frozen, not saved
     val = [json.loads(x)["val_loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if "val_loss" in x]
