@@ -9,12 +9,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from dlforge.runs import write_error  # noqa: E402
 
-def _save(fig, path: Path) -> Path:
+
+def save_figure(fig, path: Path, **savefig: object) -> Path:
+    """Write a figure as PNG (creating its folder) and close it -> path. The one place figures are
+    written: a file that cannot be written is one DlforgeError naming it, never an OSError."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, **{"dpi": 110, "bbox_inches": "tight", **savefig})
+    except OSError as e:
+        raise write_error(path, e) from None
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -35,7 +43,7 @@ def plot_confusion(cm: list[list[int]], classes: list[str], path: Path, title: s
                         color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_learning_curves(records: list[dict], path: Path) -> Path | None:
@@ -56,7 +64,7 @@ def plot_learning_curves(records: list[dict], path: Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle("Learning curves")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_image_grid(images: np.ndarray, titles: list[str], path: Path, title: str, cols: int = 8,
@@ -75,7 +83,7 @@ def plot_image_grid(images: np.ndarray, titles: list[str], path: Path, title: st
         ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None)
         ax.set_title(t, fontsize=7, color=c)
     fig.suptitle(title, y=1 - 0.1 / height, va="top")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_lm_curves(records: list[dict], path: Path) -> Path | None:
@@ -97,7 +105,7 @@ def plot_lm_curves(records: list[dict], path: Path) -> Path | None:
     axes[0].legend()
     fig.subplots_adjust(wspace=0.3)
     fig.suptitle("Learning curves")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_attention(maps: list, tokens: list[str], path: Path, max_heads: int = 4) -> Path:
@@ -113,7 +121,7 @@ def plot_attention(maps: list, tokens: list[str], path: Path, max_heads: int = 4
             ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=5)
             ax.set_yticks(range(len(labels)), labels, fontsize=5)
     fig.suptitle("Causal self-attention (rows: query token, columns: key token)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_cross_attention(maps: list, src_tokens: list[str], out_tokens: list[str], path: Path) -> Path:
@@ -134,4 +142,4 @@ def plot_cross_attention(maps: list, src_tokens: list[str], out_tokens: list[str
             ax.set_yticks(range(len(ys)), ys, fontsize=6)
     fig.suptitle("Cross-attention (rows: generated token, columns: source token)")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

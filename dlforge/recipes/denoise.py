@@ -26,7 +26,7 @@ from dlforge.errors import DlforgeError
 from dlforge.evaluate import plots
 from dlforge.registry import create_model, entries, get_entry
 from dlforge.recipes.base import fit, load_model
-from dlforge.runs import Run, atomic_write_json
+from dlforge.runs import Run, atomic_write_bytes, atomic_write_json
 from dlforge.train import checkpoint as ckpt
 from dlforge.train.tasks import DenoiseTask
 from dlforge.train.trainer import Trainer, TrainConfig, pick_device
@@ -222,7 +222,7 @@ def val_callback(data: DiffusionData, task: DenoiseTask, cfg: dict, cond_fn: Con
             step = trainer_box[0].step if trainer_box else 0
             path = sample_grid(model, cfg, cond_fn, data.prompts[:10], run.path / "samples" / f"step-{step:06d}.png",
                                f"step {step}: EMA weights, DDIM 25 steps, guidance 3")
-            (run.path / "samples.png").write_bytes(path.read_bytes())
+            atomic_write_bytes(run.path / "samples.png", path.read_bytes())
         finally:
             task.swap_ema(model)
         return {"loss": se / x0.numel()}  # the plain ε MSE (no Min-SNR weight): comparable across recipes
