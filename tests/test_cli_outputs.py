@@ -1,6 +1,8 @@
 """Every command that writes a file, pointed at a path it cannot write: exit code 2 and one stderr line that
-names the file, never a traceback."""
+names the file, never a traceback. And every command that opens an image refuses a decompression bomb."""
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +57,30 @@ def test_an_unwritable_output_is_one_line(case, runs, monkeypatch, capsys, relia
     assert "Traceback" not in err
     reliability.record("output file that cannot be written (its folder is a file, or it is a folder)",
                        "exit 2, one line naming the file")
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width × height 8-bit grey pixels and holds none: what a decompression bomb
+    looks like to a header reader (the real 20000×20000 blank image would be 400 MB to decode)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + \
+        chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("argv", [
+    ["noise", "huge.png", "--out", "n.png"],
+    ["train", "mlp", "--data", "folder", "--data-dir", "d", "--epochs", "1", "--no-progress", "--out", "n.png"],
+])
+def test_a_decompression_bomb_is_refused(argv, tmp_path, monkeypatch, capsys, reliability):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "huge.png").write_bytes(_png_header(20000, 20000))
+    for c in "ab":  # a folder dataset whose first image (its colour mode decides the dataset's) is the bomb
+        (tmp_path / "d" / c).mkdir(parents=True)
+        shutil.copy(tmp_path / "huge.png", tmp_path / "d" / c / "0.png")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    named = "huge.png" if argv[0] == "noise" else "d/a/0.png"
+    assert err.count("\n") == 1 and f"{named}: refused, image too large" in err and "Traceback" not in err, err
+    assert not (tmp_path / "n.png").exists()
+    reliability.record("20000×20000 PNG (decompression bomb) given to noise or as a folder dataset's first image", "exit 2, one line, nothing decoded")

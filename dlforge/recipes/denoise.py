@@ -348,13 +348,8 @@ def noise(image: str, out: str, frames: int = 8, timesteps: int = 1000, beta_sch
         raise DlforgeError(f"--frames: expected 2..32, got {frames}")
     if not 4 <= size <= 512:
         raise DlforgeError(f"--size: expected 4..512 pixels, got {size}")
-    from PIL import Image
-    try:
-        with Image.open(image) as im:
-            mode = "L" if im.mode in ("L", "1", "I", "I;16", "LA") else "RGB"
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DlforgeError(f"{image}: cannot decode image ({e})") from None
-    x0 = C.to_unit(torch.from_numpy(images.decode_image(Path(image), size, mode).copy())[None], size)
+    x0 = C.to_unit(torch.from_numpy(images.decode_image(Path(image), size, images.image_mode(Path(image))).copy())[None],
+                   size)
     abar = torch.cumprod(1 - make_betas(beta_schedule, timesteps), 0)
     ts = torch.linspace(0, timesteps - 1, frames).round().long().tolist()
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))    # one ε for every frame
