@@ -138,7 +138,7 @@ def prepare(dc: DiffusionDataConfig, seed: int, tok: C.CaptionTokenizer | None =
         files, caps = C.read_captions_csv(dc.name)
         x = torch.from_numpy(np.stack([images.decode_image(f, dc.img_size, "L") for f in files]))
         per_owner, owner, classes, test = [[c] for c in caps], torch.arange(len(caps)), None, (None, None)
-        prompts = caps[:10]
+        prompts = list(dict.fromkeys(caps))[:10]  # the first 10 distinct captions
     else:
         d = images.load_dataset(dc.name, dc.data_dir, dc.img_size)
         if d.channels != 1:
@@ -193,7 +193,7 @@ def sample_grid(model, cfg: dict, cond_fn: Conditioner, prompts: list[str], path
     cond = cond_fn.encode([p for p in prompts for _ in range(n)])
     steps = min(steps, cfg["task"]["num_train_timesteps"])
     imgs, _ = generate(model, cfg, cond, cond_fn.null(len(cond), cond), "ddim", steps, guidance, seed=seed)
-    titles = [p[:18] if j == 0 else "" for p in prompts for j in range(n)]
+    titles = [plots.shorten(p, 18) if j == 0 else "" for p in prompts for j in range(n)]
     return plots.plot_image_grid(imgs.numpy(), titles, path, title, cols=n)
 
 
@@ -284,7 +284,7 @@ def finish(run: Run) -> dict:
               "steps": max((r.get("step", 0) for r in records), default=0),
               "train_seconds": max((r.get("time", 0.0) for r in records), default=0.0)}
     atomic_write_json(run.path / "report.json", report)
-    plots.plot_lm_curves(records, run.path / "learning_curves.png")
+    plots.plot_lm_curves(records, run.path / "learning_curves.png", ylabel="ε MSE")
     print(f"dlforge: best validation loss {report['best_val_loss']}; samples: {run.path / 'samples.png'}; "
           f"sample more with: dlforge sample {run.path} --prompt \"...\"", file=sys.stderr)
     return report
@@ -322,14 +322,14 @@ def sample(run: Run, prompts: list[str], n: int = 16, sampler: str = "ddim", ste
     seconds = time.perf_counter() - t0
     out_path = Path(out or run.path / "sample.png")
     cols = min(n, 8)
-    titles = [(p[:18] if j % cols == 0 else "") for p in prompts for j in range(n)]
+    titles = [(plots.shorten(p, 18) if j % cols == 0 else "") for p in prompts for j in range(n)]
     what = f"{sampler.upper()} {len(make_sampler(cfg, sampler, steps).timesteps)} steps, guidance {guidance:g}"
     plots.plot_image_grid(imgs.numpy(), titles, out_path, what, cols=cols)
     result = {"prompts": prompts, "n": n, "images": len(imgs), "sampler": sampler, "guidance": guidance,
               "seconds": seconds, "out": str(out_path)}
     if trajectory:
         result["trajectory"] = str(trajectory_strip(traj, Path(trajectory), f"reverse process, {what}: "
-                                                                              f"{prompts[0][:40]!r}"))
+                                                                              f"{plots.shorten(prompts[0], 40)!r}"))
     return result
 
 
@@ -423,7 +423,7 @@ def evaluate(run: Run, classifier: str | None = None, n: int = 1000, sampler: st
     report.update({"sampling_seconds": seconds, "images_per_s": n / seconds, "classifier": classifier,
                    "train_steps": ckpt.read_meta(Path(path)).get("step")})
     show = torch.cat([torch.nonzero(labels == c)[:4, 0] for c in range(len(data.classes))])
-    plots.plot_image_grid(fake[show].numpy(), [prompts[i][:18] for i in show.tolist()], run.path / "eval_samples.png",
+    plots.plot_image_grid(fake[show].numpy(), [plots.shorten(prompts[i], 18) for i in show.tolist()], run.path / "eval_samples.png",
                           f"{sampler.upper()} {report['steps']} steps, guidance {guidance:g}: prompt accuracy "
                           f"{100 * report['prompt_accuracy']:.1f}%", cols=8)
     atomic_write_json(run.path / "report.json", report)
