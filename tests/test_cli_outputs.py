@@ -83,4 +83,5 @@ def test_a_decompression_bomb_is_refused(argv, tmp_path, monkeypatch, capsys, re
     named = "huge.png" if argv[0] == "noise" else "d/a/0.png"
     assert err.count("\n") == 1 and f"{named}: refused, image too large" in err and "Traceback" not in err, err
     assert not (tmp_path / "n.png").exists()
-    reliability.record("20000×20000 PNG (decompression bomb) given to noise or as a folder dataset's first image", "exit 2, one line, nothing decoded")
+    reliability.record("20000×20000 PNG (decompression bomb) given to noise or as a folder dataset's first image",
+                       "exit 2, one line, nothing decoded")

@@ -348,8 +348,8 @@ def noise(image: str, out: str, frames: int = 8, timesteps: int = 1000, beta_sch
         raise DlforgeError(f"--frames: expected 2..32, got {frames}")
     if not 4 <= size <= 512:
         raise DlforgeError(f"--size: expected 4..512 pixels, got {size}")
-    x0 = C.to_unit(torch.from_numpy(images.decode_image(Path(image), size, images.image_mode(Path(image))).copy())[None],
-                   size)
+    mode = images.image_mode(Path(image))  # the file's own: grey stays one channel
+    x0 = C.to_unit(torch.from_numpy(images.decode_image(Path(image), size, mode).copy())[None], size)
     abar = torch.cumprod(1 - make_betas(beta_schedule, timesteps), 0)
     ts = torch.linspace(0, timesteps - 1, frames).round().long().tolist()
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))    # one ε for every frame

@@ -116,7 +116,8 @@ def test_attention_ticks_are_legible(tmp_path, saved):
         return [t.get_text() for t in ax.get_xticklabels()], min(t.get_fontsize() for t in ax.get_xticklabels())
 
     chars, size = attention(list("ANNA:\nmy friend ate the red apple.\n\nBEN:\nthe dog"))  # 46 characters
-    assert "".join(chars) == "ANNA:⏎my␣friend␣ate␣the␣red␣apple.⏎⏎BEN:⏎the␣dog" and size >= 7  # every one, visible
+    assert "".join(chars) == "ANNA:⏎my␣friend␣ate␣the␣red␣apple.⏎⏎BEN:⏎the␣dog"  # every one, whitespace visible
+    assert size >= 7
     words, size = attention([" the", " cat", "\n", " extraordinarily"] * 25)  # 100 word tokens: every 5th labelled
     assert len(words) <= 24 and words[:3] == ["␣the", "␣cat", "⏎"] and size >= 7
     assert plots.token_label(" extraordinarily", 6) == "␣extr…" and plots.token_label("\x00") == "\\x00"
