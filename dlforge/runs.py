@@ -20,11 +20,24 @@ def _umask() -> int:
     return mask
 
 
+def write_error(path: Path, e: OSError) -> DlforgeError:
+    """The one line for a file that cannot be written: the file, and why (a parent that is a file, not a
+    folder, is named as such: mkdir says only 'File exists')."""
+    why = e.strerror or type(e).__name__
+    if isinstance(e, (FileExistsError, NotADirectoryError)) and e.filename and Path(e.filename).is_file():
+        why = f"{e.filename} is a file, not a folder"
+    return DlforgeError(f"{path}: cannot write ({why})")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, flush, fsync, rename: never a torn file."""
+    """Write to a temporary file in the same folder, flush, fsync, rename: never a torn file.
+    An OSError becomes write_error's one line; the temporary file is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise write_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -32,8 +45,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: the file gets the user's umask like any other
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise write_error(path, e) from None
         raise
 
 
@@ -158,8 +173,11 @@ class Run:
 
     def log(self, record: dict) -> None:
         """Append one JSON line to metrics.jsonl (line-buffered; a crash loses at most that line)."""
-        with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise write_error(self.path / "metrics.jsonl", e) from None
 
     def metrics(self) -> list[dict]:
         p = self.path / "metrics.jsonl"

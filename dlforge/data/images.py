@@ -11,15 +11,19 @@ import math
 import os
 import struct
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
 
 from dlforge.data.download import cache_dir, download, safe_extract
 from dlforge.errors import DlforgeError
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 
 @dataclass
@@ -151,23 +155,42 @@ def load_digits(data_dir: str | None = None, img_size: int = 8) -> ImageData:
 MAX_PIXELS = 50_000_000  # refuse larger images before decoding them (PIL only warns below ~179 MP)
 
 
-def decode_image(path: Path, size: int, mode: str, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
-    """One image file -> uint8 (C, size, size); mode 'L' or 'RGB'; optional ROI crop."""
+GREY_MODES = ("1", "L", "LA", "I", "I;16")  # PIL modes decoded as one channel; any other as RGB
+
+
+@contextmanager
+def _open(path: Path) -> Iterator["PIL.Image.Image"]:
+    """The one guarded way to open an image file: its header is checked before anything is decoded, and a
+    bomb or an undecodable file (here or in the caller's block) is one DlforgeError naming the file."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:  # reads the header only
             if im.width * im.height > MAX_PIXELS:
                 raise DlforgeError(f"{path}: refused, {im.width}×{im.height} pixels is more than {MAX_PIXELS:,}")
-            im = im.convert(mode)
-            if box:
-                im = im.crop(box)
-            im = im.resize((size, size), Image.Resampling.BILINEAR)
-            a = np.asarray(im, dtype=np.uint8)
+            yield im
     except Image.DecompressionBombError as e:
         raise DlforgeError(f"{path}: refused, image too large ({e})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DlforgeError(f"{path}: cannot decode image ({e})") from None
+
+
+def image_mode(path: Path) -> str:
+    """'L' for a grey image file, else 'RGB': the mode decode_image keeps it in. Reads the header only."""
+    with _open(path) as im:
+        return "L" if im.mode in GREY_MODES else "RGB"
+
+
+def decode_image(path: Path, size: int, mode: str, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """One image file -> uint8 (C, size, size); mode 'L' or 'RGB' (image_mode: the file's own); optional ROI crop."""
+    from PIL import Image
+
+    with _open(path) as im:
+        im = im.convert(mode)
+        if box:
+            im = im.crop(box)
+        im = im.resize((size, size), Image.Resampling.BILINEAR)
+        a = np.asarray(im, dtype=np.uint8)
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
@@ -250,15 +273,9 @@ def load_folder(data_dir: str | None = None, img_size: int = 48) -> ImageData:
     if not data_dir or not Path(data_dir).is_dir():
         raise DlforgeError(f"--data-dir: the folder dataset needs a directory of class sub-folders, got {data_dir!r}")
     root = Path(data_dir)
-    from PIL import Image  # noqa: F401  (imported here: PIL is only needed for image files)
-
     split = (root / "train").is_dir() and (root / "test").is_dir()
     files, labels, classes = _scan_folder(root / "train" if split else root)
-    try:
-        with Image.open(files[0]) as im:
-            mode = "L" if im.mode in ("L", "1", "I", "I;16") else "RGB"
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DlforgeError(f"{files[0]}: cannot decode image ({e})") from None
+    mode = image_mode(files[0])
     if split:
         test_files, test_labels, _ = _scan_folder(root / "test", classes)
     else:

@@ -7,14 +7,23 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
+from dlforge.runs import write_error  # noqa: E402
 
-def _save(fig, path: Path) -> Path:
+
+def save_figure(fig, path: Path, **savefig: object) -> Path:
+    """Write a figure as PNG (creating its folder) and close it -> path. The one place figures are
+    written: a file that cannot be written is one DlforgeError naming it, never an OSError."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, **{"dpi": 110, "bbox_inches": "tight", **savefig})
+    except OSError as e:
+        raise write_error(path, e) from None
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -35,33 +44,86 @@ def plot_confusion(cm: list[list[int]], classes: list[str], path: Path, title: s
                         color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
+
+
+def shorten(text: str, n: int) -> str:
+    """text cut to at most n characters, an ellipsis marking the cut."""
+    return text if len(text) <= n else text[: n - 1].rstrip() + "…"
+
+
+VISIBLE = {" ": "␣", "\n": "⏎", "\t": "⇥", "\r": "␍"}
+
+
+def token_label(token: str, n: int = 8) -> str:
+    """A token as a tick label: whitespace drawn visibly (␣ ⏎ ⇥), other control characters escaped, shortened."""
+    text = "".join(VISIBLE.get(c, c if c.isprintable() else repr(c)[1:-1]) for c in token)
+    return shorten(text, n) or "∅"
+
+
+def _series(records: list[dict], key: str, scale: float = 1.0) -> tuple[list[int], list[float]]:
+    """(steps, values) of every record holding `key`, in step order. Training figures are means over the steps
+    since the previous record (an evaluation window or the epoch); where two records share a step (an
+    evaluation at an epoch's end), the first logged is kept."""
+    at: dict[int, float] = {}
+    for r in records:
+        if r.get(key) is not None and "step" in r and r["step"] not in at:
+            at[r["step"]] = scale * r[key]
+    steps = sorted(at)
+    return steps, [at[s] for s in steps]
+
+
+def _curves(records: list[dict], panels: list[tuple[str, str, float]], title: str = "Learning curves"):
+    """One panel per (key, y label, scale): the training figure and its val_ twin against the optimizer step.
+    -> the Figure, or None when no record holds any of them (nothing to draw)."""
+    if not any(_series(records, p + key)[0] for key, _, _ in panels for p in ("", "val_")):
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, (key, label, scale) in zip(axes.flat, panels):
+        for prefix, style, name in (("", "o-", "train"), ("val_", "s--", "validation")):
+            steps, ys = _series(records, prefix + key, scale)
+            if steps:
+                ax.plot(steps, ys, style, ms=3, label=name if key != "lr" else None)
+        ax.set_xlabel("optimizer step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if any(line.get_label()[:1] != "_" for line in ax.lines):
+            ax.legend()
+    fig.subplots_adjust(wspace=0.3)
+    fig.suptitle(title)
+    return fig
+
+
+def learning_curves_figure(records: list[dict]):
+    """Classification: loss and accuracy (%), training and validation, per optimizer step, from every
+    metrics.jsonl record that holds them (epoch ends and --eval-every evaluations). None: no records."""
+    return _curves(records, [("loss", "loss", 1.0), ("accuracy", "accuracy (%)", 100.0)])
 
 
 def plot_learning_curves(records: list[dict], path: Path) -> Path | None:
-    """Loss and accuracy per epoch, training and validation."""
-    recs = [r for r in records if "epoch" in r]
-    if not recs:
-        return None
-    ep = [r["epoch"] for r in recs]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy (%)")):
-        scale = 100 if key == "accuracy" else 1
-        for prefix, style in (("", "o-"), ("val_", "s--")):
-            ys = [r.get(prefix + key) for r in recs]
-            if all(y is not None for y in ys):
-                ax.plot(ep, [scale * y for y in ys], style, label=(prefix or "train_").rstrip("_"))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle("Learning curves")
-    return _save(fig, path)
+    """learning_curves_figure written to path -> path, or None (nothing written) when there is nothing to draw."""
+    fig = learning_curves_figure(records)
+    return None if fig is None else save_figure(fig, path)
 
 
-def plot_image_grid(images: np.ndarray, titles: list[str], path: Path, title: str, cols: int = 8,
-                    colors: list[str] | None = None) -> Path:
-    """images: (N, C, H, W) uint8 or float in [0,1]; colors: one per title (e.g. red for a wrong prediction)."""
+def lm_curves_figure(records: list[dict], ylabel: str = "loss (nats / token)"):
+    """Language models (and any run whose loss is not a classification loss: pass its name as ylabel):
+    training and validation loss and the learning rate, per optimizer step. None: no records."""
+    return _curves(records, [("loss", ylabel, 1.0), ("lr", "learning rate", 1.0)])
+
+
+def plot_lm_curves(records: list[dict], path: Path, ylabel: str = "loss (nats / token)") -> Path | None:
+    """lm_curves_figure written to path -> path, or None (nothing written) when there is nothing to draw."""
+    fig = lm_curves_figure(records, ylabel)
+    return None if fig is None else save_figure(fig, path)
+
+
+def image_grid_figure(images: np.ndarray, titles: list[str], title: str, cols: int = 8,
+                      colors: list[str] | None = None, stretch: bool = False):
+    """images: (N, C, H, W) uint8 or float in [0,1]; colors: one per title (e.g. red for a wrong prediction).
+    Every image on one fixed scale (uint8 0..255, float 0..1: a flat grey image is drawn flat grey);
+    stretch=True maps each image's own min..max to black..white instead. -> the Figure."""
     n = len(images)
     rows = max(1, -(-n // cols))
     height = 1.75 * rows + 0.5
@@ -72,48 +134,47 @@ def plot_image_grid(images: np.ndarray, titles: list[str], path: Path, title: st
         ax.axis("off")
     for ax, img, t, c in zip(axes.flat, images, titles, colors or ["black"] * len(titles)):
         img = np.asarray(img).transpose(1, 2, 0)
-        ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None)
+        lo, hi = (None, None) if stretch else (0, 255 if img.dtype == np.uint8 else 1)
+        if img.shape[2] == 1:  # imshow stretches a one-channel image to its own min..max unless told the scale
+            ax.imshow(img[..., 0], cmap="gray", vmin=lo, vmax=hi)
+        else:  # RGB: drawn as given (uint8 0..255, float 0..1)
+            ax.imshow(img if not stretch else (img - img.min()) / max(np.ptp(img), 1e-12))
         ax.set_title(t, fontsize=7, color=c)
     fig.suptitle(title, y=1 - 0.1 / height, va="top")
-    return _save(fig, path)
+    return fig
 
 
-def plot_lm_curves(records: list[dict], path: Path) -> Path | None:
-    """Language models: training and validation loss (nats per token) and the learning rate, per step."""
-    evals = [r for r in records if "val_loss" in r]
-    if not records:
-        return None
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    train = [r for r in records if "loss" in r and ("val_loss" in r or not evals)]  # one kind of record
-    axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], "o-", ms=3, label="train")
-    if evals:
-        axes[0].plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "s--", ms=3, label="validation")
-    axes[0].set_ylabel("loss (nats / token)")
-    axes[1].plot([r["step"] for r in records if "lr" in r], [r["lr"] for r in records if "lr" in r], ".-")
-    axes[1].set_ylabel("learning rate")
-    for ax in axes:
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.subplots_adjust(wspace=0.3)
-    fig.suptitle("Learning curves")
-    return _save(fig, path)
+def plot_image_grid(images: np.ndarray, titles: list[str], path: Path, title: str, cols: int = 8,
+                    colors: list[str] | None = None, stretch: bool = False) -> Path:
+    """image_grid_figure written to path -> path."""
+    return save_figure(image_grid_figure(images, titles, title, cols, colors, stretch), path)
+
+
+MAX_TICKS = 48  # labelled tokens per attention axis (half as many for words): more is unreadable at 7-8 pt
 
 
 def plot_attention(maps: list, tokens: list[str], path: Path, max_heads: int = 4) -> Path:
-    """maps: per layer (heads, T, T) attention probabilities; rows: queries, columns: keys."""
+    """maps: per layer (heads, T, T) attention probabilities; rows: queries, columns: keys. Whitespace drawn
+    visibly; every token labelled when they are single characters (upright, the text reads along the axis),
+    else every k-th of at most MAX_TICKS / 2, rotated."""
     layers, heads = len(maps), min(max_heads, maps[0].shape[0])
-    fig, axes = plt.subplots(layers, heads, figsize=(3.2 * heads, 3.2 * layers), squeeze=False)
-    labels = [repr(t)[1:-1][:6] for t in tokens]
+    labels = [token_label(t, 6) for t in tokens]
+    upright = max(map(len, labels), default=0) == 1
+    every = -(-len(labels) // (MAX_TICKS if upright else MAX_TICKS // 2))
+    ticks = list(range(0, len(labels), every))
+    side = max(4.2, 0.14 * len(ticks) + 0.6)  # inches per panel: ~10 pt per labelled token
+    fig, axes = plt.subplots(layers, heads, figsize=(side * heads, side * layers), squeeze=False)
     for i in range(layers):
         for h in range(heads):
             ax = axes[i, h]
             ax.imshow(np.asarray(maps[i][h]), cmap="viridis", vmin=0, vmax=1)
-            ax.set_title(f"layer {i + 1}, head {h + 1}", fontsize=8)
-            ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=5)
-            ax.set_yticks(range(len(labels)), labels, fontsize=5)
-    fig.suptitle("Causal self-attention (rows: query token, columns: key token)")
-    return _save(fig, path)
+            ax.set_title(f"layer {i + 1}, head {h + 1}", fontsize=9)
+            ax.set_xticks(ticks, [labels[j] for j in ticks], rotation=0 if upright else 90, fontsize=7.5)
+            ax.set_yticks(ticks, [labels[j] for j in ticks], fontsize=7.5)
+    fig.suptitle("Causal self-attention (rows: query token, columns: key token)"
+                 + (f"; one token in {every} labelled" if every > 1 else ""))
+    fig.tight_layout()
+    return save_figure(fig, path)
 
 
 def plot_cross_attention(maps: list, src_tokens: list[str], out_tokens: list[str], path: Path) -> Path:
@@ -123,8 +184,8 @@ def plot_cross_attention(maps: list, src_tokens: list[str], out_tokens: list[str
     T, S = maps[0].shape[1:]
     w, h = max(2.2, 0.28 * S + 1.0), max(2.0, 0.22 * T + 1.0)
     fig, axes = plt.subplots(layers, heads, figsize=(w * heads, h * layers), squeeze=False)
-    xs = [repr(t)[1:-1][:10] for t in src_tokens]
-    ys = [repr(t)[1:-1][:10] for t in out_tokens]
+    xs = [token_label(t, 10) for t in src_tokens]
+    ys = [token_label(t, 10) for t in out_tokens]
     for i in range(layers):
         for j in range(heads):
             ax = axes[i, j]
@@ -134,4 +195,4 @@ def plot_cross_attention(maps: list, src_tokens: list[str], out_tokens: list[str
             ax.set_yticks(range(len(ys)), ys, fontsize=6)
     fig.suptitle("Cross-attention (rows: generated token, columns: source token)")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

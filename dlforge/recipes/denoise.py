@@ -24,7 +24,7 @@ from dlforge.diffusion.schedulers import DDPMScheduler, make_betas, make_schedul
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import plots
 from dlforge.recipes.base import Handle, Recipe
-from dlforge.runs import Run, RunConfig, atomic_write_json
+from dlforge.runs import Run, RunConfig, atomic_write_bytes, atomic_write_json
 from dlforge.train import checkpoint as ckpt
 from dlforge.train.callbacks import Callback
 from dlforge.train.tasks import DenoiseTask
@@ -138,7 +138,7 @@ def prepare(dc: DiffusionDataConfig, seed: int, tok: C.CaptionTokenizer | None =
         files, caps = C.read_captions_csv(dc.name)
         x = torch.from_numpy(np.stack([images.decode_image(f, dc.img_size, "L") for f in files]))
         per_owner, owner, classes, test = [[c] for c in caps], torch.arange(len(caps)), None, (None, None)
-        prompts = caps[:10]
+        prompts = list(dict.fromkeys(caps))[:10]  # the first 10 distinct captions
     else:
         d = images.load_dataset(dc.name, dc.data_dir, dc.img_size)
         if d.channels != 1:
@@ -193,7 +193,7 @@ def sample_grid(model, cfg: RunConfig, cond_fn: Conditioner, prompts: list[str],
     cond = cond_fn.encode([p for p in prompts for _ in range(n)])
     steps = min(steps, cfg.task_options["num_train_timesteps"])
     imgs, _ = generate(model, cfg, cond, cond_fn.null(len(cond), cond), "ddim", steps, guidance, seed=seed)
-    titles = [p[:18] if j == 0 else "" for p in prompts for j in range(n)]
+    titles = [plots.shorten(p, 18) if j == 0 else "" for p in prompts for j in range(n)]
     return plots.plot_image_grid(imgs.numpy(), titles, path, title, cols=n)
 
 
@@ -212,12 +212,7 @@ def noise(image: str, out: str, frames: int = 8, timesteps: int = 1000, beta_sch
         raise DlforgeError(f"--frames: expected 2..32, got {frames}")
     if not 4 <= size <= 512:
         raise DlforgeError(f"--size: expected 4..512 pixels, got {size}")
-    from PIL import Image
-    try:
-        with Image.open(image) as im:
-            mode = "L" if im.mode in ("L", "1", "I", "I;16", "LA") else "RGB"
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DlforgeError(f"{image}: cannot decode image ({e})") from None
+    mode = images.image_mode(Path(image))  # the file's own: grey stays one channel
     x0 = C.to_unit(torch.from_numpy(images.decode_image(Path(image), size, mode).copy())[None], size)
     abar = torch.cumprod(1 - make_betas(beta_schedule, timesteps), 0)
     ts = torch.linspace(0, timesteps - 1, frames).round().long().tolist()
@@ -296,7 +291,7 @@ class SampleGrid(Callback):
             path = sample_grid(trainer.model, self.cfg, self.cond_fn, self.prompts,
                                self.run.path / "samples" / f"step-{trainer.step:06d}.png",
                                f"step {trainer.step}: EMA weights, DDIM 25 steps, guidance 3")
-            (self.run.path / "samples.png").write_bytes(path.read_bytes())
+            atomic_write_bytes(self.run.path / "samples.png", path.read_bytes())
         finally:
             self.task.swap_ema(trainer.model)
 
@@ -406,7 +401,7 @@ class DenoiseRecipe(Recipe):
                   "train_seconds": max((r.get("time", 0.0) for r in records), default=0.0)}
         atomic_write_json(run.path / "report.json", report)
         if records:
-            plots.plot_lm_curves(records, run.path / "learning_curves.png")
+            plots.plot_lm_curves(records, run.path / "learning_curves.png", ylabel="ε MSE")
         said = [f"best validation loss {report['best_val_loss']:.4f}" if vals else "no validation yet (raise "
                 f"--max-steps past --eval-every {handle.config.train['eval_every']})"]
         if (run.path / "samples.png").is_file():
@@ -465,14 +460,14 @@ class Diffuser(Handle):
         seconds = time.perf_counter() - t0
         out_path = Path(out or self.path / "sample.png")
         cols = min(n, 8)
-        titles = [(p[:18] if j % cols == 0 else "") for p in prompts for j in range(n)]
+        titles = [(plots.shorten(p, 18) if j % cols == 0 else "") for p in prompts for j in range(n)]
         what = f"{sampler.upper()} {len(make_sampler(self.config, sampler, steps).timesteps)} steps, guidance {guidance:g}"
         plots.plot_image_grid(imgs.numpy(), titles, out_path, what, cols=cols)
         result = {"prompts": prompts, "n": n, "images": len(imgs), "sampler": sampler, "guidance": guidance,
                   "seconds": seconds, "out": str(out_path)}
         if trajectory:
             result["trajectory"] = str(trajectory_strip(traj, Path(trajectory), f"reverse process, {what}: "
-                                                                                  f"{prompts[0][:40]!r}"))
+                                                                                  f"{plots.shorten(prompts[0], 40)!r}"))
         return result
 
     def evaluate(self, classifier: str | None = None, n: int = 1000, sampler: str = "ddim", steps: int | None = None,
@@ -505,7 +500,7 @@ class Diffuser(Handle):
         report.update({"sampling_seconds": seconds, "images_per_s": n / seconds, "classifier": classifier,
                        "train_steps": ckpt.read_meta(Path(self.checkpoint)).get("step")})
         show = torch.cat([torch.nonzero(labels == c)[:4, 0] for c in range(len(data.classes))])
-        plots.plot_image_grid(fake[show].numpy(), [prompts[i][:18] for i in show.tolist()],
+        plots.plot_image_grid(fake[show].numpy(), [plots.shorten(prompts[i], 18) for i in show.tolist()],
                               self.path / "eval_samples.png", f"{sampler.upper()} {report['steps']} steps, guidance "
                               f"{guidance:g}: prompt accuracy {100 * report['prompt_accuracy']:.1f}%", cols=8)
         atomic_write_json(self.path / "report.json", report)

@@ -51,5 +51,5 @@ def plot_activations(path: str | Path) -> None:
     axes[1, 0].set_ylim(-1.15, 1.6)       # room for the legend above tanh's curve
     fig.suptitle("Activation functions (solid) and their derivatives (dashed), "
                  "computed by dlforge.scratch", fontsize=13)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    from dlforge.evaluate.plots import save_figure
+    save_figure(fig, Path(path), bbox_inches=None)

@@ -53,8 +53,8 @@ def save_checkpoint(path: Path, model: torch.nn.Module, meta: dict[str, Any],
     data = st_save(tensors, metadata={"dlforge": json.dumps(meta)})
     try:
         atomic_write_bytes(Path(path), data)
-    except OSError as e:
-        raise DlforgeError(f"{path}: cannot save checkpoint ({e.strerror}); the previous checkpoint is kept") from None
+    except DlforgeError as e:  # atomic_write_bytes: "PATH: cannot write (why)"
+        raise DlforgeError(f"{e}; the previous checkpoint is kept") from None
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:

@@ -1,0 +1,87 @@
+"""Every command that writes a file, pointed at a path it cannot write: exit code 2 and one stderr line that
+names the file, never a traceback. And every command that opens an image refuses a decompression bomb."""
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dlforge.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "runs-v1"  # tiny runs of every family: load in a second
+
+
+@pytest.fixture
+def runs(tmp_path) -> Path:
+    """Copies of the fixture runs (commands write into them) and an image to noise."""
+    for family in ("classify", "denoise", "seq2seq"):
+        shutil.copytree(FIXTURES / family, tmp_path / family)
+    Image.fromarray(np.full((8, 8), 128, np.uint8)).save(tmp_path / "grey.png")
+    return tmp_path
+
+
+# Tests run as root, where chmod 0o500 stops no write. What fails for root too: a path whose parent is a
+# regular file (mkdir: File exists / open: Not a directory), and a target that is a directory (rename and
+# open fail: Is a directory). Each case: argv, the file the error must name, what to break first.
+BLOCKED = "file.txt/x.png"
+CASES = {
+    "plot activations --out": (["plot", "activations", "--out", BLOCKED], BLOCKED, None),
+    "noise --out": (["noise", "grey.png", "--size", "8", "--frames", "2", "--out", BLOCKED], BLOCKED, None),
+    "sample --out": (["sample", "denoise", "--prompt", "zero", "--n", "1", "--steps", "1", "--out", BLOCKED],
+                     BLOCKED, None),
+    "sample --trajectory": (["sample", "denoise", "--prompt", "zero", "--n", "1", "--steps", "1", "--out", "ok.png",
+                             "--trajectory", BLOCKED], BLOCKED, None),
+    "translate --attention-map": (["translate", "seq2seq", "12", "--to", "en", "--attention-map", BLOCKED],
+                                  BLOCKED, None),
+    "train --out": (["train", "mlp", "--data", "digits", "--epochs", "1", "--no-progress", "--out", "file.txt/run"],
+                    "file.txt/run", None),
+    "eval: report.json": (["eval", "seq2seq", "--limit", "2"], "seq2seq/report.json", "seq2seq/report.json"),
+    "eval: a figure": (["eval", "classify"], "classify/confusion_matrix.png", "classify/confusion_matrix.png"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_an_unwritable_output_is_one_line(case, runs, monkeypatch, capsys, reliability):
+    argv, named, as_folder = CASES[case]
+    monkeypatch.chdir(runs)
+    (runs / "file.txt").write_text("a file, not a folder\n")
+    if as_folder:
+        (runs / as_folder).mkdir()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("dlforge: error: ") and named in err, err
+    assert "Traceback" not in err
+    reliability.record("output file that cannot be written (its folder is a file, or it is a folder)",
+                       "exit 2, one line naming the file")
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width × height 8-bit grey pixels and holds none: what a decompression bomb
+    looks like to a header reader (the real 20000×20000 blank image would be 400 MB to decode)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + \
+        chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("argv", [
+    ["noise", "huge.png", "--out", "n.png"],
+    ["train", "mlp", "--data", "folder", "--data-dir", "d", "--epochs", "1", "--no-progress", "--out", "n.png"],
+])
+def test_a_decompression_bomb_is_refused(argv, tmp_path, monkeypatch, capsys, reliability):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "huge.png").write_bytes(_png_header(20000, 20000))
+    for c in "ab":  # a folder dataset whose first image (its colour mode decides the dataset's) is the bomb
+        (tmp_path / "d" / c).mkdir(parents=True)
+        shutil.copy(tmp_path / "huge.png", tmp_path / "d" / c / "0.png")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    named = "huge.png" if argv[0] == "noise" else "d/a/0.png"
+    assert err.count("\n") == 1 and f"{named}: refused, image too large" in err and "Traceback" not in err, err
+    assert not (tmp_path / "n.png").exists()
+    reliability.record("20000×20000 PNG (decompression bomb) given to noise or as a folder dataset's first image",
+                       "exit 2, one line, nothing decoded")
