@@ -1,16 +1,17 @@
 """Pictures that tell the truth: one fixed grey scale for image grids, the y label of the curve that is drawn,
 curves over every record by optimizer step (none at all: no file), cut labels marked, distinct caption prompts,
 legible attention ticks. Figures are captured where they are saved (plots.save_figure)."""
+import json
 import shutil
 from pathlib import Path
 
+import dlforge
 import numpy as np
 import pytest
 from PIL import Image
 
 from dlforge.evaluate import plots
 from dlforge.recipes import denoise
-from dlforge.runs import Run
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "runs-v1"
 
@@ -80,7 +81,9 @@ def test_no_records_no_picture(tmp_path):
 
 def test_the_diffusion_curve_is_labelled_eps_mse(tmp_path, saved):
     shutil.copytree(FIXTURES / "denoise", tmp_path / "run")
-    denoise.finish(Run(tmp_path / "run"))
+    run = dlforge.load(tmp_path / "run", device="cpu")
+    (tmp_path / "run" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    denoise.RECIPE.after_training(run, None)
     assert saved[0].axes[0].get_ylabel() == "ε MSE"
     assert plots.lm_curves_figure(RECORDS, "ε MSE").axes[0].get_ylabel() == "ε MSE"
 
@@ -92,8 +95,8 @@ def test_shorten_marks_the_cut():
 
 def test_sample_grid_row_labels_end_in_an_ellipsis(tmp_path, saved, one_thread):
     shutil.copytree(FIXTURES / "denoise", tmp_path / "run")
-    denoise.sample(Run(tmp_path / "run"), ["zero zero zero zero zero zero", "zero"], n=1, steps=1,
-                   out=str(tmp_path / "s.png"), device="cpu")
+    dlforge.load(tmp_path / "run", device="cpu").sample_grid(["zero zero zero zero zero zero", "zero"], n=1,
+                                                              steps=1, out=str(tmp_path / "s.png"))
     assert [ax.get_title() for ax in saved[0].axes[:2]] == ["zero zero zero ze…", "zero"]
 
 
