@@ -109,7 +109,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     args.img_size = 48 if args.img_size is None else args.img_size  # the reference's size
     tcfg = _train_config(args)
     dc = classify.DataConfig(name=args.data, data_dir=args.data_dir, val_fraction=args.val_fraction,
-                             grayscale=args.grayscale)
+                             grayscale=args.grayscale, skip_bad_images=args.skip_bad_images)
     model_kw = {k: v for k, v in (("hidden", args.hidden), ("activation", args.activation)) if v is not None}
     out = _out_dir(args)
     if args.resume:  # the run's own recipe and data; only the budget (epochs, steps, time, lr) comes from here
@@ -343,6 +343,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                                                 "family, 16 for digits)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of training images held out for validation")
     p.add_argument("--grayscale", action="store_true", help="turn RGB images gray first, as the reference does")
+    p.add_argument("--skip-bad-images", action="store_true", help="leave out image files that cannot be decoded "
+                   "(counted on stderr) instead of listing them all in one error")
     p.add_argument("--hidden", type=_ints, help="mlp hidden sizes, e.g. 256,128")
     p.add_argument("--activation", help="mlp activation: relu | sigmoid | tanh")
     p.add_argument("--seed", type=int, default=0)

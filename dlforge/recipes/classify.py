@@ -30,6 +30,7 @@ class DataConfig:
     data_dir: str | None = None
     val_fraction: float = 0.1
     grayscale: bool = False  # RGB datasets: convert to gray first (the reference does this for every dataset)
+    skip_bad_images: bool = False  # leave out undecodable image files (counted) instead of refusing them all
 
     def __post_init__(self) -> None:
         if self.name not in images.DATASETS:
@@ -38,9 +39,10 @@ class DataConfig:
             raise DlforgeError(f"--val-fraction: expected 0 <= f < 1, got {self.val_fraction}")
 
 
-def prepare_data(dc: DataConfig, img_size: int, seed: int) -> images.ImageData:
-    """Load, carve the validation split, and (with --grayscale) turn RGB images gray."""
-    data = images.split_validation(images.load_dataset(dc.name, dc.data_dir, img_size), dc.val_fraction, seed)
+def prepare_data(dc: DataConfig, img_size: int, seed: int, splits: tuple[str, ...] = images.SPLITS) -> images.ImageData:
+    """Load (only `splits`), carve the validation split, and (with --grayscale) turn RGB images gray."""
+    data = images.load_dataset(dc.name, dc.data_dir, img_size, dc.skip_bad_images, splits)
+    data = images.split_validation(data, dc.val_fraction, seed)
     if dc.grayscale and data.channels == 3:
         data.train_x, data.test_x = _grayscale(data.train_x), _grayscale(data.test_x)
         data.val_x = None if data.val_x is None else _grayscale(data.val_x)
@@ -127,6 +129,7 @@ def resume(out: str, tcfg: TrainConfig, model: str) -> dict:
     if cfg["model"]["name"] != model:
         raise DlforgeError(f"--resume {out}: this run trains {cfg['model']['name']!r}, not {model!r}")
     saved = {k: cfg["data"][k] for k in ("name", "data_dir", "val_fraction", "grayscale")}
+    saved["skip_bad_images"] = cfg["data"].get("skip_bad_images", False)  # runs before it: False
     data = prepare_data(DataConfig(**saved), cfg["transform"]["img_size"], tcfg.seed)
     Run.create(out, cfg)
     return _fit(run, cfg, data, resume=True)
@@ -165,11 +168,12 @@ def evaluate(run: Run, data: images.ImageData | None = None, data_name: str | No
     cfg, task, model, tc, path = load_run_model(run)
     if data is None:
         saved = {k: cfg["data"][k] for k in ("name", "data_dir", "val_fraction", "grayscale")}
+        saved["skip_bad_images"] = cfg["data"].get("skip_bad_images", False)  # runs before it: False
         if data_name:
             saved.update(name=data_name, data_dir=data_dir)
         elif data_dir:
             saved.update(data_dir=data_dir)
-        data = prepare_data(DataConfig(**saved), tc.img_size, cfg["train"]["seed"])
+        data = prepare_data(DataConfig(**saved), tc.img_size, cfg["train"]["seed"], splits=("test",))
     check_classes(data, cfg)
     dev = pick_device(device)
     model = model.to(dev)
