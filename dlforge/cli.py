@@ -162,7 +162,8 @@ def _train_diffusion(args: argparse.Namespace) -> None:
     tcfg = _train_config(args)
     data = args.data or "fashion-mnist"
     dc = diffusion.DiffusionDataConfig(name=data, data_dir=args.data_dir, img_size=args.img_size,
-                                       val_fraction=args.val_fraction, text_encoder=args.text_encoder)
+                                       val_fraction=args.val_fraction, text_encoder=args.text_encoder,
+                                       skip_bad_images=args.skip_bad_images)
     overrides = {k: v for k, v in (("ch", args.width), ("n_head", args.heads), ("num_res_blocks", args.layers),
                                    ("dropout", args.dropout)) if v is not None}
     task = {"num_train_timesteps": args.timesteps, "beta_schedule": args.beta_schedule, "cond_drop": args.cond_drop,

@@ -43,6 +43,7 @@ class DiffusionDataConfig:
     img_size: int | None = None     # default: 28 for the MNIST family, 16 for digits, 32 for others
     val_fraction: float = 0.1
     text_encoder: str = "own"       # own: a Transformer trained jointly; else a local sentence-transformers folder
+    skip_bad_images: bool = False   # leave out undecodable image files (counted) instead of refusing them all
 
     def __post_init__(self) -> None:
         if self.is_csv:
@@ -135,12 +136,11 @@ def _split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tens
 def prepare(dc: DiffusionDataConfig, seed: int, tok: C.CaptionTokenizer | None = None) -> DiffusionData:
     """Images (uint8), owners (class or row), the caption table and the tokenizer (fitted unless given)."""
     if dc.is_csv:
-        files, caps = C.read_captions_csv(dc.name)
-        x = torch.from_numpy(np.stack([images.decode_image(f, dc.img_size, "L") for f in files]))
+        x, caps = C.read_captions_images(dc.name, dc.img_size, dc.skip_bad_images)
         per_owner, owner, classes, test = [[c] for c in caps], torch.arange(len(caps)), None, (None, None)
         prompts = caps[:10]
     else:
-        d = images.load_dataset(dc.name, dc.data_dir, dc.img_size)
+        d = images.load_dataset(dc.name, dc.data_dir, dc.img_size, dc.skip_bad_images)
         if d.channels != 1:
             d.train_x, d.test_x = _gray(d.train_x), _gray(d.test_x)
         x, owner, classes, test = d.train_x, d.train_y, d.classes, (d.test_x, d.test_y)
