@@ -131,7 +131,7 @@ def _train_lm(args: argparse.Namespace) -> None:
              ("pos_encoding", args.pos_encoding), ("tie_weights", args.tie_weights))
     overrides = {k: v for k, v in names if v is not None}
     dc = lm.TextDataConfig(name=args.data, data_file=args.data_file, tokenizer=args.tokenizer or "char",
-                           vocab_size=args.vocab_size or 512, val_fraction=args.val_fraction,
+                           vocab_size=args.vocab_size, val_fraction=args.val_fraction,
                            block_size=args.block_size or lm.default_block_size(args.model),
                            eval_tokens=args.eval_tokens or None)
     report = lm.train(args.model, dc, tcfg, overrides, _out_dir(args), args.resume)
@@ -367,7 +367,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     lm.add_argument("--data-file", help="train on any UTF-8 text file instead of a named corpus")
     lm.add_argument("--tokenizer", help="char | word | bpe (trained on the corpus); default char "
                                         "(bpe for transformer)")
-    lm.add_argument("--vocab-size", type=int, help="bpe vocabulary size (>= 257; default 512, 1000 for transformer)")
+    lm.add_argument("--vocab-size", type=int, help="bpe: vocabulary size (>= 257; default 512, 1000 for "
+                    "transformer); word: keep the N most frequent, the rest <unk> (default 10000; 1000 for transformer)")
     lm.add_argument("--block-size", type=int, help="gpt: context window; rnn: truncated-BPTT length "
                                                    "(default: the variant's, 128 for rnn/lstm/gru)")
     lm.add_argument("--layers", type=int, help="number of layers")

@@ -186,7 +186,8 @@ def test_folder_reports_every_bad_image_at_once(tmp_path, reliability):
     assert sorted(line.split("/")[-1].split(":")[0] for line in lines[1:]) == ["bad0000.png", "bad0001.png",
                                                                               "bad0002.png"]
     assert all(line.startswith(f"  {tmp_path}/") and ": cannot decode image" in line for line in lines[1:])
-    reliability.record("folder dataset with several undecodable images", "one error listing every file, before training")
+    reliability.record("folder dataset with several undecodable images",
+                       "one error listing every file, before training")
 
 
 def test_a_thousand_bad_images_stay_readable(tmp_path):
