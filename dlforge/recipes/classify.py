@@ -129,7 +129,7 @@ def resume(out: str, tcfg: TrainConfig, model: str) -> dict:
     if cfg["model"]["name"] != model:
         raise DlforgeError(f"--resume {out}: this run trains {cfg['model']['name']!r}, not {model!r}")
     saved = {k: cfg["data"][k] for k in ("name", "data_dir", "val_fraction", "grayscale")}
-    saved["skip_bad_images"] = cfg["data"].get("skip_bad_images", False)  # runs before it: False
+    saved["skip_bad_images"] = cfg["data"].get("skip_bad_images", False)  # absent in older runs
     data = prepare_data(DataConfig(**saved), cfg["transform"]["img_size"], tcfg.seed)
     Run.create(out, cfg)
     return _fit(run, cfg, data, resume=True)
@@ -168,7 +168,7 @@ def evaluate(run: Run, data: images.ImageData | None = None, data_name: str | No
     cfg, task, model, tc, path = load_run_model(run)
     if data is None:
         saved = {k: cfg["data"][k] for k in ("name", "data_dir", "val_fraction", "grayscale")}
-        saved["skip_bad_images"] = cfg["data"].get("skip_bad_images", False)  # runs before it: False
+        saved["skip_bad_images"] = cfg["data"].get("skip_bad_images", False)  # absent in older runs
         if data_name:
             saved.update(name=data_name, data_dir=data_dir)
         elif data_dir:
