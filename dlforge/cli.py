@@ -277,6 +277,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                                                 "family, 16 for digits)")
     c.add_argument("--val-fraction", type=float, help="share of training data held out for validation")
     c.add_argument("--grayscale", action="store_true", help="turn RGB images gray first, as the reference does")
+    c.add_argument("--skip-bad-images", action="store_true", help="leave out image files that cannot be decoded "
+                   "(counted on stderr) instead of listing them all in one error (classifiers and diffusion)")
     c.add_argument("--hidden", type=_ints, help="mlp hidden sizes, e.g. 256,128")
     c.add_argument("--activation", help="mlp activation: relu | sigmoid | tanh")
     c.add_argument("--no-channels-last", dest="channels_last", action="store_false",
@@ -285,7 +287,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     lm.add_argument("--data-file", help="train on any UTF-8 text file (seq2seq: a source<TAB>target file)")
     lm.add_argument("--tokenizer", help="char | word | bpe (trained on the corpus); default char (bpe for "
                                         "transformer)")
-    lm.add_argument("--vocab-size", type=int, help="bpe vocabulary size (>= 257; default 512, 1000 for transformer)")
+    lm.add_argument("--vocab-size", type=int, help="bpe: vocabulary size (>= 257; default 512, 1000 for "
+                    "transformer); word: keep the N most frequent, the rest <unk> (default 10000; 1000 for transformer)")
     lm.add_argument("--block-size", type=int, help="gpt: context window; rnn: truncated-BPTT length "
                                                    "(default: the variant's, 128 for rnn/lstm/gru)")
     lm.add_argument("--layers", type=int, help="number of layers (unet: residual blocks per level)")

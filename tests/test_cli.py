@@ -1,5 +1,6 @@
 """End to end through the command line, on tiny real data (digits at 8×8)."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -204,3 +205,55 @@ def test_run_of_another_model_is_refused(cnn_run, tmp_path, capsys):
     (other / "config.json").write_text(json.dumps(cfg))
     assert main(["eval", str(other)]) == 2
     assert "holds model 'cnn'" in capsys.readouterr().err
+
+
+def _folder_with_bad_images(root, n_bad=3):
+    for c, v in (("dark", 20), ("light", 230)):
+        (root / c).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.full((8, 8), v + i, np.uint8)).save(root / c / f"{i}.png")
+    for i in range(n_bad):
+        (root / ("dark", "light")[i % 2] / f"broken{i}.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    return root
+
+
+def test_folder_with_bad_images_lists_them_or_skips_them(tmp_path, capsys, reliability):
+    d = _folder_with_bad_images(tmp_path / "imgs")
+    argv = ["train", "cnn-small", "--data", "folder", "--data-dir", str(d), "--img-size", "8", "--epochs", "1",
+            "--batch-size", "4", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"dlforge: error: --data-dir {d}: 3 images cannot be decoded (or pass --skip-bad-images):"
+    assert sorted(line.split("/")[-1].split(":")[0] for line in err[1:]) == [f"broken{i}.png" for i in range(3)]
+    assert not (tmp_path / "refused").exists()  # refused before any training
+    out = tmp_path / "skipped"
+    assert main([*argv, "--out", str(out), "--skip-bad-images"]) == 0
+    err = capsys.readouterr().err
+    assert f"dlforge: skipped 3 unreadable images in {d}" in err
+    sizes = re.search(r"folder \((\d+) train / (\d+) val / (\d+) test images\)", err).groups()
+    assert sum(map(int, sizes)) == 12  # every good image, no bad one
+    assert main(["eval", str(out)]) == 0  # the run remembers to skip them
+    reliability.record("`train --data folder` with undecodable images, with and without `--skip-bad-images`",
+                       "every file listed in one error, exit 2; or skipped and counted")
+
+
+def test_folder_without_data_dir_is_one_line(tmp_path, capsys):
+    assert main(["train", "cnn", "--data", "folder", "--no-progress", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err == "dlforge: error: --data folder needs --data-dir DIR: one sub-folder of images per class\n"
+
+
+def test_eval_needs_only_the_test_files(tiny_idx_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "cnn-small", "--data", "mnist", "--data-dir", str(tiny_idx_dir), "--img-size", "12",
+                 "--epochs", "1", "--no-progress", "--out", str(out)]) == 0
+    for f in tiny_idx_dir.glob("train-*"):
+        f.unlink()
+    capsys.readouterr()
+    assert main(["eval", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["test_images"] == 40
+    for f in tiny_idx_dir.glob("t10k-labels*"):
+        f.unlink()
+    assert main(["eval", str(out)]) == 2
+    assert capsys.readouterr().err == (f"dlforge: error: --data-dir {tiny_idx_dir}: missing t10k-labels-idx1-ubyte "
+                                       f"(raw or .gz) for mnist\n")

@@ -105,6 +105,22 @@ def test_captions_csv_end_to_end(tmp_path, capsys):
                  "--out", str(tmp_path / "s.png")]) == 0
 
 
+def test_captions_csv_with_undecodable_images(tmp_path, capsys):
+    rows = [f"{i}.png,{'a bright square' if i % 2 else 'a dark square'}" for i in range(8)]
+    for i in range(8):
+        Image.fromarray(np.full((8, 8), 255 * (i % 2), np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "3.png").write_bytes(b"not a png")
+    (tmp_path / "caps.csv").write_text("\n".join(rows) + "\n")
+    argv = ["train", "unet-tiny", "--data", str(tmp_path / "caps.csv"), "--img-size", "8", "--no-progress",
+            "--batch-size", "4", "--max-steps", "2", "--timesteps", "50", "--val-fraction", "0.3"]
+    assert main([*argv, "--out", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].endswith("caps.csv: 1 image cannot be decoded (or pass --skip-bad-images):")
+    assert err[1].startswith(f"  caps.csv:4: {tmp_path / '3.png'}: cannot decode image") and len(err) == 2
+    assert main([*argv, "--out", str(tmp_path / "skipped"), "--skip-bad-images"]) == 0
+    assert "dlforge: skipped 1 unreadable image in" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--prompt", ""], "--prompt: the prompt is empty"),
     (["--prompt", "zebra crossing"], "none of its words is in the caption vocabulary"),

@@ -94,6 +94,20 @@ def test_word_tokenizer_predicts_the_next_word(corpus, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["next"][0]["token"] == " mat"
 
 
+def test_word_vocab_size_caps_the_vocabulary(corpus, tmp_path, capsys, reliability):
+    """The corpus has 31 distinct word pieces; --vocab-size 20 keeps 18 and the two <unk>s."""
+    out = tmp_path / "capped"
+    assert main(["train", "lstm-small", "--data-file", str(corpus), "--tokenizer", "word", "--vocab-size", "20",
+                 *FAST, "--max-steps", "4", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "word tokenizer: the 18 most frequent of 31 distinct words; the other 13" in err
+    assert "(word tokenizer, 20 tokens;" in err  # the banner
+    assert json.loads((out / "config.json").read_text())["model"]["kwargs"]["vocab_size"] == 20
+    assert main(["next", str(out), "the zebra sat on the", "--json"]) == 0  # an unseen word: <unk>, not an error
+    reliability.record("word tokenizer on a corpus with more distinct words than `--vocab-size`",
+                       "capped; the rest become <unk>, and stderr says how many")
+
+
 def test_bpe_tokenizer_end_to_end(corpus, tmp_path, capsys):
     out = tmp_path / "bpe"
     assert main(["train", "gru-small", "--data-file", str(corpus), "--tokenizer", "bpe", "--vocab-size", "300",

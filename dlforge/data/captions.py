@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from dlforge.data.images import ImageFiles
 from dlforge.data.loader import BatchLoader, _seeded
 from dlforge.data.transforms import resize
 from dlforge.errors import DlforgeError
@@ -168,14 +169,32 @@ class CaptionBatches:
 def read_captions_csv(path: str | Path) -> tuple[list[Path], list[str]]:
     """`image_path,caption` rows (a header row of those names is skipped; paths relative to the CSV's
     folder). Every problem names its line; all missing images are reported together, on one line."""
+    _, files, caps = _caption_rows(Path(path))
+    return files, caps
+
+
+def read_captions_images(path: str | Path, img_size: int, skip_bad: bool = False) -> tuple[torch.Tensor, list[str]]:
+    """The CSV's images decoded, gray, -> uint8 (N, 1, S, S) and their captions. Undecodable images are
+    all listed in one error, each with its CSV line; skip_bad leaves them (and their rows) out, counted."""
     path = Path(path)
+    lines, files, caps = _caption_rows(path)
+    decoder = ImageFiles(img_size, "L")
+    x, rows = decoder.decode(files, list(range(len(files))), where=[f"{path.name}:{n}" for n in lines])
+    decoder.finish("--data", path, skip_bad)
+    if len(rows) < 2:
+        raise DlforgeError(f"--data {path}: only {len(rows)} image can be decoded; expected at least 2")
+    return x, [caps[i] for i in rows.tolist()]
+
+
+def _caption_rows(path: Path) -> tuple[list[int], list[Path], list[str]]:
+    """-> the CSV line, image path and caption of each row (see read_captions_csv)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise DlforgeError(f"--data {path}: cannot read ({e.strerror})") from None
     except UnicodeDecodeError:
         raise DlforgeError(f"--data {path}: not UTF-8 text") from None
-    files, caps, missing = [], [], []
+    lines, files, caps, missing = [], [], [], []
     for line, row in enumerate(csv.reader(text.splitlines()), start=1):
         if not row or not "".join(row).strip():
             continue
@@ -192,6 +211,7 @@ def read_captions_csv(path: str | Path) -> tuple[list[Path], list[str]]:
             raise DlforgeError(f"{path}:{line}: caption of {len(words(cap))} words; at most {MAX_CAPTION_WORDS}")
         if not img.is_file():
             missing.append((line, row[0].strip()))
+        lines.append(line)
         files.append(img)
         caps.append(cap)
     if missing:
@@ -200,7 +220,7 @@ def read_captions_csv(path: str | Path) -> tuple[list[Path], list[str]]:
         raise DlforgeError(f"{path}:{missing[0][0]}: image {missing[0][1]!r} not found{more}")
     if len(files) < 2:
         raise DlforgeError(f"--data {path}: expected at least 2 rows image_path,caption, got {len(files)}")
-    return files, caps
+    return lines, files, caps
 
 
 def write_captions(folder: Path, pairs) -> Path:

@@ -2,6 +2,9 @@
 
 digits (scikit-learn, bundled) · mnist · fashion-mnist (IDX, gzip or raw) · gtsrb (official
 archives: PPM + per-class CSV with ROI boxes) · folder (class sub-folders of PNG/JPEG).
+Every loader takes splits=("train", "test") (evaluation asks for ("test",): the other split is then
+left empty, its files neither needed nor read) and skip_bad (undecodable image files are skipped and
+counted instead of listed in one error).
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import gzip
 import math
 import os
 import struct
+import sys
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,7 +45,7 @@ class ImageData:
     source: str = ""
 
     def __post_init__(self) -> None:
-        if not self.mean:  # the dataset's own per-channel statistics, from its training images
+        if not self.mean and len(self.train_x):  # the dataset's own per-channel statistics, from its training images
             x = self.train_x.float().div_(255)
             self.mean = tuple(x.mean(dim=(0, 2, 3)).tolist())
             self.std = tuple(x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
@@ -49,6 +53,14 @@ class ImageData:
     @property
     def channels(self) -> int:
         return self.train_x.shape[1]
+
+
+SPLITS = ("train", "test")
+
+
+def _empty(c: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split that was not asked for: no images (0, C, H, W), no labels."""
+    return torch.empty(0, c, h, w, dtype=torch.uint8), torch.empty(0, dtype=torch.long)
 
 
 # ---------------------------------------------------------------- IDX (MNIST family)
@@ -84,6 +96,7 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+MNIST_SPLITS = {"train": MNIST_FILES[:2], "test": MNIST_FILES[2:]}  # (images, labels) of each split
 MIRRORS = {
     "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/",
               ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
@@ -105,42 +118,52 @@ def _find(dirs: list[Path], stem: str) -> Path | None:
     return None
 
 
-def mnist_dir(name: str, data_dir: str | None, fetch: bool = True) -> Path | None:
-    """Where the four IDX files are: --data-dir, else the system copy, else the cache (downloaded)."""
+def mnist_dir(name: str, data_dir: str | None, fetch: bool = True, stems: tuple[str, ...] = MNIST_FILES) -> Path | None:
+    """Where the IDX files `stems` are: --data-dir, else the system copy, else the cache (downloaded)."""
     if data_dir:
-        missing = [s for s in MNIST_FILES if _find([Path(data_dir)], s) is None]
+        missing = [s for s in stems if _find([Path(data_dir)], s) is None]
         if missing:
             raise DlforgeError(f"--data-dir {data_dir}: missing {', '.join(missing)} (raw or .gz) for {name}")
         return Path(data_dir)
     for d in [SYSTEM_DIRS.get(name), cache_dir() / name]:
-        if d and all(_find([d], s) for s in MNIST_FILES):
+        if d and all(_find([d], s) for s in stems):
             return d
     if not fetch:
         return None
     base, md5s = MIRRORS[name]
     for stem, md5 in zip(MNIST_FILES, md5s):
-        download(base + stem + ".gz", cache_dir() / name / (stem + ".gz"), "md5:" + md5)
+        if stem in stems:
+            download(base + stem + ".gz", cache_dir() / name / (stem + ".gz"), "md5:" + md5)
     return cache_dir() / name
 
 
+def _read_idx_split(d: Path, split: str, name: str, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> images uint8 (N, 1, H, W) and labels int64 (N,) of one split, checked against each other."""
+    imgs, labels = (read_idx(_find([d], s)) for s in MNIST_SPLITS[split])
+    if imgs.ndim != 3 or labels.ndim != 1 or len(imgs) != len(labels):
+        raise DlforgeError(f"{d}: {split} images {imgs.shape} and labels {labels.shape} do not match")
+    if labels.max() >= len(classes):
+        raise DlforgeError(f"{d}: {split} labels go up to {labels.max()}, but {name} has {len(classes)} classes")
+    return torch.from_numpy(imgs.copy())[:, None], torch.from_numpy(labels.copy()).long()
+
+
 def _load_mnist_family(name: str, classes: list[str], stats: tuple | None) -> Callable[..., ImageData]:
-    def load(data_dir: str | None = None, img_size: int = 28) -> ImageData:
-        d = mnist_dir(name, data_dir)
-        arrays = [read_idx(_find([d], s)) for s in MNIST_FILES]
-        for imgs, labels, split in ((arrays[0], arrays[1], "train"), (arrays[2], arrays[3], "t10k")):
-            if imgs.ndim != 3 or labels.ndim != 1 or len(imgs) != len(labels):
-                raise DlforgeError(f"{d}: {split} images {imgs.shape} and labels {labels.shape} do not match")
-            if labels.max() >= len(classes):
-                raise DlforgeError(f"{d}: {split} labels go up to {labels.max()}, but {name} has {len(classes)} classes")
-        tx, ty, vx, vy = (torch.from_numpy(a.copy()) for a in arrays)
+    def load(data_dir: str | None = None, img_size: int = 28, splits: tuple[str, ...] = SPLITS,
+             skip_bad: bool = False) -> ImageData:
+        d = mnist_dir(name, data_dir, stems=tuple(s for split in splits for s in MNIST_SPLITS[split]))
+        parts = {split: _read_idx_split(d, split, name, classes) for split in splits}
+        shape = next(iter(parts.values()))[0].shape[1:]
+        (tx, ty), (vx, vy) = (parts.get(split) or _empty(*shape) for split in SPLITS)
         mean, std = stats or ((), ())
-        return ImageData(name, tx[:, None], ty.long(), vx[:, None], vy.long(), classes, mean, std, source=str(d))
+        return ImageData(name, tx, ty, vx, vy, classes, mean, std, source=str(d))
     return load
 
 
 # ---------------------------------------------------------------- digits (scikit-learn, bundled)
-def load_digits(data_dir: str | None = None, img_size: int = 8) -> ImageData:
-    """scikit-learn's 1,797 8×8 digits (values 0..16), a fixed stratified 80/20 train/test split."""
+def load_digits(data_dir: str | None = None, img_size: int = 8, splits: tuple[str, ...] = SPLITS,
+                skip_bad: bool = False) -> ImageData:
+    """scikit-learn's 1,797 8×8 digits (values 0..16), a fixed stratified 80/20 train/test split
+    (bundled and small: both splits, whatever `splits` asks)."""
     from sklearn.datasets import load_digits as sk_digits
     from sklearn.model_selection import train_test_split
 
@@ -171,7 +194,9 @@ def _open(path: Path) -> Iterator["PIL.Image.Image"]:
             yield im
     except Image.DecompressionBombError as e:
         raise DlforgeError(f"{path}: refused, image too large ({e})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UnidentifiedImageError:
+        raise DlforgeError(f"{path}: cannot decode image (not a format PIL reads)") from None
+    except (OSError, SyntaxError, ValueError) as e:
         raise DlforgeError(f"{path}: cannot decode image ({e})") from None
 
 
@@ -194,8 +219,43 @@ def decode_image(path: Path, size: int, mode: str, box: tuple[int, int, int, int
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
-def _stack(images: list[np.ndarray], labels: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.long)
+MAX_LISTED = 20  # undecodable files named in one error; the rest are counted
+
+
+class ImageFiles:
+    """Decodes many image files through decode_image (bombs refused before decoding), collecting every
+    failure instead of stopping at the first; finish() then reports them all at once."""
+
+    def __init__(self, size: int, mode: str):
+        self.size, self.mode = size, mode
+        self.bad: list[str] = []  # "path: reason" (prefixed with where[i], e.g. "captions.csv:7")
+        self.decoded = 0
+
+    def decode(self, paths: list[Path], labels: list[int], boxes: list[tuple] | None = None,
+               where: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> uint8 (N, C, size, size) and int64 (N,) labels of the files that decoded (N <= len(paths))."""
+        arrays, kept = [], []
+        for i, p in enumerate(paths):
+            try:
+                arrays.append(decode_image(p, self.size, self.mode, boxes[i] if boxes else None))
+                kept.append(labels[i])
+            except DlforgeError as e:
+                self.bad.append(f"{where[i]}: {e}" if where else str(e))
+        self.decoded += len(arrays)
+        if not arrays:
+            return _empty(1 if self.mode == "L" else 3, self.size, self.size)
+        return torch.from_numpy(np.stack(arrays)), torch.tensor(kept, dtype=torch.long)
+
+    def finish(self, option: str, source: str | Path, skip_bad: bool) -> None:
+        """Nothing failed; or skip_bad: the count on stderr; else one DlforgeError: how many, then each file."""
+        n = len(self.bad)
+        if n and skip_bad and self.decoded:
+            print(f"dlforge: skipped {n} unreadable image{'s' * (n != 1)} in {source}", file=sys.stderr)
+        elif n:
+            head = (f"none of the {n} images can be decoded" if not self.decoded else
+                    f"{n} image{'s' * (n != 1)} cannot be decoded (or pass --skip-bad-images)")
+            listed = self.bad[:MAX_LISTED] + [f"… and {n - MAX_LISTED} more"] * (n > MAX_LISTED)
+            raise DlforgeError(f"{option} {source}: {head}:\n" + "\n".join("  " + b for b in listed))
 
 
 GTSRB_URL = "https://sid.erda.dk/public/archives/daaeac0d7ce1152aea9b61d9f1e19370/"
@@ -204,9 +264,9 @@ GTSRB_ARCHIVES = {"GTSRB_Final_Training_Images.zip": "md5:f33fd80ac59bff73c82d25
                   "GTSRB_Final_Test_GT.zip": "md5:fe31e9c9270bbcd7b84b7f21a9d9d9e5"}
 
 
-def _read_gtsrb_csv(csv_path: Path, images_dir: Path, size: int) -> tuple[list[np.ndarray], list[int]]:
-    """Rows 'Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId' -> ROI-cropped images and labels."""
-    images, labels = [], []
+def _read_gtsrb_csv(csv_path: Path, images_dir: Path) -> tuple[list[Path], list[tuple], list[int]]:
+    """Rows 'Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId' -> image paths, ROI boxes, labels."""
+    paths, boxes, labels = [], [], []
     with open(csv_path, newline="") as f:
         for i, row in enumerate(csv.DictReader(f, delimiter=";"), start=2):
             try:
@@ -216,9 +276,10 @@ def _read_gtsrb_csv(csv_path: Path, images_dir: Path, size: int) -> tuple[list[n
                 raise DlforgeError(f"{csv_path}:{i}: expected Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId") from None
             if not 0 <= label < 43:
                 raise DlforgeError(f"{csv_path}:{i}: ClassId {label} outside 0..42")
-            images.append(decode_image(images_dir / row["Filename"], size, "RGB", box))
+            paths.append(images_dir / row["Filename"])
+            boxes.append(box)
             labels.append(label)
-    return images, labels
+    return paths, boxes, labels
 
 
 def gtsrb_root(data_dir: str | None) -> Path:
@@ -233,20 +294,23 @@ def gtsrb_root(data_dir: str | None) -> Path:
     return root
 
 
-def load_gtsrb(data_dir: str | None = None, img_size: int = 48) -> ImageData:
+def load_gtsrb(data_dir: str | None = None, img_size: int = 48, splits: tuple[str, ...] = SPLITS,
+               skip_bad: bool = False) -> ImageData:
     root = gtsrb_root(data_dir)
     train_dir = root / "GTSRB" / "Final_Training" / "Images"
-    images, labels = [], []
-    for class_dir in sorted(p for p in train_dir.iterdir() if p.is_dir()):
-        im, lb = _read_gtsrb_csv(class_dir / f"GT-{class_dir.name}.csv", class_dir, img_size)
-        images += im
-        labels += lb
+    paths, boxes, labels = [], [], []
+    for class_dir in sorted(p for p in train_dir.iterdir() if p.is_dir()) if "train" in splits else []:
+        for acc, col in zip((paths, boxes, labels), _read_gtsrb_csv(class_dir / f"GT-{class_dir.name}.csv", class_dir)):
+            acc += col
     gt = next((p for p in (root / "GT-final_test.csv", root / "GTSRB" / "GT-final_test.csv") if p.is_file()), None)
-    if gt is None or not images:
+    if gt is None or ("train" in splits and not paths):
         raise DlforgeError(f"{root}: GTSRB training images or GT-final_test.csv (test labels) not found")
-    test_im, test_lb = _read_gtsrb_csv(gt, root / "GTSRB" / "Final_Test" / "Images", img_size)
-    tx, ty = _stack(images, labels)
-    vx, vy = _stack(test_im, test_lb)
+    files = ImageFiles(img_size, "RGB")
+    tx, ty = files.decode(paths, labels, boxes)
+    test_paths, test_boxes, test_labels = _read_gtsrb_csv(gt, root / "GTSRB" / "Final_Test" / "Images") \
+        if "test" in splits else ([], [], [])
+    vx, vy = files.decode(test_paths, test_labels, test_boxes)
+    files.finish("--data-dir", root, skip_bad)
     return ImageData("gtsrb", tx, ty, vx, vy, [f"sign {i:02d}" for i in range(43)], source=str(root))
 
 
@@ -268,14 +332,28 @@ def _scan_folder(root: Path, classes: list[str] | None = None) -> tuple[list[Pat
     return files, labels, classes
 
 
-def load_folder(data_dir: str | None = None, img_size: int = 48) -> ImageData:
-    """root/<class>/*.png|jpg; root/train and root/test if present, else a fixed stratified 80/20 split."""
-    if not data_dir or not Path(data_dir).is_dir():
-        raise DlforgeError(f"--data-dir: the folder dataset needs a directory of class sub-folders, got {data_dir!r}")
+def _folder_mode(files: list[Path]) -> str:
+    """'L' if the first file that opens is gray, else 'RGB' (reading its header only)."""
+    for p in files:
+        try:
+            return image_mode(p)  # the guarded opener: a bomb's header is refused like any bad file
+        except DlforgeError:
+            continue  # ImageFiles.decode reports it with the others
+    return "RGB"
+
+
+def load_folder(data_dir: str | None = None, img_size: int = 48, splits: tuple[str, ...] = SPLITS,
+                skip_bad: bool = False) -> ImageData:
+    """root/<class>/*.png|jpg; root/train and root/test if present, else a fixed stratified 80/20 split
+    (of the file list, so a skipped file never moves another between the splits)."""
+    if not data_dir:
+        raise DlforgeError("--data folder needs --data-dir DIR: one sub-folder of images per class")
     root = Path(data_dir)
+    if not root.is_dir():
+        raise DlforgeError(f"--data-dir {data_dir}: not a directory; expected one sub-folder of images per class")
     split = (root / "train").is_dir() and (root / "test").is_dir()
     files, labels, classes = _scan_folder(root / "train" if split else root)
-    mode = image_mode(files[0])
+    mode = _folder_mode(files)
     if split:
         test_files, test_labels, _ = _scan_folder(root / "test", classes)
     else:
@@ -283,8 +361,13 @@ def load_folder(data_dir: str | None = None, img_size: int = 48) -> ImageData:
         counts = np.bincount(labels)
         strat = labels if counts.min() >= 2 and round(0.2 * len(labels)) >= len(counts) else None
         files, test_files, labels, test_labels = train_test_split(files, labels, test_size=0.2, random_state=0, stratify=strat)
-    tx, ty = _stack([decode_image(p, img_size, mode) for p in files], labels)
-    vx, vy = _stack([decode_image(p, img_size, mode) for p in test_files], test_labels)
+    decoder = ImageFiles(img_size, mode)
+    tx, ty = decoder.decode(files if "train" in splits else [], labels)
+    vx, vy = decoder.decode(test_files if "test" in splits else [], test_labels)
+    decoder.finish("--data-dir", root, skip_bad)
+    for name, y in (("train", ty), ("test", vy)):
+        if name in splits and not len(y):  # every file of the split was skipped
+            raise DlforgeError(f"--data-dir {root}: none of the {name} images can be decoded")
     return ImageData("folder", tx, ty, vx, vy, classes, source=str(root))
 
 
@@ -313,7 +396,8 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
-def load_arrays(data_dir: str | None = None, img_size: int = 48) -> ImageData:
+def load_arrays(data_dir: str | None = None, img_size: int = 48, splits: tuple[str, ...] = ("train", "test"),
+                skip_bad: bool = False) -> ImageData:
     """Images given in memory to dlforge.train, kept in the run directory (data/arrays.py)."""
     from dlforge.data import arrays
     tx, ty, vx, vy, classes = arrays.read(data_dir)
@@ -324,15 +408,20 @@ DATASETS["arrays"] = DatasetInfo(load_arrays, "images and labels given in memory
                                  lambda: "the run directory")
 
 
-def load_dataset(name: str, data_dir: str | None = None, img_size: int = 48) -> ImageData:
+def load_dataset(name: str, data_dir: str | None = None, img_size: int = 48, skip_bad: bool = False,
+                 splits: tuple[str, ...] = SPLITS) -> ImageData:
+    """The dataset's train and test splits (only those in `splits`; the others empty). skip_bad: leave
+    out undecodable image files (counted on stderr) instead of refusing them all in one error."""
     if name not in DATASETS:
         raise DlforgeError(f"unknown dataset {name!r}; expected one of: {', '.join(DATASETS)}")
-    return DATASETS[name].load(data_dir=data_dir, img_size=img_size)
+    if not splits or not set(splits) <= set(SPLITS):
+        raise DlforgeError(f"splits: expected some of {', '.join(SPLITS)}, got {splits!r}")
+    return DATASETS[name].load(data_dir=data_dir, img_size=img_size, splits=tuple(splits), skip_bad=skip_bad)
 
 
 def split_validation(data: ImageData, fraction: float, seed: int) -> ImageData:
     """Carve a seeded validation set of `fraction` of the training images (0 disables)."""
-    if fraction <= 0:
+    if fraction <= 0 or not len(data.train_y):  # no training images: evaluation only
         return data
     n = len(data.train_y)
     n_val = max(1, int(round(n * fraction)))

@@ -3,14 +3,18 @@
 Corpora: any UTF-8 file (`--data-file`) or a named one downloaded into the cache with its checksum
 (`tinyshakespeare`). Tokenizers, fitted on the whole corpus and saved as JSON in the run directory:
   char — one token per Unicode character (vocabulary: the characters of the corpus);
-  word — GPT-2-style pieces: words with their leading space, punctuation runs, whitespace runs;
+  word — GPT-2-style pieces: words with their leading space, punctuation runs, whitespace runs; the
+         --vocab-size most frequent (default 10,000), every other piece <unk> (or " <unk>" when it
+         starts with a space, so that decoding keeps the spacing and shows where a word was lost);
   bpe  — byte-level byte-pair encoding trained with Hugging Face `tokenizers` (any text encodes).
-decode(encode(text)) == text for all three. char/word refuse text with symbols they never saw.
+decode(encode(text)) == text for char and bpe, and for word on text of known words. char refuses
+text with characters it never saw, as do word tokenizers saved before <unk> (format 1).
 """
 from __future__ import annotations
 
 import json
 import re
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +26,8 @@ from dlforge.errors import DlforgeError
 
 TOKENIZERS = ("char", "word", "bpe")
 WORD_PATTERN = re.compile(r"'(?:s|t|re|ve|m|ll|d)| ?\w+| ?[^\s\w]+|\s+(?!\S)|\s+")
+WORD_UNKS = ("<unk>", " <unk>")  # never pieces of WORD_PATTERN ("<", "unk", ">"): no word collides with them
+WORD_VOCAB_SIZE = 10_000         # the word tokenizer's default cap
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,8 @@ class TextTokenizer:
         if self.hf is not None:
             return self.hf.encode(text).ids
         pieces = self.pieces(text)
+        if self.kind == "word" and WORD_UNKS[1] in self.index:  # rare or unseen words -> (space) <unk>
+            return [self.index.get(p, self.index[WORD_UNKS[p.startswith(" ")]]) for p in pieces]
         unknown = sorted({p for p in pieces if p not in self.index})
         if unknown:
             what = "characters" if self.kind == "char" else "words"
@@ -157,10 +165,11 @@ def train_bpe(text: str, vocab_size: int, specials: tuple[str, ...] = (), split_
     return TextTokenizer("bpe", hf=hf)
 
 
-def fit_tokenizer(kind: str, text: str, vocab_size: int = 512, specials: tuple[str, ...] = (),
+def fit_tokenizer(kind: str, text: str, vocab_size: int | None = 512, specials: tuple[str, ...] = (),
                   split_digits: bool = False) -> TextTokenizer:
-    """char / word: every symbol of the corpus, most frequent first; bpe: vocab_size tokens (>= 257).
-    specials (e.g. '<pad>', language tags) take ids 0, 1, ... and are never produced by encode()."""
+    """char: every character of the corpus; word: its vocab_size most frequent pieces (None: all), ties in
+    string order, and the two <unk>s; bpe: vocab_size tokens (>= 257). specials (e.g. '<pad>', language
+    tags) take ids 0, 1, ... and are never produced by encode() (except a '<unk>' among them)."""
     if kind not in TOKENIZERS:
         raise DlforgeError(f"--tokenizer: expected one of {', '.join(TOKENIZERS)}; got {kind!r}")
     if kind == "bpe":
@@ -168,9 +177,30 @@ def fit_tokenizer(kind: str, text: str, vocab_size: int = 512, specials: tuple[s
             raise DlforgeError(f"--vocab-size: byte-level BPE needs at least {257 + len(specials)} tokens, "
                                f"got {vocab_size}")
         return train_bpe(text, vocab_size, specials, split_digits)
-    counts = Counter(list(text) if kind == "char" else WORD_PATTERN.findall(text))
-    vocab = sorted(counts, key=lambda t: (-counts[t], t)) if kind == "word" else sorted(counts)
+    if kind == "word":
+        return _fit_words(text, vocab_size, specials)
+    vocab = sorted(set(text))
     return TextTokenizer(kind, vocab=list(specials) + [t for t in vocab if t not in specials])
+
+
+def _fit_words(text: str, vocab_size: int | None, specials: tuple[str, ...]) -> TextTokenizer:
+    """specials, the <unk>s, then the most frequent pieces that fit in vocab_size; says on stderr what the
+    cap left out."""
+    head = list(specials) + [u for u in WORD_UNKS if u not in specials]
+    counts = Counter(WORD_PATTERN.findall(text))
+    for t in specials:
+        counts.pop(t, None)
+    words = sorted(counts, key=lambda t: (-counts[t], t))
+    room = len(words) if vocab_size is None else vocab_size - len(head)
+    if room < 1:
+        raise DlforgeError(f"--vocab-size: the word tokenizer needs at least {len(head) + 1} tokens "
+                           f"({len(head)} for {', '.join(map(repr, head))}), got {vocab_size}")
+    if room < len(words):
+        lost = sum(counts[t] for t in words[room:]) / sum(counts.values())
+        print(f"dlforge: word tokenizer: the {room:,} most frequent of {len(words):,} distinct words; the other "
+              f"{len(words) - room:,} ({100 * lost:.1f}% of the text's words) become <unk> "
+              f"(--vocab-size {vocab_size})", file=sys.stderr)
+    return TextTokenizer("word", vocab=head + words[:room])
 
 
 def encode_corpus(tok: TextTokenizer, text: str) -> torch.Tensor:

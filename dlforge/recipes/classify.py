@@ -33,6 +33,7 @@ class DataConfig:
     grayscale: bool = False     # RGB datasets: convert to gray first (the reference does this for every dataset)
     img_size: int = 48          # the reference's size
     channels_last: bool = True  # NHWC tensors: 1.4x faster CNN evaluation on CPU
+    skip_bad_images: bool = False  # leave out undecodable image files (counted) instead of refusing them all
 
     def __post_init__(self) -> None:
         if self.name not in images.DATASETS:
@@ -43,9 +44,10 @@ class DataConfig:
             raise DlforgeError(f"--img-size: expected 1..1024 pixels, got {self.img_size}")
 
 
-def prepare_data(dc: DataConfig, seed: int) -> images.ImageData:
-    """Load, carve the validation split, and (with --grayscale) turn RGB images gray."""
-    data = images.split_validation(images.load_dataset(dc.name, dc.data_dir, dc.img_size), dc.val_fraction, seed)
+def prepare_data(dc: DataConfig, seed: int, splits: tuple[str, ...] = images.SPLITS) -> images.ImageData:
+    """Load (only `splits`), carve the validation split, and (with --grayscale) turn RGB images gray."""
+    data = images.load_dataset(dc.name, dc.data_dir, dc.img_size, dc.skip_bad_images, splits)
+    data = images.split_validation(data, dc.val_fraction, seed)
     if dc.grayscale and data.channels == 3:
         data.train_x, data.test_x = _grayscale(data.train_x), _grayscale(data.test_x)
         data.val_x = None if data.val_x is None else _grayscale(data.val_x)
@@ -73,7 +75,7 @@ class ClassifyRecipe(Recipe):
     task = "classify"
     DataConfig = DataConfig
     default_data = "digits"
-    data_options = ("data_dir", "val_fraction", "grayscale", "img_size", "channels_last")
+    data_options = ("data_dir", "val_fraction", "grayscale", "img_size", "channels_last", "skip_bad_images")
     model_options = {"hidden": "hidden", "activation": "activation"}
     task_options = {"loss": "loss", "positive_class": "positive_class"}
 
@@ -201,10 +203,11 @@ class Classifier(Handle):
         dest = self.path
         if _data is None:
             own = {k: cfg.data[k] for k in ("name", "data_dir", "val_fraction", "grayscale", "img_size", "channels_last")}
+            own["skip_bad_images"] = cfg.data.get("skip_bad_images", False)
             other = {**own, **({"name": data} if data else {}), **({"data_dir": data_dir} if data_dir else {})}
             if data and not data_dir and data != own["name"]:
                 other["data_dir"] = None
-            _data = prepare_data(DataConfig(**other), cfg.facts.get("data_seed", cfg.train["seed"]))
+            _data = prepare_data(DataConfig(**other), cfg.facts.get("data_seed", cfg.train["seed"]), ("test",))
             if (other["name"], other["data_dir"]) != (own["name"], own["data_dir"]):
                 check_classes(_data, cfg)
                 self._check_same_classes(_data)

@@ -41,6 +41,7 @@ class DiffusionDataConfig:
     img_size: int | None = None     # default: 28 for the MNIST family, 16 for digits, 32 for others
     val_fraction: float = 0.1
     text_encoder: str = "own"       # own: a Transformer trained jointly; else a local sentence-transformers folder
+    skip_bad_images: bool = False   # leave out undecodable image files (counted) instead of refusing them all
 
     def __post_init__(self) -> None:
         if self.is_csv:
@@ -135,12 +136,11 @@ def _split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tens
 def prepare(dc: DiffusionDataConfig, seed: int, tok: C.CaptionTokenizer | None = None) -> DiffusionData:
     """Images (uint8), owners (class or row), the caption table and the tokenizer (fitted unless given)."""
     if dc.is_csv:
-        files, caps = C.read_captions_csv(dc.name)
-        x = torch.from_numpy(np.stack([images.decode_image(f, dc.img_size, "L") for f in files]))
+        x, caps = C.read_captions_images(dc.name, dc.img_size, dc.skip_bad_images)
         per_owner, owner, classes, test = [[c] for c in caps], torch.arange(len(caps)), None, (None, None)
         prompts = list(dict.fromkeys(caps))[:10]  # the first 10 distinct captions
     else:
-        d = images.load_dataset(dc.name, dc.data_dir, dc.img_size)
+        d = images.load_dataset(dc.name, dc.data_dir, dc.img_size, dc.skip_bad_images)
         if d.channels != 1:
             d.train_x, d.test_x = _gray(d.train_x), _gray(d.test_x)
         x, owner, classes, test = d.train_x, d.train_y, d.classes, (d.test_x, d.test_y)
@@ -300,7 +300,7 @@ class DenoiseRecipe(Recipe):
     task = "denoise"
     DataConfig = DiffusionDataConfig
     default_data = "fashion-mnist"
-    data_options = ("data_dir", "img_size", "val_fraction", "text_encoder")
+    data_options = ("data_dir", "img_size", "val_fraction", "text_encoder", "skip_bad_images")
     model_options = {"width": "ch", "heads": "n_head", "layers": "num_res_blocks", "dropout": "dropout"}
     task_options = {"timesteps": "num_train_timesteps", "beta_schedule": "beta_schedule", "cond_drop": "cond_drop",
                     "ema_decay": "ema_decay", "snr_gamma": "snr_gamma"}

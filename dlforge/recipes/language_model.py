@@ -35,7 +35,7 @@ class TextDataConfig:
     name: str | None = "tinyshakespeare"
     data_file: str | None = None
     tokenizer: str = "char"
-    vocab_size: int = 512         # bpe only: char and word keep every symbol of the corpus
+    vocab_size: int | None = None  # bpe: its size (default 512); word: a cap (default 10,000); char: every symbol
     val_fraction: float = 0.1     # the last 10% of the text validates
     block_size: int | None = None  # gpt: the context window; rnn: the truncated-BPTT length (None: the variant's)
     eval_tokens: int | None = 32768  # validation tokens per evaluation during training (None: all)
@@ -43,6 +43,8 @@ class TextDataConfig:
     def __post_init__(self) -> None:
         if self.tokenizer not in textdata.TOKENIZERS:
             raise DlforgeError(f"--tokenizer: expected one of {', '.join(textdata.TOKENIZERS)}; got {self.tokenizer!r}")
+        if self.vocab_size is None:
+            self.vocab_size = textdata.WORD_VOCAB_SIZE if self.tokenizer == "word" else 512
         if not self.data_file and self.name not in textdata.CORPORA:
             raise DlforgeError(f"--data: unknown text corpus {self.name!r}; expected one of: "
                                f"{', '.join(textdata.CORPORA)} (or --data-file PATH)")

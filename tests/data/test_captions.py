@@ -65,3 +65,25 @@ def test_captions_csv_errors_name_their_lines(tmp_path):
     bad.write_text("a.png,one\na.png, ...\n")
     with pytest.raises(DlforgeError, match="bad.csv:2: empty caption"):
         C.read_captions_csv(bad)
+
+
+def test_captions_csv_reports_every_undecodable_image_with_its_line(tmp_path, capsys, reliability):
+    for i in range(3):
+        Image.fromarray(np.full((6, 6), 60 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    (tmp_path / "empty.png").write_bytes(b"")
+    csv = tmp_path / "caps.csv"
+    csv.write_text("image_path,caption\n0.png,a dark square\nbad.png,a broken one\n1.png,a grey square\n"
+                   "empty.png,nothing at all\n2.png,a light square\n")
+    with pytest.raises(DlforgeError) as e:
+        C.read_captions_images(csv, 8)
+    lines = str(e.value).splitlines()
+    assert lines[0] == f"--data {csv}: 2 images cannot be decoded (or pass --skip-bad-images):"
+    assert lines[1].startswith(f"  caps.csv:3: {tmp_path / 'bad.png'}: cannot decode image")
+    assert lines[2].startswith(f"  caps.csv:5: {tmp_path / 'empty.png'}: cannot decode image") and len(lines) == 3
+    x, caps = C.read_captions_images(csv, 8, skip_bad=True)
+    assert x.shape == (3, 1, 8, 8) and caps == ["a dark square", "a grey square", "a light square"]
+    assert x[:, 0, 0, 0].tolist() == [0, 60, 120]  # each image stays with its own caption
+    assert capsys.readouterr().err.strip() == f"dlforge: skipped 2 unreadable images in {csv}"
+    reliability.record("captions CSV listing undecodable images", "one error naming each file's CSV line; "
+                       "or skipped with `--skip-bad-images`")

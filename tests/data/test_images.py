@@ -164,3 +164,108 @@ def test_data_list_shows_every_dataset(capsys):
     out = capsys.readouterr().out
     for name in images.DATASETS:
         assert name in out
+
+
+def _folder_with_bad_files(root, n_bad, per_class=4):
+    """Two classes of good PNGs and n_bad broken files spread over both (a bad header, a truncated body)."""
+    for c, v in (("a", 30), ("b", 220)):
+        (root / c).mkdir()
+        for i in range(per_class):
+            _png(root / c / f"{i}.png", v + i)
+    for i in range(n_bad):
+        (root / "ab"[i % 2] / f"bad{i:04d}.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really" if i % 3 else b"")
+    return root
+
+
+def test_folder_reports_every_bad_image_at_once(tmp_path, reliability):
+    _folder_with_bad_files(tmp_path, 3)
+    with pytest.raises(DlforgeError) as e:
+        load_dataset("folder", data_dir=str(tmp_path), img_size=8)
+    lines = str(e.value).splitlines()
+    assert lines[0] == f"--data-dir {tmp_path}: 3 images cannot be decoded (or pass --skip-bad-images):"
+    assert sorted(line.split("/")[-1].split(":")[0] for line in lines[1:]) == ["bad0000.png", "bad0001.png",
+                                                                              "bad0002.png"]
+    assert all(line.startswith(f"  {tmp_path}/") and ": cannot decode image" in line for line in lines[1:])
+    reliability.record("folder dataset with several undecodable images",
+                       "one error listing every file, before training")
+
+
+def test_a_thousand_bad_images_stay_readable(tmp_path):
+    _folder_with_bad_files(tmp_path, 1000)
+    with pytest.raises(DlforgeError) as e:
+        load_dataset("folder", data_dir=str(tmp_path), img_size=8)
+    lines = str(e.value).splitlines()
+    assert "1000 images cannot be decoded" in lines[0]
+    assert len(lines) == 1 + images.MAX_LISTED + 1 and lines[-1] == f"  … and {1000 - images.MAX_LISTED} more"
+
+
+def test_skip_bad_images_keeps_the_good_ones(tmp_path, capsys, reliability):
+    _folder_with_bad_files(tmp_path, 3)
+    d = load_dataset("folder", data_dir=str(tmp_path), img_size=8, skip_bad=True)
+    assert len(d.train_y) + len(d.test_y) == 8 and d.classes == ["a", "b"]
+    assert capsys.readouterr().err.strip() == f"dlforge: skipped 3 unreadable images in {tmp_path}"
+    reliability.record("folder dataset with undecodable images and `--skip-bad-images`",
+                       "skipped, their count on stderr; the rest trains")
+
+
+def test_skip_bad_images_with_nothing_left_is_an_error(tmp_path):
+    for c in "ab":
+        (tmp_path / c).mkdir()
+        (tmp_path / c / "x.png").write_bytes(b"")
+    with pytest.raises(DlforgeError, match="none of the 2 images can be decoded"):
+        load_dataset("folder", data_dir=str(tmp_path), skip_bad=True)
+    (tmp_path / "train").mkdir()
+    _folder_with_bad_files(tmp_path / "train", 0)
+    (tmp_path / "test").mkdir()
+    (tmp_path / "a").rename(tmp_path / "test" / "a")  # test/a/x.png: the one test image, and bad
+    with pytest.raises(DlforgeError, match="none of the test images can be decoded"):
+        load_dataset("folder", data_dir=str(tmp_path), skip_bad=True)
+
+
+def test_folder_bomb_is_listed_not_decoded(tmp_path, monkeypatch):
+    _folder_with_bad_files(tmp_path, 1)
+    _png(tmp_path / "a" / "huge.png", 0, size=(30, 30))
+    monkeypatch.setattr(images, "MAX_PIXELS", 20 * 14)  # the 20×14 PNGs pass, the 30×30 one is a "bomb"
+    with pytest.raises(DlforgeError, match=r"2 images cannot be decoded(.|\n)*huge.png: refused, 30×30 pixels"):
+        load_dataset("folder", data_dir=str(tmp_path), img_size=8)
+
+
+def test_folder_train_test_layout_reports_both_splits(tmp_path):
+    for split, n_bad in (("train", 1), ("test", 2)):
+        (tmp_path / split).mkdir()
+        _folder_with_bad_files(tmp_path / split, n_bad)
+    with pytest.raises(DlforgeError, match="3 images cannot be decoded"):
+        load_dataset("folder", data_dir=str(tmp_path), img_size=8)
+    for p in (tmp_path / "test").glob("*/bad*"):
+        p.unlink()
+    d = load_dataset("folder", data_dir=str(tmp_path), img_size=8, splits=("test",))  # train/'s bad file unread
+    assert len(d.train_y) == 0 and len(d.test_y) == 8  # 2 classes × 4 good images
+
+
+@pytest.mark.parametrize("data_dir, message", [
+    (None, "--data folder needs --data-dir DIR: one sub-folder of images per class"),
+    ("/nonexistent/dir", "--data-dir /nonexistent/dir: not a directory; expected one sub-folder of images per class"),
+])
+def test_folder_without_a_directory(data_dir, message):
+    with pytest.raises(DlforgeError) as e:
+        load_dataset("folder", data_dir=data_dir)
+    assert str(e.value) == message
+
+
+def test_mnist_test_split_alone(tiny_idx_dir):
+    for f in tiny_idx_dir.glob("train-*"):
+        f.unlink()
+    d = load_dataset("mnist", data_dir=str(tiny_idx_dir), splits=("test",))
+    assert d.test_x.shape == (40, 1, 12, 12) and d.train_x.shape == (0, 1, 12, 12)
+    with pytest.raises(DlforgeError, match="missing train-images-idx3-ubyte, train-labels-idx1-ubyte .* for mnist$"):
+        load_dataset("mnist", data_dir=str(tiny_idx_dir))
+
+
+def test_gtsrb_reports_every_bad_image(tmp_path):
+    root = _gtsrb_tree(tmp_path)
+    for p in list((root / "GTSRB" / "Final_Training" / "Images" / "00001").glob("*.ppm"))[:2]:
+        p.write_bytes(b"P6\n")
+    with pytest.raises(DlforgeError, match="2 images cannot be decoded"):
+        load_dataset("gtsrb", data_dir=str(root), img_size=24)
+    d = load_dataset("gtsrb", data_dir=str(root), img_size=24, skip_bad=True)
+    assert len(d.train_y) == 7 and len(d.test_y) == 9

@@ -47,12 +47,54 @@ def test_bpe_compresses_and_encodes_unseen_text():
     assert tok.decode(tok.encode("Ωmega ✓")) == "Ωmega ✓"  # byte-level: nothing is unknown
 
 
-@pytest.mark.parametrize("kind, text, match", [("char", "Speak Ω", "characters the char tokenizer never saw: 'Ω'"),
-                                               ("word", "Speak, zebra", "words the word tokenizer never saw: ' zebra'")])
-def test_unseen_symbols_are_a_clear_error(kind, text, match):
-    tok = textdata.fit_tokenizer(kind, SAMPLE)
-    with pytest.raises(DlforgeError, match=match):
-        tok.encode(text)
+def test_unseen_characters_are_a_clear_error():
+    tok = textdata.fit_tokenizer("char", SAMPLE)
+    with pytest.raises(DlforgeError, match="characters the char tokenizer never saw: 'Ω'"):
+        tok.encode("Speak Ω")
+
+
+WORDS = "the cat sat on the mat. the dog sat on the log. a cat and a dog.\n" * 3 + "zebra quagga\n"
+
+
+def test_word_vocabulary_cap_keeps_the_most_frequent(capsys):
+    full = textdata.fit_tokenizer("word", WORDS, vocab_size=None)
+    tok = textdata.fit_tokenizer("word", WORDS, vocab_size=10)
+    assert tok.vocab_size == 10 < full.vocab_size
+    assert tok.vocab[:2] == list(textdata.WORD_UNKS)
+    # counts: " the" "." 9, " a" " cat" " dog" " on" " sat" 6 (ties in string order), "\n" 4; " and" 3 is cut
+    assert tok.vocab[2:] == [" the", ".", " a", " cat", " dog", " on", " sat", "\n"]
+    err = capsys.readouterr().err
+    assert "word tokenizer: the 8 most frequent of 14 distinct words" in err and "--vocab-size" in err
+    assert textdata.fit_tokenizer("word", WORDS, vocab_size=10).vocab == tok.vocab  # deterministic
+
+
+def test_rare_words_become_visible_unk():
+    tok = textdata.fit_tokenizer("word", WORDS, vocab_size=10)
+    ids = tok.encode("the zebra sat on a mat")  # "the" (no space) and " mat" are outside the cap, as is " zebra"
+    assert ids.count(tok.token_id(" <unk>")) == 2 and ids[0] == tok.token_id("<unk>")
+    assert tok.decode(ids) == "<unk> <unk> sat on a <unk>"  # visible, and the spaces stay
+    known = " the cat sat on a dog.\n"
+    assert tok.decode(tok.encode(known)) == known and tok.token_id("<unk>") not in tok.encode(known)
+
+
+def test_word_vocab_size_too_small():
+    with pytest.raises(DlforgeError, match="--vocab-size: the word tokenizer needs at least 3 tokens"):
+        textdata.fit_tokenizer("word", WORDS, vocab_size=2)
+
+
+def test_word_tokenizer_file_of_an_older_run_loads(tmp_path):
+    """Format 1 word tokenizers have no <unk>: they load, encode what they know the same, refuse the rest."""
+    old = tmp_path / "tokenizer.json"
+    old.write_text('{"kind": "word", "vocab": [" the", " cat", "the", " sat", "."]}')
+    tok = textdata.TextTokenizer.load(old)
+    assert tok.vocab_size == 5 and tok.encode("the cat sat the cat.") == [2, 1, 3, 0, 1, 4]
+    assert tok.decode([2, 1, 3]) == "the cat sat"
+    with pytest.raises(DlforgeError, match="words the word tokenizer never saw: ' zebra'"):
+        tok.encode("the zebra")
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "runs-v1" / "lm"
+    char = textdata.TextTokenizer.load(fixture / "tokenizer.json")
+    lines = (fixture.parent / "lines.txt").read_text()
+    assert char.vocab_size == 24 and char.decode(char.encode(lines)) == lines
 
 
 def test_bad_text_files(tmp_path):
