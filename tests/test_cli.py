@@ -230,7 +230,7 @@ def test_folder_with_bad_images_lists_them_or_skips_them(tmp_path, capsys, relia
     assert main([*argv, "--out", str(out), "--skip-bad-images"]) == 0
     err = capsys.readouterr().err
     assert f"dlforge: skipped 3 unreadable images in {d}" in err
-    sizes = re.search(r"folder \((\d+) train / (\d+) val / (\d+) test images\)", err).groups()
+    sizes = re.search(r"folder \((\d+) train / (\d+) val / (\d+) test images", err).groups()
     assert sum(map(int, sizes)) == 12  # every good image, no bad one
     assert main(["eval", str(out)]) == 0  # the run remembers to skip them
     reliability.record("`train --data folder` with undecodable images, with and without `--skip-bad-images`",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import gzip
 import math
-import os
 import struct
 import sys
 import zlib
