@@ -21,6 +21,7 @@ from dlforge.perf import tune_allocator
 from dlforge.runs import Run, atomic_duplicate
 from dlforge.train import checkpoint as ckpt
 from dlforge.train import distributed
+from dlforge.train import interrupt
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -129,8 +130,10 @@ def _to(batch, device: torch.device):
 
 class Trainer:
     def __init__(self, task: Any, model: torch.nn.Module, train: BatchLoader, cfg: TrainConfig, run: Run,
-                 evaluate: Callable[[torch.nn.Module], dict] | None = None, meta: dict | None = None):
+                 evaluate: Callable[[torch.nn.Module], dict] | None = None, meta: dict | None = None,
+                 resume_hint: str | None = None):
         self.task, self.cfg, self.run, self.train, self.evaluate = task, cfg, run, train, evaluate
+        self.resume_hint = resume_hint  # how to continue after Ctrl-C (default: the `dlforge train` command)
         tune_allocator()
         if distributed.from_env().size > cfg.batch_size:
             raise DlforgeError(f"--batch-size {cfg.batch_size}: the global batch needs at least one sample per "
@@ -309,9 +312,14 @@ class Trainer:
         return {"loss": sums["loss"] / n, "accuracy": sums["correct"] / n}
 
     def fit(self) -> dict:
-        """Train until the epochs, --max-steps or --max-time run out. -> the last epoch's record."""
+        """Train until the epochs, --max-steps or --max-time run out. -> the last epoch's record.
+        Ctrl-C or SIGTERM: a checkpoint after the current step, then TrainingInterrupted (train/interrupt.py)."""
+        with interrupt.StopOnSignal(announce=self.world.main) as self.signals:
+            return self._fit()
+
+    def _fit(self) -> dict:
         cfg, record = self.cfg, {}
-        stopped = False
+        stopped = interrupted = False
         if not self.resumed and self.world.main:  # an attempt killed before its first checkpoint left nothing
             self._repair(None)
         while self.epoch < cfg.epochs and not stopped:
@@ -322,6 +330,9 @@ class Trainer:
             for batch in self.train.epoch(self.epoch, self.step_in_epoch):
                 if not self._budget_left():
                     stopped = True
+                    break
+                if self._signalled():
+                    stopped = interrupted = True
                     break
                 seen += self.train_step(batch)
                 r = self.running()
@@ -334,20 +345,37 @@ class Trainer:
             bar.close()
             rate = seen / max(time.perf_counter() - start, 1e-9)
             if stopped and self.step_in_epoch < len(self.train):
-                if cfg.eval_every and self.evaluate is not None and self.window["count"]:
+                if cfg.eval_every and self.evaluate is not None and self.window["count"] and not interrupted:
                     self._eval_step(None)  # the budget's last steps are often the best ones
                 self._tick()
                 self.save("last")  # a clean mid-epoch checkpoint: --resume continues from here
-                if self.world.main:
+                if self.world.main and not interrupted:
                     print(f"dlforge: stopped early at step {self.step} (--max-steps/--max-time); "
                           f"checkpoint {self.run.checkpoint('last')}", file=sys.stderr)
                 break
             self._tick()
             record = self._end_epoch(rate)
+        interrupted = interrupted or self._signalled()  # e.g. during the last epoch's evaluation
         if self.tb:
             self.tb.close()
         distributed.teardown()
+        if interrupted:  # no final evaluation: the user asked to stop
+            raise self._interrupted()
         return record
+
+    def _signalled(self) -> bool:
+        """Whether Ctrl-C / SIGTERM asked to stop; rank 0's signal decides, so that ranks stop at one step."""
+        return bool(distributed.from_main(lambda: self.signals.requested, self.world))
+
+    def _interrupted(self) -> interrupt.TrainingInterrupted:
+        """The exception that ends an interrupted fit; rank 0 says (on its own line) what was kept."""
+        changed = {k: v for k, v in asdict(self.cfg).items() if v != getattr(TrainConfig, k)}
+        hint = self.resume_hint or interrupt.resume_command(self.meta.get("model", {}).get("name", "MODEL"),
+                                                             self.run.path, changed)
+        e = interrupt.TrainingInterrupted(self.step, self.run.checkpoint("last"), hint)
+        if self.world.main:
+            print(f"dlforge: {e}", file=sys.stderr, flush=True)
+        return e
 
     def _log(self, record: dict) -> None:
         self.records += 1
