@@ -160,3 +160,29 @@ def test_the_resume_command_repeats_the_changed_training_options():
     assert isinstance(e, KeyboardInterrupt) and not isinstance(e, Exception)
     assert str(e) == ("interrupted at step 37: checkpoint runs/x/checkpoints/last.safetensors; "
                       "continue with: dlforge train gpt-tiny --resume")
+
+
+def test_under_torchrun_rank_0_decides_and_the_run_resumes(tmp_path, reliability):
+    """Ctrl-C reaches torchrun, which passes SIGINT on to each worker (they run in sessions of their own):
+    the ranks stop at rank 0's step, save one checkpoint together, rank 0 alone prints, and the printed
+    command continues the run (on one process)."""
+    from tests.train.test_distributed import launch
+    text, out = write_text(tmp_path / "lines.txt", n=300), tmp_path / "run"
+    args = ["lstm", "--data-file", str(text), "--layers", "1", "--width", "32", "--batch-size", "7", "--block-size",
+            "16", "--eval-tokens", "0", "--eval-every", str(EVERY), "--epochs", "1000", "--max-steps", "60",
+            "--no-progress"]
+    p = launch(2, args, out)
+    ck = out / "checkpoints" / "last.safetensors"
+    wait_for(lambda: (read_meta(ck) or {}).get("step", 0) >= AFTER or p.poll() is not None, f"step {AFTER}")
+    p.send_signal(signal.SIGINT)
+    p.wait(timeout=60)  # torchrun's own exit code and traceback are torchrun's
+    found = MESSAGE.findall(out.with_name("run.log").read_text())
+    assert len(found) == 1, log_tail(out)
+    step, command = int(found[0][0]), found[0][2]
+    assert AFTER <= step < 60 and read_meta(ck)["step"] == step
+    resumed = run_command(command, tmp_path / "resumed.log")
+    assert resumed.wait(timeout=120) == 0, (tmp_path / "resumed.log").read_text()[-2000:]
+    assert [r["step"] for r in metrics(out)] == list(range(EVERY, 61, EVERY))
+    reliability.record("Ctrl-C to `torchrun --nproc_per_node=2` (gloo) during training, then the printed command",
+                       "both ranks stop at rank 0's step with one checkpoint and one message; the run resumes on "
+                       "one process")
