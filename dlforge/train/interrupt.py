@@ -35,7 +35,7 @@ class StopOnSignal:
         self.announce = announce  # print a line when the first signal arrives (rank 0 only under torchrun)
         self._old: dict[int, Any] = {}
 
-    def __enter__(self) -> "StopOnSignal":
+    def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():
             for s in SIGNALS:
                 if signal.getsignal(s) is not signal.SIG_IGN:

@@ -20,8 +20,7 @@ from dlforge.errors import DlforgeError
 from dlforge.perf import tune_allocator
 from dlforge.runs import Run, atomic_duplicate
 from dlforge.train import checkpoint as ckpt
-from dlforge.train import distributed
-from dlforge.train import interrupt
+from dlforge.train import distributed, interrupt
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 PRECISIONS = ("fp32", "bf16", "fp16")

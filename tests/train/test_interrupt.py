@@ -32,7 +32,7 @@ CASES = {  # one family per signal; each epoch is longer than STEPS (162 and 219
     "SIGTERM": ["gpt-tiny", "--data-file", "{text}", "--batch-size", "8", "--block-size", "16", "--eval-tokens", "0",
                 "--dropout", "0.1"],
 }
-MESSAGE = re.compile(r"^dlforge: interrupted at step (\d+): checkpoint (.+); continue with: (.+)$", re.M)
+MESSAGE = re.compile(r"^dlforge: interrupted at step (\d+): checkpoint (.+); continue with: (.+)$", re.MULTILINE)
 
 
 def wait_for(cond, what: str, timeout: float = 120) -> None:
