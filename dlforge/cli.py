@@ -10,6 +10,7 @@ import sys
 from typing import Callable
 
 from dlforge.errors import DlforgeError
+from dlforge.train.interrupt import TrainingInterrupted
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -453,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     except DlforgeError as e:
         print(f"dlforge: error: {e}", file=sys.stderr)
         return 2
+    except TrainingInterrupted:  # the trainer kept a checkpoint and said how to continue
+        return 130
     except KeyboardInterrupt:
         print("dlforge: interrupted", file=sys.stderr)
         return 130

@@ -20,7 +20,7 @@ from dlforge.errors import DlforgeError
 from dlforge.perf import tune_allocator
 from dlforge.runs import Run, atomic_duplicate
 from dlforge.train import checkpoint as ckpt
-from dlforge.train import distributed
+from dlforge.train import distributed, interrupt
 from dlforge.train.callbacks import Callback, EarlyStopping
 from dlforge.train.progress import progress_bar
 from dlforge.train.tasks import Task
@@ -151,8 +151,9 @@ class Trainer:
 
     def __init__(self, task: Task, model: torch.nn.Module, train: BatchLoader, cfg: TrainConfig, run: Run,
                  evaluate: Callable[[torch.nn.Module], dict] | None = None, meta: dict | None = None,
-                 callbacks: list[Callback] | tuple = ()):
+                 callbacks: list[Callback] | tuple = (), resume_hint: str | None = None):
         self.task, self.cfg, self.run, self.train, self.evaluate = task, cfg, run, train, evaluate
+        self.resume_hint = resume_hint  # how to continue after Ctrl-C (default: the `dlforge train` command)
         self.callbacks = list(callbacks) + ([EarlyStopping(cfg.early_stop)] if cfg.early_stop else [])
         if cfg.grad_accum > 1 and not task.splittable:
             raise DlforgeError(f"--grad-accum {cfg.grad_accum}: a {task.name} batch cannot be split into "
@@ -387,9 +388,14 @@ class Trainer:
 
     def fit(self) -> dict:
         """Train until the epochs, --max-steps or --max-time run out, or a callback stops the run.
-        -> the last epoch's record."""
+        -> the last epoch's record. Ctrl-C or SIGTERM: a checkpoint after the current step, then
+        TrainingInterrupted (train/interrupt.py)."""
+        with interrupt.StopOnSignal(announce=self.world.main) as self.signals:
+            return self._fit()
+
+    def _fit(self) -> dict:
         cfg, record = self.cfg, {}
-        stopped = False
+        stopped = interrupted = False
         if not self.resumed and self.world.main:  # an attempt killed before its first checkpoint left nothing
             self._repair(None)
         for cb in self.callbacks:
@@ -402,6 +408,9 @@ class Trainer:
             for batch in self.train.epoch(self.epoch, self.step_in_epoch):
                 if not self._budget_left() or self.stop_reason is not None:
                     stopped = True
+                    break
+                if self._signalled():
+                    stopped = interrupted = True
                     break
                 seen += self.train_step(batch)
                 r = self.running()
@@ -416,17 +425,18 @@ class Trainer:
             bar.close()
             rate = seen / max(time.perf_counter() - start, 1e-9)
             if stopped and self.step_in_epoch < len(self.train):
-                if cfg.eval_every and self.evaluate is not None and self.window["count"]:
+                if cfg.eval_every and self.evaluate is not None and self.window["count"] and not interrupted:
                     self._eval_step(None)  # the budget's last steps are often the best ones
                 self._tick()
                 self.save("last")  # a clean mid-epoch checkpoint: --resume continues from here
-                if self.world.main:
+                if self.world.main and not interrupted:
                     why = self.stop_reason or "stopped early (--max-steps/--max-time)"
                     print(f"dlforge: {why} at step {self.step}; checkpoint {self.run.checkpoint('last')}",
                           file=sys.stderr)
                 break
             self._tick()
             record = self._end_epoch(rate)
+        interrupted = interrupted or self._signalled()  # e.g. during the last epoch's evaluation
         if self.stop_reason is not None and not stopped and self.world.main:
             print(f"dlforge: {self.stop_reason} at step {self.step}; checkpoint {self.run.checkpoint('last')}",
                   file=sys.stderr)
@@ -435,7 +445,23 @@ class Trainer:
         if self.tb:
             self.tb.close()
         distributed.teardown()
+        if interrupted:  # no final evaluation: the user asked to stop
+            raise self._interrupted()
         return record
+
+    def _signalled(self) -> bool:
+        """Whether Ctrl-C / SIGTERM asked to stop; rank 0's signal decides, so that ranks stop at one step."""
+        return bool(distributed.from_main(lambda: self.signals.requested, self.world))
+
+    def _interrupted(self) -> interrupt.TrainingInterrupted:
+        """The exception that ends an interrupted fit; rank 0 says (on its own line) what was kept."""
+        # --resume keeps the run's own training options and budget: the bare command continues it exactly
+        hint = self.resume_hint or interrupt.resume_command(self.meta.get("model", {}).get("name", "MODEL"),
+                                                             self.run.path, {})
+        e = interrupt.TrainingInterrupted(self.step, self.run.checkpoint("last"), hint)
+        if self.world.main:
+            print(f"dlforge: {e}", file=sys.stderr, flush=True)
+        return e
 
     def _log(self, record: dict) -> None:
         self.records += 1
