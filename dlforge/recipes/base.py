@@ -75,6 +75,8 @@ class Recipe:
     # ---------------------------------------------------------------- data
     def data_label(self, data: Any, options: dict) -> str:
         """The data's part of the default run directory name, runs/MODEL-DATA."""
+        if isinstance(data, str) and (len(data) > 200 or any(c.isspace() for c in data)):
+            return "text"  # text given in memory
         if isinstance(data, (str, Path)):
             return Path(str(data)).stem if os.sep in str(data) or "." in str(data) else str(data)
         if options.get("data_file"):
@@ -166,6 +168,14 @@ class Recipe:
         accepted = _kwargs_of(model)
         return [*self.data_options, *(k for k, v in self.model_options.items() if _takes(accepted, v)),
                 *self.task_options]
+
+
+def is_file(path) -> bool:
+    """Path(path).is_file() for any string (text given in memory may be too long to be a file name)."""
+    try:
+        return len(str(path)) < 4096 and "\n" not in str(path) and Path(path).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _names(kwargs: str | tuple[str, ...]) -> tuple[str, ...]:

@@ -161,7 +161,7 @@ class Classifier(Handle):
         own size and channels, before the test transform."""
         c, h, _ = self.config.facts["native_size"]
         mode = "L" if c == 1 else "RGB"
-        if isinstance(items, (torch.Tensor, np.ndarray)) and np.ndim(items) == 4:
+        if isinstance(items, (torch.Tensor, np.ndarray)) and _is_batch(items):
             items = list(items)
         elif not isinstance(items, (list, tuple)):
             items = [items]
@@ -175,12 +175,13 @@ class Classifier(Handle):
         return x
 
     def predict(self, images_: Any, top_k: int = 3) -> list[dict]:
-        """Any image (a file of any size or colour mode, a PIL image, an array or tensor), one or a batch ->
+        """Any image (a file of any size or colour mode, a PIL image, an array or tensor), one or a batch (a list,
+        or an array of images: see _is_batch) ->
         [{"image", "top": [{"class", "index", "probability"}]}], preprocessed exactly like the test data."""
         names = self.classes
         if not 1 <= top_k:
             raise DlforgeError(f"--top-k: expected at least 1 (at most {len(names)} classes), got {top_k}")
-        batch = images_ if isinstance(images_, (list, tuple)) or np.ndim(images_) == 4 else [images_]
+        batch = images_ if isinstance(images_, (list, tuple)) or _is_batch(images_) else [images_]
         x = self.as_batch(batch)
         out = predict_batches(self.model, self.task, x, self._transform(), self.device, "fp32")
         probs = self.task.probabilities(out)
@@ -262,6 +263,15 @@ class Classifier(Handle):
         plots.plot_image_grid(data.test_x[worst].numpy(), titles, dest / "worst_test_images.png",
                               "Test images with the highest loss (red: misclassified)", colors=colors)
         return written + ["worst_test_images.png"]
+
+
+def _is_batch(x: Any) -> bool:
+    """An array or tensor of several images: (N, C, H, W) / (N, H, W, C), or (N, H, W) gray when no axis at
+    either end is a channel count (a (3, H, W) or (H, W, 3) array is one RGB image)."""
+    if not isinstance(x, (torch.Tensor, np.ndarray)):
+        return False
+    shape = tuple(x.shape)
+    return len(shape) == 4 or len(shape) == 3 and shape[0] not in (1, 3) and shape[-1] not in (1, 3)
 
 
 def _one_image(item: Any, size: int, mode: str) -> torch.Tensor:

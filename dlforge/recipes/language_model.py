@@ -21,7 +21,7 @@ from dlforge.data import text as textdata
 from dlforge.data.loader import TokenLoader
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import metrics, plots
-from dlforge.recipes.base import Handle, Recipe
+from dlforge.recipes.base import Handle, Recipe, is_file
 from dlforge.registry import get_entry
 from dlforge.runs import Run, RunConfig, atomic_write_json
 from dlforge.train.tasks import LanguageModelTask
@@ -161,12 +161,12 @@ class LanguageModelRecipe(Recipe):
         if isinstance(data, (list, tuple)) and all(isinstance(t, str) for t in data):
             data = "\n".join(data)
         if isinstance(data, str) and (data.strip() != data or any(c.isspace() for c in data)) and \
-                not Path(data).is_file():
+                not is_file(data):
             path = Path(out) / "corpus.txt"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(data, encoding="utf-8")
             return TextDataConfig(name=None, **{**options, "data_file": str(path)})
-        if isinstance(data, (str, Path)) and Path(data).is_file():
+        if isinstance(data, (str, Path)) and is_file(data):
             return TextDataConfig(name=None, **{**options, "data_file": str(data)})
         if data is None and options.get("data_file"):
             return TextDataConfig(name=None, **options)

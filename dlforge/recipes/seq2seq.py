@@ -22,7 +22,7 @@ from dlforge.data.loader import BatchLoader
 from dlforge.data.text import TOKENIZERS, TextTokenizer, fit_tokenizer
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import plots
-from dlforge.recipes.base import Handle, Recipe
+from dlforge.recipes.base import Handle, Recipe, is_file
 from dlforge.runs import Run, RunConfig, atomic_write_json
 from dlforge.train.tasks import Seq2SeqTask
 from dlforge.train.trainer import TrainConfig, autocast
@@ -321,7 +321,7 @@ class Seq2SeqRecipe(Recipe):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("".join(f"{a}\t{b}\n" for a, b in data), encoding="utf-8")
             return PairDataConfig(name=None, **{**options, "data_file": str(path)})
-        if isinstance(data, (str, Path)) and Path(data).is_file() or data is None and options.get("data_file"):
+        if isinstance(data, (str, Path)) and is_file(data) or data is None and options.get("data_file"):
             return PairDataConfig(name=None, **{"data_file": str(data), **options})
         return super().data_config(model, data, options, out)
 
