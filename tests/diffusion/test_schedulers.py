@@ -118,3 +118,9 @@ def test_fewer_ddim_steps_with_an_oracle_still_return_x0_and_ranges_are_checked(
             s.set_timesteps(bad)
     with pytest.raises(DlforgeError, match="--beta-schedule"):
         make_betas("sigmoid", 1000)
+
+
+def test_ddim_on_a_model_of_fewer_than_50_timesteps():
+    """`train unet-tiny --timesteps 20` failed at its first sample grid: DDIM's default 50 steps > T."""
+    s = DDIMScheduler(20)
+    assert len(s.timesteps) == 20 and int(s.timesteps[0]) == 19
