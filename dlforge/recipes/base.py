@@ -29,9 +29,13 @@ TRAIN_OPTIONS = tuple(f.name for f in fields(TrainConfig))
 BUDGET = ("epochs", "max_steps", "max_time")  # on --resume: given together or kept together
 
 
+NEGATIVE_FLAGS = {"channels_last": "--no-channels-last", "tie_weights": "--no-tie-weights",
+                  "progress": "--no-progress"}  # options whose flag turns them off
+
+
 def flag(option: str) -> str:
     """block_size -> --block-size: how the command line spells an option."""
-    return "--" + option.replace("_", "-")
+    return NEGATIVE_FLAGS.get(option, "--" + option.replace("_", "-"))
 
 
 class Handle:
@@ -160,7 +164,7 @@ class Recipe:
             elif k in self.task_options:
                 task[self.task_options[k]] = v
             else:
-                raise DlforgeError(f"{flag(k)}: does not apply to {model} (a {self.task} model); its options are: "
+                raise DlforgeError(f"{flag(k)}: does not apply to {model} (task {self.task}); its own options are: "
                                    f"{', '.join(flag(o) for o in self.own_options(model))}")
         return train, data, model_kw, task
 
