@@ -16,8 +16,9 @@ class LineProgress:
     """The subset of tqdm's interface the trainer uses, printed as a line every `every` seconds:
     'Epoch 2/5: 120/469 batches (26%) loss=0.4128 acc=88.10% img_s=1520'."""
 
-    def __init__(self, total: int, initial: int, desc: str, stream=None, every: float = LINE_EVERY_S):
-        self.total, self.n, self.desc, self.every = total, initial, desc, every
+    def __init__(self, total: int, initial: int, desc: str, stream=None, every: float | None = None):
+        self.total, self.n, self.desc = total, initial, desc
+        self.every = LINE_EVERY_S if every is None else every  # read now, not when the module was imported
         self.stream = stream or sys.stderr
         self.postfix: dict = {}
         self._last = time.perf_counter()

@@ -1,0 +1,208 @@
+"""What a new user hits first (issue 19): evaluating on other data never overwrites the run's own report,
+messages name only files that exist, --max-steps is never silently capped, one option named per error, JSON
+without float32 noise, honest progress lines, and run files with the user's umask. Tiny runs throughout."""
+import json
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dlforge.cli import main
+from dlforge.train.checkpoint import read_meta
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "runs-v1"  # tiny runs of every family, no training
+DIGITS = ["--data", "digits", "--img-size", "8", "--no-progress"]
+
+
+def _copy(family: str, tmp_path: Path) -> Path:
+    shutil.copytree(FIXTURES / family, tmp_path / family)
+    return tmp_path / family
+
+
+def _folder(root: Path, classes, per_class: int = 5) -> Path:
+    for k, c in enumerate(classes):
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            a = np.full((8, 8), 20 * i, np.uint8)
+            a[k % 8, :] = 255  # class k lights up row k
+            Image.fromarray(a).save(root / c / f"{i}.png")
+    return root
+
+
+def _captions_csv(root: Path, n: int) -> Path:
+    """n 8×8 images, half dark and half with a bright left half, and their captions (as test_cli_diffusion)."""
+    rows = ["image_path,caption"]
+    for i in range(n):
+        a = np.zeros((8, 8), np.uint8)
+        a[:, :4] = 255 if i % 2 else 0
+        Image.fromarray(a).save(root / f"{i}.png")
+        rows.append(f"{i}.png,{'a bright left half' if i % 2 else 'a dark square'}")
+    (root / "caps.csv").write_text("\n".join(rows) + "\n")
+    return root / "caps.csv"
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------- 1. eval on other data
+def test_eval_on_another_folder_of_the_same_classes_writes_beside_the_runs_report(tmp_path, capsys):
+    """Before: `eval RUN --data-dir B` wrote B's report.json and plots over the run's own."""
+    a, b = _folder(tmp_path / "A", ["dark", "light"]), _folder(tmp_path / "B", ["dark", "light"], per_class=4)
+    run = tmp_path / "run"
+    assert main(["train", "cnn-small", "--data", "folder", "--data-dir", str(a), "--img-size", "8", "--epochs", "1",
+                 "--batch-size", "4", "--no-progress", "--out", str(run)]) == 0
+    before = _files(run)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data-dir", str(b), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["data_source"] == str(b) and report["test_images"] == 2  # 20% of B's 8 images
+    assert json.loads((run / "eval-B" / "report.json").read_text())["data_source"] == str(b)
+    assert (run / "eval-B" / "confusion_matrix.png").is_file()
+    assert {k: v for k, v in _files(run).items() if not k.startswith("eval-B/")} == before  # byte-identical
+
+
+def test_eval_on_a_dataset_of_other_class_names_is_refused(tmp_path, capsys, reliability):
+    """Before: ten classes a..j passed the class-count check, and their report replaced the digits run's."""
+    run = _copy("classify", tmp_path)  # an mlp trained on digits: classes 0..9
+    assert main(["eval", str(run), "--json"]) == 0
+    before = _files(run)
+    other = _folder(tmp_path / "letters", "abcdefghij")
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data", "folder", "--data-dir", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("dlforge: error: --data folder: its classes (a, b, c, d, …) "
+                                                   "are not the run's (0, 1, 2, 3, …)"), err
+    assert _files(run) == before and not (run / "eval-letters").exists()
+    reliability.record("`eval --data` a dataset with as many classes but other names",
+                       "refused in one line, exit 2; the run's report untouched")
+
+
+# ---------------------------------------------------------------- 2. messages name only files that exist
+def test_a_run_stopped_before_its_first_epoch_names_only_plots_that_exist(tmp_path, capsys):
+    """Before: the report line listed learning_curves.png, which is not drawn without an epoch's record."""
+    run = tmp_path / "run"
+    assert main(["train", "mlp", *DIGITS, "--batch-size", "32", "--max-steps", "3", "--out", str(run)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "plots: " in x)
+    named = line.split("plots: ", 1)[1].split(", ")
+    assert named and "learning_curves.png" not in named
+    for f in named:
+        assert (run / f).is_file(), f
+
+
+def test_a_diffusion_run_stopped_before_its_first_validation_names_no_samples_png(tmp_path, capsys):
+    """Before: after_training said 'samples: RUN/samples.png' whether or not a sample grid had been drawn."""
+    run = tmp_path / "run"
+    assert main(["train", "unet-tiny", "--data", str(_captions_csv(tmp_path, 6)), "--img-size", "8",
+                 "--no-progress", "--batch-size", "8", "--max-steps", "1", "--timesteps", "50",
+                 "--out", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert not (run / "samples.png").exists() and "samples.png" not in err
+    assert "no validation yet (raise --max-steps past --eval-every 500)" in err
+
+
+# ---------------------------------------------------------------- 3. --max-steps decides
+def test_max_steps_without_epochs_runs_every_step_and_the_banner_says_so(tmp_path, capsys):
+    """50 images: 45 train in 6 batches of 8. Before, the default 5 epochs stopped the run at step 30."""
+    run = tmp_path / "run"
+    assert main(["train", "unet-tiny", "--data", str(_captions_csv(tmp_path, 50)), "--img-size", "8",
+                 "--no-progress", "--batch-size", "8", "--max-steps", "40", "--timesteps", "50",
+                 "--out", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert "6 batches of 8" in err and "stops after step 40 (--max-steps 40)" in err
+    assert read_meta(run / "checkpoints" / "last.safetensors")["step"] == 40
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 40
+
+
+def test_the_banner_says_when_the_epochs_stop_the_run_first(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "mlp", *DIGITS, "--batch-size", "128", "--epochs", "2", "--max-steps", "1000",
+                 "--out", str(run)]) == 0
+    assert "stops after step 22 (2 epochs of 11 steps)" in capsys.readouterr().err  # 1,293 digits / 128
+    assert read_meta(run / "checkpoints" / "last.safetensors")["step"] == 22
+
+
+# ---------------------------------------------------------------- 4. smaller ones
+def test_predict_top_k_0_is_one_line_naming_top_k(tmp_path, capsys):
+    run = _copy("classify", tmp_path)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "x.png")
+    assert main(["predict", str(run), str(tmp_path / "x.png"), "--top-k", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dlforge: error: --top-k: expected at least 1") and err.count("\n") == 1, err
+
+
+def test_generate_with_a_negative_temperature_names_temperature_only(tmp_path, capsys):
+    """Before: one message listed the four sampling limits for any one of them out of range."""
+    assert main(["generate", str(_copy("lm", tmp_path)), "--temperature", "-1", "--max-new-tokens", "2"]) == 2
+    assert capsys.readouterr().err == "dlforge: error: --temperature: expected 0 (greedy) or more, got -1.0\n"
+
+
+def test_the_unknown_words_note_appears_once_for_all_prompts(tmp_path, capsys):
+    """Before: the note came once per image (4 images × 2 prompts)."""
+    run = _copy("denoise", tmp_path)
+    assert main(["sample", str(run), "--prompt", "a zzzz", "--prompt", "a zzzz 3", "--n", "4", "--steps", "1",
+                 "--out", str(tmp_path / "g.png")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("unknown words encoded as <unk>") == 1 and "<unk>: zzzz\n" in err, err
+
+
+def _floats(obj):
+    if isinstance(obj, float):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _floats(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _floats(v)
+
+
+def _float32_noise(obj) -> list[float]:
+    """Numbers that are float32 values printed with float64's digits (0.14000000059604645, not 0.14)."""
+    return [v for v in _floats(obj) if math.isfinite(v) and float(np.float32(v)) == v
+            and len(repr(v).lstrip("-0.").split("e")[0].replace(".", "")) > 9]
+
+
+def test_json_output_carries_no_float32_noise(tmp_path, capsys):
+    run = _copy("classify", tmp_path)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "x.png")
+    assert main(["predict", str(run), str(tmp_path / "x.png"), "--json", "--top-k", "10"]) == 0
+    assert main(["eval", str(run), "--json"]) == 0
+    predict, report = map(json.loads, capsys.readouterr().out.splitlines())
+    assert len(list(_floats(predict))) == 10 and _float32_noise(predict) == []
+    assert isinstance(report["loss"], float) and _float32_noise(report) == []
+
+
+def test_progress_lines_say_the_epoch_where_max_steps_ends_and_never_redraw(tmp_path, capsys, monkeypatch):
+    """11 batches an epoch, --max-steps 25 ends in epoch 3. Before: 'Epoch 1/5' (the --epochs), and where stderr
+    is not a terminal, tqdm's carriage-return redraws filled the log."""
+    import importlib
+    progress = importlib.import_module("dlforge.train.progress")  # dlforge.train is also the API's function
+    monkeypatch.setattr(progress, "LINE_EVERY_S", 0.0)  # a line every batch
+    assert main(["train", "mlp", "--data", "digits", "--img-size", "8", "--batch-size", "128", "--epochs", "5",
+                 "--max-steps", "25", "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    descs = set(re.findall(r"^(Epoch \d+/\d+): \d+/11 batches", err, re.MULTILINE))
+    assert descs == {"Epoch 1/3", "Epoch 2/3", "Epoch 3/3"}, err
+
+
+# ---------------------------------------------------------------- 5. file modes
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_run_files_get_the_users_umask(tmp_path, umask, mode):
+    """Before: files written through mkstemp (config, report, checkpoints) were 0600 whatever the umask."""
+    old = os.umask(umask)
+    try:
+        run = tmp_path / "run"
+        assert main(["train", "mlp", *DIGITS, "--batch-size", "128", "--epochs", "1", "--out", str(run)]) == 0
+    finally:
+        os.umask(old)
+    for f in ("config.json", "metrics.jsonl", "report.json", "checkpoints/last.safetensors",
+              "checkpoints/best.safetensors"):
+        assert (run / f).stat().st_mode & 0o777 == mode, f
