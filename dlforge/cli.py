@@ -41,7 +41,18 @@ def _short_floats(obj):
 
 
 # ---------------------------------------------------------------- data, models, summary
+def _add_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["list", "prepare"])
+    p.add_argument("--data", help="prepare: a named corpus (tinyshakespeare)")
+    p.add_argument("--data-file", help="prepare: a text file or a folder of text files (.txt, .md, source; .gz)")
+    p.add_argument("--tokenizer", default="char", help="char (default) | word | bpe")
+    p.add_argument("--vocab-size", type=int, help="bpe: vocabulary size (512); word: a cap (10000)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+
 def cmd_data(args: argparse.Namespace) -> None:
+    if args.action == "prepare":
+        return _prepare_text(args)
     from dlforge.data.images import DATASETS
     from dlforge.data.text import CORPORA, corpus_path
     print(f"{'name':<15} {'where':<48} description")
@@ -52,6 +63,26 @@ def cmd_data(args: argparse.Namespace) -> None:
         print(f"{name:<15} {where:<48} {c.description} (text, for language models)")
     print(f"{'numbers':<15} {'made offline by num2words':<48} 0..999,999 in words <-> digits: pt, es, pl, it, "
           f"sr, en (pairs, for the transformer)")
+
+
+def _prepare_text(args: argparse.Namespace) -> None:
+    """What `train` would do first, done once: the tokenizer fitted and the corpus tokenized into the cache
+    that every later run on the same text and tokenizer maps."""
+    import time
+
+    from dlforge.data import tokens
+    from dlforge.recipes.language_model import TextDataConfig, corpus_files, fit
+    dc = TextDataConfig(name=None if args.data_file else (args.data or "tinyshakespeare"), data_file=args.data_file,
+                        tokenizer=args.tokenizer, vocab_size=args.vocab_size, block_size=1)
+    files = corpus_files(dc)
+    t0 = time.perf_counter()
+    digest = tokens.digest(files)
+    tok = tokens.cached_tokenizer(files, digest, dc.tokenizer, dc.vocab_size, lambda fs: fit(dc, fs))
+    t = tokens.tokenize(files, tok, digest, args.progress)
+    mb, seconds = tokens.total_bytes(files) / 1e6, time.perf_counter() - t0
+    print(f"{dc.source}: {len(files):,} file(s), {mb:,.1f} MB -> {len(t.ids):,} tokens ({dc.tokenizer}, "
+          f"{tok.vocab_size:,} token vocabulary, {t.ids.dtype}) in {seconds:.1f} s"
+          + (f" ({mb / t.seconds:.1f} MB/s tokenizing)" if t.seconds else " (already in the cache)") + f"\n{t.path}")
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -426,7 +457,7 @@ COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "noise": (_add_noise, cmd_noise, "show the diffusion forward process on an image"),
     "summary": (_add_summary, cmd_summary, "per-layer output shapes and parameter counts"),
     "models": (lambda p: None, cmd_models, "list the registered models"),
-    "data": (lambda p: p.add_argument("action", choices=["list"]), cmd_data, "list the datasets and where they are"),
+    "data": (_add_data, cmd_data, "list the datasets; prepare (tokenize once, to disk) a text corpus"),
     "backprop": (_add_backprop, cmd_backprop, "train an MLP with the NumPy backpropagation engine"),
     "plot": (lambda p: (p.add_argument("what", choices=["activations"]),
                         p.add_argument("--out", default="activations.png")), cmd_plot, "draw activation functions"),

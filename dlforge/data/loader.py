@@ -81,22 +81,22 @@ class TokenLoader:
             return max(1, n // (self.batch_size * self.block_size))
         return n // self.batch_size // self.block_size
 
-    def _rows(self, epoch: int) -> torch.Tensor:
-        """(B, nb·T + 1): B contiguous rows, after a seeded shift of up to T-1 tokens."""
+    def _shift(self, epoch: int) -> tuple[int, int]:
+        """-> (the epoch's seeded shift of up to T-1 tokens, the span of each of the B rows)."""
         span = len(self) * self.block_size
         slack = len(self.ids) - 1 - self.batch_size * span
-        shift = int(torch.randint(min(slack, self.block_size - 1) + 1, (1,), generator=_seeded(self.seed, epoch)))
-        return torch.stack([self.ids[shift + b * span: shift + (b + 1) * span + 1] for b in range(self.batch_size)])
+        return int(torch.randint(min(slack, self.block_size - 1) + 1, (1,), generator=_seeded(self.seed, epoch))), span
 
     def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        T = self.block_size
-        rows = self._rows(epoch) if self.mode == "streams" else None
+        """Each batch is read from the ids (a memory map for a large corpus) when it is needed, as int64."""
+        T, ids = self.block_size, self.ids
+        shift, span = self._shift(epoch) if self.mode == "streams" else (0, 0)
         for i in range(start, len(self)):
-            if rows is None:
-                off = torch.randint(len(self.ids) - T, (self.batch_size,), generator=_seeded(self.seed, epoch, i))
-                chunk = torch.stack([self.ids[o:o + T + 1] for o in off.tolist()])  # (B, T+1)
-            else:
-                chunk = rows[:, i * T: (i + 1) * T + 1]
+            if self.mode == "windows":
+                off = torch.randint(len(ids) - T, (self.batch_size,), generator=_seeded(self.seed, epoch, i)).tolist()
+            else:  # row b of batch i: columns [iT, (i+1)T] of the stream's b-th contiguous row
+                off = [shift + b * span + i * T for b in range(self.batch_size)]
+            chunk = torch.stack([ids[o:o + T + 1] for o in off]).long()  # (B, T+1)
             yield chunk[:, :-1], chunk[:, 1:], torch.tensor(i == 0)
 
     def __iter__(self):

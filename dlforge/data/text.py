@@ -65,6 +65,15 @@ def read_text(path: str | Path, option: str = "--data-file") -> str:
     return text
 
 
+def named_corpus_file(name: str | None) -> Path:
+    """A named corpus's file, downloaded and verified on first use."""
+    if name not in CORPORA:
+        raise DlforgeError(f"--data: unknown text corpus {name!r}; expected one of: {', '.join(CORPORA)} "
+                           f"(or --data-file PATH)")
+    c = CORPORA[name]
+    return Path(download(c.url, corpus_path(name), c.checksum))
+
+
 def load_corpus(name: str | None, data_file: str | None = None) -> str:
     """The text of a named corpus (downloaded and verified once) or of a UTF-8 file."""
     if data_file:

@@ -6,7 +6,6 @@ report.json and plots. Text given in memory is kept in the run directory (corpus
 """
 from __future__ import annotations
 
-import hashlib
 import inspect
 import math
 import sys
@@ -18,6 +17,7 @@ from typing import Iterator
 import torch
 
 from dlforge.data import text as textdata
+from dlforge.data import tokens
 from dlforge.data.loader import TokenLoader
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import metrics, plots
@@ -67,19 +67,44 @@ class TextDataConfig:
 @dataclass
 class TextData:
     tokenizer: textdata.TextTokenizer
-    train: torch.Tensor   # (N_train,) int64
-    val: torch.Tensor     # (N_val,) int64
+    train: torch.Tensor   # (N_train,) token ids: uint16/uint32, a view of the memory-mapped cache
+    val: torch.Tensor     # (N_val,) the tail of the same map
     val_chars: int        # characters of the validation text: bits per character = nats·N_val / (ln 2·chars)
     sha256: str
 
 
-def prepare(dc: TextDataConfig, tok: textdata.TextTokenizer | None = None) -> TextData:
-    """Read the corpus, fit the tokenizer (unless given), encode, split 90/10 contiguously."""
-    text = textdata.load_corpus(dc.name, dc.data_file)
-    tok = tok or textdata.fit_tokenizer(dc.tokenizer, text, dc.vocab_size)
-    ids = textdata.encode_corpus(tok, text)
-    train, val = textdata.split_tokens(ids, dc.val_fraction, dc.block_size, dc.source)
-    return TextData(tok, train, val, len(tok.decode(val.tolist())), hashlib.sha256(text.encode()).hexdigest())
+def corpus_files(dc: TextDataConfig) -> list[Path]:
+    """The corpus's files: --data-file (a file or a folder of text files) or the named corpus (downloaded
+    and verified once)."""
+    if dc.data_file:
+        files = tokens.corpus_files(dc.data_file)
+    else:
+        files = [textdata.named_corpus_file(dc.name)]
+    if tokens.total_bytes(files) < 1 << 20 and not "".join(t for t, _ in tokens.text_chunks(files)).strip():
+        raise DlforgeError(f"{dc.source}: the file is empty" if len(files) == 1 else f"{dc.source}: the text is empty")
+    return files
+
+
+def fit(dc: TextDataConfig, files: list[Path]) -> textdata.TextTokenizer:
+    """char: every character of the corpus (one streaming pass); word and BPE: fitted on a bounded sample."""
+    if dc.tokenizer == "char":
+        return textdata.TextTokenizer("char", vocab=tokens.characters(files))
+    return textdata.fit_tokenizer(dc.tokenizer, tokens.sample_text(files), dc.vocab_size)
+
+
+def prepare(dc: TextDataConfig, tok: textdata.TextTokenizer | None = None, progress: bool = True) -> TextData:
+    """Fit the tokenizer (unless given; cached), tokenize the corpus once into a memory-mapped cache (or map
+    the cached one), split it contiguously: the last val_fraction validates."""
+    files = corpus_files(dc)
+    digest = tokens.digest(files)
+    tok = tok or tokens.cached_tokenizer(files, digest, dc.tokenizer, dc.vocab_size, lambda fs: fit(dc, fs))
+    t = tokens.tokenize(files, tok, digest, progress)
+    if t.seconds > 1:
+        mb = tokens.total_bytes(files) / 1e6
+        print(f"dlforge: tokenized {mb:,.1f} MB into {len(t.ids):,} tokens in {t.seconds:.1f} s "
+              f"({mb / t.seconds:.1f} MB/s): {t.path}", file=sys.stderr)
+    train, val = textdata.split_tokens(t.ids, dc.val_fraction, dc.block_size, dc.source)
+    return TextData(tok, train, val, t.chars_from(len(train), tok), digest)
 
 
 def default_block_size(model: str) -> int:
@@ -101,10 +126,10 @@ def lm_loss(model: torch.nn.Module, ids: torch.Tensor, block_size: int, device: 
     with torch.inference_mode(), autocast(precision, device):
         for x, y, state_key in _eval_batches(model, ids, T, max_tokens, batch_tokens):
             if getattr(model, "recurrent", False):
-                logits, state = model(x.to(device), None if state_key == 0 else state)
+                logits, state = model(x.to(device).long(), None if state_key == 0 else state)
             else:
-                logits, _ = model(x.to(device))
-            logits, y = logits.float().flatten(0, 1), y.to(device).flatten()
+                logits, _ = model(x.to(device).long())
+            logits, y = logits.float().flatten(0, 1), y.to(device).long().flatten()
             nll += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
             correct += int((logits.argmax(-1) == y).sum())
             count += y.numel()
@@ -251,7 +276,7 @@ class LanguageModel(Handle):
             else []
         if hasattr(model, "attention_maps"):  # a gpt: what each head looks at in a stretch of validation text
             ids = data.val[: min(48, model.block_size)]
-            plots.plot_attention(model.attention_maps(ids.to(self.device)), [tok.token_text(i) for i in ids.tolist()],
+            plots.plot_attention(model.attention_maps(ids.long().to(self.device)), [tok.token_text(i) for i in ids.tolist()],
                                  self.path / "attention.png")
             written.append("attention.png")
         if not quiet:
