@@ -199,7 +199,7 @@ def _encoded(files: list[Path], tok, workers: int) -> Iterator[tuple[np.ndarray,
         batch: list[tuple[str, int]] = []
         for item in chunks:
             batch.append(item)
-            if len(batch) == 8:
+            if len(batch) == 2:  # 2 chunks: both cores busy, and the Encodings of only 8 MB alive at once
                 yield from _bpe_batch(tok, batch)
                 batch = []
         yield from _bpe_batch(tok, batch)

@@ -1,0 +1,159 @@
+"""Text corpora larger than memory (issue 16): tokenization throughput and peak resident memory of training
+`gpt-small` against the corpus size, and tokens/s of the memory-mapped path against the in-memory one.
+
+    python -m benchmarks.data_scale --sizes 250,1000,2000 --out runs/bench-data-scale
+
+The corpus is real text found on this machine (every .py file of the virtual environment's
+site-packages, /usr/share/doc's text files, ../shared's tinyshakespeare), concatenated in a fixed order and
+repeated until it reaches each size (the machine holds about 0.35 GB of such text). Each training run is a
+fresh process (`dlforge train gpt-small --data-file FOLDER --max-steps 30`) whose peak RSS is read by
+/usr/bin/time; the token cache of each corpus is made in that run, so the figure includes tokenizing.
+Results: benchmarks/results/data-scale.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+
+
+def sources() -> list[Path]:
+    site = Path(sys.prefix) / "lib"
+    files = sorted(site.rglob("*.py")) + sorted(p for p in Path("/usr/share/doc").rglob("*") if p.is_file()
+                                                 and p.suffix in ("", ".txt", ".md") and p.stat().st_size < 1 << 22)
+    if SHAKESPEARE.is_file():
+        files.append(SHAKESPEARE)
+    out = []
+    for f in files:
+        try:
+            f.read_bytes().decode("utf-8")
+            out.append(f)
+        except (OSError, UnicodeDecodeError):
+            continue
+    return out
+
+
+def build(folder: Path, megabytes: int, files: list[Path]) -> Path:
+    """folder/part-NNN.txt files of about 64 MB holding the sources in order, repeated, up to megabytes."""
+    if (folder / "DONE").is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    target, written, part = megabytes * 10 ** 6, 0, 0
+    out = open(folder / f"part-{part:03d}.txt", "wb")
+    while written < target:
+        for f in files:
+            data = f.read_bytes()
+            out.write(data if data.endswith(b"\n") else data + b"\n")
+            written += len(data) + 1
+            if out.tell() > 64 << 20:
+                out.close()
+                part += 1
+                out = open(folder / f"part-{part:03d}.txt", "wb")
+            if written >= target:
+                break
+    out.close()
+    (folder / "DONE").write_text(str(written))
+    return folder
+
+
+def peak_rss_run(argv: list[str], env: dict) -> tuple[float, float, str]:
+    """-> (peak RSS in MB, wall seconds, stderr) of one process."""
+    t0 = time.perf_counter()
+    r = subprocess.run(["/usr/bin/time", "-f", "MAXRSS_KB=%M", *argv], capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{r.stderr[-2000:]}")
+    kb = int(re.search(r"MAXRSS_KB=(\d+)", r.stderr).group(1))
+    return kb / 1024, wall, r.stderr
+
+
+def tokenize_throughput(folder: Path, kind: str, env: dict) -> dict:
+    rss, wall, err = peak_rss_run([sys.executable, "-m", "dlforge", "data", "prepare", "--data-file", str(folder),
+                                   "--tokenizer", kind, "--no-progress"] + (["--vocab-size", "512"] if kind == "bpe"
+                                                                            else []), env)
+    return {"tokenizer": kind, "wall_s": wall, "peak_rss_mb": rss}
+
+
+def train_rss(folder: Path, out: Path, env: dict) -> dict:
+    argv = [sys.executable, "-m", "dlforge", "train", "gpt-small", "--data-file", str(folder), "--max-steps", "30",
+            "--batch-size", "32", "--block-size", "128", "--val-fraction", "0.0005", "--eval-tokens", "16384",
+            "--no-progress", "--out", str(out)]
+    rss, wall, err = peak_rss_run(argv, env)
+    m = re.search(r"tokenized ([\d,.]+) MB into ([\d,]+) tokens in ([\d.]+) s \(([\d.]+) MB/s\)", err)
+    return {"peak_rss_mb": rss, "wall_s": wall, "tokenize_mb_s": float(m.group(4)) if m else None,
+            "tokens": int(m.group(2).replace(",", "")) if m else None}
+
+
+def mmap_vs_memory(out: Path) -> dict:
+    """gpt-small on tinyshakespeare, 60 steps: the memory-mapped uint16 ids against the same ids as one int64
+    tensor in memory (the previous release's layout), interleaved twice; tokens/s of the training steps."""
+    import torch
+
+    import dlforge
+    from dlforge.data import tokens
+    real = tokens.tokenize
+    rates: dict[str, list[float]] = {"mmap": [], "memory": []}
+    for rep in range(2):
+        for mode in ("mmap", "memory"):
+            if mode == "memory":
+                tokens.tokenize = lambda *a, **k: (lambda t: (setattr(t, "ids", t.ids.clone().long()), t)[1])(
+                    real(*a, **k))
+            torch.manual_seed(0)
+            run = out / f"{mode}-{rep}"
+            dlforge.train("gpt-small", data="tinyshakespeare" if not SHAKESPEARE.is_file() else str(SHAKESPEARE),
+                          out=run, max_steps=60, batch_size=32, block_size=128, eval_every=10 ** 6,
+                          eval_tokens=4096, progress=False)
+            tokens.tokenize = real
+            rec = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+            steps = rec[-1]["step"]
+            rates[mode].append(steps * 32 * 128 / rec[-1]["time"])
+    best = {k: max(v) for k, v in rates.items()}
+    return {"tokens_per_s": rates, "best": best, "ratio_mmap_over_memory": best["mmap"] / best["memory"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="250,1000,2000", help="corpus sizes in MB")
+    ap.add_argument("--out", default="runs/bench-data-scale")
+    ap.add_argument("--skip-mmap-vs-memory", action="store_true")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ["DLFORGE_CACHE"] = str((out / "cache").resolve())
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    files = sources()
+    available = sum(f.stat().st_size for f in files) / 1e6
+    print(f"{len(files):,} source files, {available:,.0f} MB of real text", flush=True)
+    results = {"machine": os.uname().nodename, "source_files": len(files), "source_mb": available, "sizes": []}
+    sizes = [int(s) for s in args.sizes.split(",")]
+    small = build(out / f"corpus-{sizes[0]}", sizes[0], files)
+    results["tokenize"] = [tokenize_throughput(small, k, env) for k in ("char", "bpe")]
+    for r in results["tokenize"]:
+        r["mb_s"] = sizes[0] / r["wall_s"]
+        print(f"tokenize {r['tokenizer']}: {sizes[0]} MB in {r['wall_s']:.1f} s = {r['mb_s']:.1f} MB/s end to end "
+              f"(fit, digest, tokenize); peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+    for mb in sizes:
+        folder = build(out / f"corpus-{mb}", mb, files)
+        r = {"corpus_mb": mb, **train_rss(folder, out / f"run-{mb}", env)}
+        results["sizes"].append(r)
+        print(f"{mb} MB: peak RSS {r['peak_rss_mb']:.0f} MB, {r['wall_s']:.0f} s, {r['tokens']} tokens, "
+              f"tokenized at {r['tokenize_mb_s']} MB/s", flush=True)
+    if not args.skip_mmap_vs_memory:
+        results["mmap_vs_memory"] = mmap_vs_memory(out)
+        print(f"tokens/s mmap / memory: {results['mmap_vs_memory']['ratio_mmap_over_memory']:.3f} "
+              f"{results['mmap_vs_memory']['best']}", flush=True)
+    dest = ROOT / "benchmarks" / "results" / "data-scale.json"
+    dest.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {dest}")
+
+
+if __name__ == "__main__":
+    main()
