@@ -1,0 +1,32 @@
+"""The Python API as a user of the examples meets it: regressions found while writing examples/."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dlforge
+
+
+@pytest.fixture
+def gray_arrays():
+    """60 gray 8x8 images (N, H, W) of 3 classes: class k lights up row 2k."""
+    rng = np.random.default_rng(0)
+    y = np.arange(60) % 3
+    x = (rng.random((60, 8, 8)) * 40).astype(np.uint8)
+    x[np.arange(60), 2 * y, :] = 255
+    return x, y
+
+
+def test_predict_takes_a_slice_of_the_training_arrays(tmp_path, gray_arrays, one_thread):
+    """A model trained on (N, H, W) arrays predicts (N, H, W) arrays, one result per image. Before, such a
+    slice was read as one N-channel image: 3 images gave 1 result, 2 or 5 an error."""
+    x, y = gray_arrays
+    run = dlforge.train("mlp", data=(x, y), out=tmp_path / "run", img_size=8, hidden=[16], max_steps=2,
+                        progress=False)
+    clf = dlforge.load(run.path)
+    for n in (1, 2, 3, 5):
+        assert len(clf.predict(x[:n])) == n
+    one_by_one = [clf.predict(img)[0]["top"] for img in x[:3]]
+    assert [r["top"] for r in clf.predict(x[:3])] == one_by_one
+    assert [r["top"] for r in clf.predict(list(x[:3]))] == one_by_one
+
