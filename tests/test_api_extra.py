@@ -30,3 +30,16 @@ def test_predict_takes_a_slice_of_the_training_arrays(tmp_path, gray_arrays, one
     assert [r["top"] for r in clf.predict(x[:3])] == one_by_one
     assert [r["top"] for r in clf.predict(list(x[:3]))] == one_by_one
 
+
+def test_language_model_takes_a_long_text_in_memory(tmp_path, monkeypatch, one_thread):
+    """Text in memory longer than a file name may be (255 bytes) trains, and its default run directory is
+    runs/MODEL-memory. Before: OSError 'File name too long'; a shorter text named the directory after itself."""
+    monkeypatch.chdir(tmp_path)
+    text = "the cat sat on the mat.\nthe dog sat on the log.\n" * 20   # 960 characters
+    run = dlforge.train("gpt-tiny", data=text, block_size=8, width=16, layers=1, heads=1, max_steps=2,
+                        batch_size=4, progress=False)
+    assert run.path.resolve() == tmp_path / "runs" / "gpt-tiny-memory"
+    assert (run.path / "corpus.txt").read_text(encoding="utf-8") == text
+    short = dlforge.train("gpt-tiny", data="ab. cd\n" * 12, block_size=4, width=16, layers=1, heads=1,
+                          max_steps=1, batch_size=2, progress=False)
+    assert short.path.resolve() == tmp_path / "runs" / "gpt-tiny-memory-2"
