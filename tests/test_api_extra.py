@@ -43,3 +43,26 @@ def test_language_model_takes_a_long_text_in_memory(tmp_path, monkeypatch, one_t
     short = dlforge.train("gpt-tiny", data="ab. cd\n" * 12, block_size=4, width=16, layers=1, heads=1,
                           max_steps=1, batch_size=2, progress=False)
     assert short.path.resolve() == tmp_path / "runs" / "gpt-tiny-memory-2"
+
+
+def test_resume_takes_the_same_data_again(tmp_path, gray_arrays, one_thread):
+    """Re-running a script with resume=True and the data it first gave (text or arrays in memory, a file)
+    continues the run; other data is refused in one line. Before, only a dataset name passed: the same text
+    in memory was refused with the whole text in the message."""
+    text = "the cat sat on the mat.\nthe dog sat on the log.\n" * 20
+    kw = dict(block_size=8, width=16, layers=1, heads=1, batch_size=4, progress=False)
+    dlforge.train("gpt-tiny", data=text, out=tmp_path / "lm", max_steps=1, **kw)
+    assert dlforge.train("gpt-tiny", data=text, out=tmp_path / "lm", resume=True, max_steps=2, **kw).report
+    with pytest.raises(dlforge.DlforgeError, match=r"^--resume .*: this run was made with data = .*, not other data;"):
+        dlforge.train("gpt-tiny", data=text + "a bird", out=tmp_path / "lm", resume=True, max_steps=3, **kw)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(text, encoding="utf-8")
+    dlforge.train("gpt-tiny", data=str(corpus), out=tmp_path / "lm2", max_steps=1, **kw)
+    assert dlforge.train("gpt-tiny", data=str(corpus), out=tmp_path / "lm2", resume=True, max_steps=2, **kw).report
+    x, y = gray_arrays
+    ck = dict(img_size=8, hidden=[8], progress=False)
+    dlforge.train("mlp", data=(x, y), out=tmp_path / "clf", max_steps=1, **ck)
+    assert dlforge.train("mlp", data=(x, y), out=tmp_path / "clf", resume=True, max_steps=2, **ck).report
+    with pytest.raises(dlforge.DlforgeError, match="not 'digits'"):
+        dlforge.train("mlp", data="digits", out=tmp_path / "clf", resume=True, max_steps=3, **ck)
+
