@@ -66,3 +66,12 @@ def test_resume_takes_the_same_data_again(tmp_path, gray_arrays, one_thread):
     with pytest.raises(dlforge.DlforgeError, match="not 'digits'"):
         dlforge.train("mlp", data="digits", out=tmp_path / "clf", resume=True, max_steps=3, **ck)
 
+
+def test_arrays_with_negative_strides(tmp_path, gray_arrays, one_thread):
+    """x[::-1] (a numpy view with negative strides) trains and predicts; before, torch.as_tensor raised
+    ValueError."""
+    x, y = gray_arrays
+    run = dlforge.train("mlp", data=(x[::-1], y[::-1]), out=tmp_path / "run", img_size=8, hidden=[8],
+                        max_steps=1, progress=False)
+    assert len(dlforge.load(run.path).predict(x[::-1][:4])) == 4
+
