@@ -75,3 +75,14 @@ def test_arrays_with_negative_strides(tmp_path, gray_arrays, one_thread):
                         max_steps=1, progress=False)
     assert len(dlforge.load(run.path).predict(x[::-1][:4])) == 4
 
+
+def test_diffusion_with_fewer_than_50_timesteps(tmp_path, gray_arrays, one_thread):
+    """timesteps=10 trains, draws its sample grid and samples (DDIM on all 10 steps). Before, the DDIM scheduler
+    always started with 50 steps: '--steps: expected 1..10, got 50' at the first evaluation."""
+    x, _ = gray_arrays
+    pairs = [(x[i], f"a {'big' if i % 2 else 'small'} square") for i in range(20)]
+    run = dlforge.train("unet-tiny", data=pairs, out=tmp_path / "run", img_size=8, timesteps=10, batch_size=8,
+                        max_steps=2, eval_every=2, progress=False)
+    assert (run.path / "samples.png").is_file()
+    images = dlforge.load(run.path).sample("a big square", n=2)
+    assert [im.size for im in images] == [(8, 8), (8, 8)]

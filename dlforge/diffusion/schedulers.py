@@ -134,7 +134,7 @@ class DDIMScheduler(DDPMScheduler):
     def __init__(self, num_train_timesteps: int = 1000, beta_schedule: str = "linear", beta_start: float = 1e-4,
                  beta_end: float = 0.02, clip_sample: bool = True):
         super().__init__(num_train_timesteps, beta_schedule, beta_start, beta_end, clip_sample)
-        self.set_timesteps(50)
+        self.set_timesteps(min(50, num_train_timesteps))  # 50 steps, or every one of a shorter schedule
 
     def sigma(self, t: int, eta: float) -> float:
         a, a_prev = self.alphas_cumprod[int(t)].item(), self.alpha_prev(t).item()
