@@ -17,7 +17,7 @@ FILE = "data.safetensors"
 
 def as_uint8_images(x, what: str = "images") -> torch.Tensor:
     """(N, H, W), (N, H, W, C) or (N, C, H, W) with C in {1, 3}; uint8, or floats in [0, 1] -> uint8 (N, C, H, W)."""
-    t = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x.detach().cpu()
+    t = torch.as_tensor(np.ascontiguousarray(x)) if not isinstance(x, torch.Tensor) else x.detach().cpu()
     if t.dim() == 3:
         t = t[:, None]
     if t.dim() != 4:
@@ -36,7 +36,7 @@ def as_uint8_images(x, what: str = "images") -> torch.Tensor:
 
 
 def as_labels(y, n: int, what: str = "labels") -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(y))
+    t = torch.as_tensor(np.ascontiguousarray(y))
     if t.dim() != 1 or len(t) != n or t.is_floating_point() or t.is_complex():
         raise DlforgeError(f"{what}: expected {n} integer class indices, got shape {tuple(t.shape)} of {t.dtype}")
     if n and t.min() < 0:

@@ -264,6 +264,26 @@ def _check_unchanged(recipe: Recipe, cfg: RunConfig, data: dict, model_kw: dict,
                                f"run keeps its data, model and task (only the training options may change)")
 
 
+def _same_data(recipe: Recipe, model: str, data: Any, options: dict, cfg: RunConfig, out: Path) -> bool:
+    """Is `data`, given again on resume, the run's own? Its DataConfig names the same dataset or file; data in
+    memory is written as on the first run (into a scratch folder) and must match the run's copy byte for byte.
+    (Before, only str(data) == the saved name passed: the same file or text in memory was refused.)"""
+    import filecmp
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        dc = asdict(recipe.data_config(model, data, options, Path(tmp)))
+        scratch = Path(tmp).resolve()
+        for k in ("name", "data_file", "data_dir"):
+            v = dc.get(k)
+            if v is not None and Path(str(v)).resolve().is_relative_to(scratch):  # a copy of data in memory
+                kept = [f for f in scratch.rglob("*") if f.is_file()]
+                return bool(kept) and all((out / f.relative_to(scratch)).is_file() and
+                                          filecmp.cmp(f, out / f.relative_to(scratch), shallow=False) for f in kept)
+            if k != "data_dir" and v != cfg.data.get(k):
+                return False
+    return True
+
+
 def _norm(v):
     return list(v) if isinstance(v, tuple) else v
 
@@ -284,9 +304,11 @@ def train(model: str, data: Any = None, *, out: str | Path | None = None, resume
         cfg = run.config
         if cfg.model != model:
             raise DlforgeError(f"--resume {out}: this run trains {cfg.model!r}, not {model!r}")
-        if data is not None and str(data) != str(cfg.data.get("name")):
-            raise DlforgeError(f"--resume {out}: this run was made with data = {cfg.data.get('name')!r}, not "
-                               f"{str(data)!r}; a resumed run keeps its data, model and task")
+        if data is not None and not _same_data(recipe, model, data, data_opts, cfg, out):
+            given = repr(str(data)) if isinstance(data, (str, Path)) and len(str(data)) < 200 else "other data"
+            raise DlforgeError(f"--resume {out}: this run was made with data = "
+                               f"{cfg.data.get('name') or cfg.data.get('data_file')!r}, not {given}; a resumed run "
+                               f"keeps its data, model and task")
         _check_unchanged(recipe, cfg, data_opts, model_kw, task_opts, out)
         saved = dict(cfg.train)
         if any(k in train_opts for k in BUDGET):  # a new budget replaces the whole old one

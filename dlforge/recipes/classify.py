@@ -156,12 +156,21 @@ class Classifier(Handle):
     def _transform(self) -> ImageTransform:
         return ImageTransform(TransformConfig(**self.config.facts["transform"]), train=False)
 
+    def _is_batch(self, items: Any) -> bool:
+        """An array or tensor of several images: (N, C, H, W) / (N, H, W, C), or, for a gray dataset, (N, H, W) at
+        its own size (the form dlforge.train takes; before, a slice of the training array was read as one
+        N-channel image: one result for N = 3, an error otherwise)."""
+        if not isinstance(items, (torch.Tensor, np.ndarray)):
+            return False
+        c, h, w = self.config.facts["native_size"]
+        return items.ndim == 4 or items.ndim == 3 and (c == 1 and tuple(items.shape[1:]) == (h, w) or _is_batch(items))
+
     def as_batch(self, items: Any) -> torch.Tensor:
         """Image files, PIL images, arrays or tensors (one or a batch) -> uint8 (N, C, H, W) at the dataset's
         own size and channels, before the test transform."""
         c, h, _ = self.config.facts["native_size"]
         mode = "L" if c == 1 else "RGB"
-        if isinstance(items, (torch.Tensor, np.ndarray)) and _is_batch(items):
+        if self._is_batch(items):
             items = list(items)
         elif not isinstance(items, (list, tuple)):
             items = [items]
@@ -181,7 +190,7 @@ class Classifier(Handle):
         names = self.classes
         if not 1 <= top_k:
             raise DlforgeError(f"--top-k: expected at least 1 (at most {len(names)} classes), got {top_k}")
-        batch = images_ if isinstance(images_, (list, tuple)) or _is_batch(images_) else [images_]
+        batch = images_ if isinstance(images_, (list, tuple)) or self._is_batch(images_) else [images_]
         x = self.as_batch(batch)
         out = predict_batches(self.model, self.task, x, self._transform(), self.device, "fp32")
         probs = self.task.probabilities(out)

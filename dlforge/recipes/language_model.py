@@ -21,7 +21,7 @@ from dlforge.data import tokens
 from dlforge.data.loader import TokenLoader
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import metrics, plots
-from dlforge.recipes.base import Handle, Recipe, is_file
+from dlforge.recipes.base import Handle, Recipe
 from dlforge.registry import get_entry
 from dlforge.runs import Run, RunConfig, atomic_write_json
 from dlforge.train.tasks import LanguageModelTask
@@ -179,19 +179,22 @@ class LanguageModelRecipe(Recipe):
                      "pos_encoding": "pos_encoding", "tie_weights": "tie_weights"}
     artifacts = ("tokenizer.json",)
 
+    def data_label(self, data, options: dict) -> str:
+        """Text in memory is 'memory' (runs/MODEL-memory), not a directory named after the text."""
+        return "memory" if _is_text(data) else super().data_label(data, options)
+
     def data_config(self, model: str, data, options: dict, out: Path) -> TextDataConfig:
         """data: a corpus name, a text file, or text in memory (a string with whitespace in it, or a list of
         strings, one per line), which is written to the run directory as corpus.txt."""
         options = {"block_size": default_block_size(model), **options}
         if isinstance(data, (list, tuple)) and all(isinstance(t, str) for t in data):
             data = "\n".join(data)
-        if isinstance(data, str) and (data.strip() != data or any(c.isspace() for c in data)) and \
-                not is_file(data):
+        if _is_text(data):
             path = Path(out) / "corpus.txt"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(data, encoding="utf-8")
             return TextDataConfig(name=None, **{**options, "data_file": str(path)})
-        if isinstance(data, (str, Path)) and is_file(data):
+        if isinstance(data, (str, Path)) and _is_file(data):
             return TextDataConfig(name=None, **{**options, "data_file": str(data)})
         if data is None and options.get("data_file"):
             return TextDataConfig(name=None, **options)
@@ -243,6 +246,18 @@ class LanguageModelRecipe(Recipe):
 
     def after_training(self, handle: "LanguageModel", data: TextData) -> dict:
         return handle.evaluate(quiet=False, _data=data)
+
+
+def _is_file(path: str | Path) -> bool:
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):  # too long for a file name (ENAMETOOLONG), or a NUL in it: not a file
+        return False
+
+
+def _is_text(data) -> bool:
+    """Text given in memory: a string with whitespace in it that names no file (a corpus name has none)."""
+    return isinstance(data, str) and any(c.isspace() for c in data) and not _is_file(data)
 
 
 class LanguageModel(Handle):

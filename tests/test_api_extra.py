@@ -1,0 +1,88 @@
+"""The Python API as a user of the examples meets it: regressions found while writing examples/."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dlforge
+
+
+@pytest.fixture
+def gray_arrays():
+    """60 gray 8x8 images (N, H, W) of 3 classes: class k lights up row 2k."""
+    rng = np.random.default_rng(0)
+    y = np.arange(60) % 3
+    x = (rng.random((60, 8, 8)) * 40).astype(np.uint8)
+    x[np.arange(60), 2 * y, :] = 255
+    return x, y
+
+
+def test_predict_takes_a_slice_of_the_training_arrays(tmp_path, gray_arrays, one_thread):
+    """A model trained on (N, H, W) arrays predicts (N, H, W) arrays, one result per image. Before, such a
+    slice was read as one N-channel image: 3 images gave 1 result, 2 or 5 an error."""
+    x, y = gray_arrays
+    run = dlforge.train("mlp", data=(x, y), out=tmp_path / "run", img_size=8, hidden=[16], max_steps=2,
+                        progress=False)
+    clf = dlforge.load(run.path)
+    for n in (1, 2, 3, 5):
+        assert len(clf.predict(x[:n])) == n
+    one_by_one = [clf.predict(img)[0]["top"] for img in x[:3]]
+    assert [r["top"] for r in clf.predict(x[:3])] == one_by_one
+    assert [r["top"] for r in clf.predict(list(x[:3]))] == one_by_one
+
+
+def test_language_model_takes_a_long_text_in_memory(tmp_path, monkeypatch, one_thread):
+    """Text in memory longer than a file name may be (255 bytes) trains, and its default run directory is
+    runs/MODEL-memory. Before: OSError 'File name too long'; a shorter text named the directory after itself."""
+    monkeypatch.chdir(tmp_path)
+    text = "the cat sat on the mat.\nthe dog sat on the log.\n" * 20   # 960 characters
+    run = dlforge.train("gpt-tiny", data=text, block_size=8, width=16, layers=1, heads=1, max_steps=2,
+                        batch_size=4, progress=False)
+    assert run.path.resolve() == tmp_path / "runs" / "gpt-tiny-memory"
+    assert (run.path / "corpus.txt").read_text(encoding="utf-8") == text
+    short = dlforge.train("gpt-tiny", data="ab. cd\n" * 12, block_size=4, width=16, layers=1, heads=1,
+                          max_steps=1, batch_size=2, progress=False)
+    assert short.path.resolve() == tmp_path / "runs" / "gpt-tiny-memory-2"
+
+
+def test_resume_takes_the_same_data_again(tmp_path, gray_arrays, one_thread):
+    """Re-running a script with resume=True and the data it first gave (text or arrays in memory, a file)
+    continues the run; other data is refused in one line. Before, only a dataset name passed: the same text
+    in memory was refused with the whole text in the message."""
+    text = "the cat sat on the mat.\nthe dog sat on the log.\n" * 20
+    kw = dict(block_size=8, width=16, layers=1, heads=1, batch_size=4, progress=False)
+    dlforge.train("gpt-tiny", data=text, out=tmp_path / "lm", max_steps=1, **kw)
+    assert dlforge.train("gpt-tiny", data=text, out=tmp_path / "lm", resume=True, max_steps=2, **kw).report
+    with pytest.raises(dlforge.DlforgeError, match=r"^--resume .*: this run was made with data = .*, not other data;"):
+        dlforge.train("gpt-tiny", data=text + "a bird", out=tmp_path / "lm", resume=True, max_steps=3, **kw)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(text, encoding="utf-8")
+    dlforge.train("gpt-tiny", data=str(corpus), out=tmp_path / "lm2", max_steps=1, **kw)
+    assert dlforge.train("gpt-tiny", data=str(corpus), out=tmp_path / "lm2", resume=True, max_steps=2, **kw).report
+    x, y = gray_arrays
+    ck = dict(img_size=8, hidden=[8], progress=False)
+    dlforge.train("mlp", data=(x, y), out=tmp_path / "clf", max_steps=1, **ck)
+    assert dlforge.train("mlp", data=(x, y), out=tmp_path / "clf", resume=True, max_steps=2, **ck).report
+    with pytest.raises(dlforge.DlforgeError, match="not 'digits'"):
+        dlforge.train("mlp", data="digits", out=tmp_path / "clf", resume=True, max_steps=3, **ck)
+
+
+def test_arrays_with_negative_strides(tmp_path, gray_arrays, one_thread):
+    """x[::-1] (a numpy view with negative strides) trains and predicts; before, torch.as_tensor raised
+    ValueError."""
+    x, y = gray_arrays
+    run = dlforge.train("mlp", data=(x[::-1], y[::-1]), out=tmp_path / "run", img_size=8, hidden=[8],
+                        max_steps=1, progress=False)
+    assert len(dlforge.load(run.path).predict(x[::-1][:4])) == 4
+
+
+def test_diffusion_with_fewer_than_50_timesteps(tmp_path, gray_arrays, one_thread):
+    """timesteps=10 trains, draws its sample grid and samples (DDIM on all 10 steps). Before, the DDIM scheduler
+    always started with 50 steps: '--steps: expected 1..10, got 50' at the first evaluation."""
+    x, _ = gray_arrays
+    pairs = [(x[i], f"a {'big' if i % 2 else 'small'} square") for i in range(20)]
+    run = dlforge.train("unet-tiny", data=pairs, out=tmp_path / "run", img_size=8, timesteps=10, batch_size=8,
+                        max_steps=2, eval_every=2, progress=False)
+    assert (run.path / "samples.png").is_file()
+    images = dlforge.load(run.path).sample("a big square", n=2)
+    assert [im.size for im in images] == [(8, 8), (8, 8)]
