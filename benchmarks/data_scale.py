@@ -4,7 +4,7 @@
     python -m benchmarks.data_scale --sizes 250,1000,2000 --out runs/bench-data-scale
 
 The corpus is real text found on this machine (every .py file of the virtual environment's
-site-packages, /usr/share/doc's text files, ../shared's tinyshakespeare), concatenated in a fixed order and
+site-packages, /usr/share/doc's text files, ../shared's tinyshakespeare; ASCII files only), concatenated in a fixed order and
 repeated until it reaches each size (the machine holds about 0.35 GB of such text). Each training run is a
 fresh process (`dlforge train gpt-small --data-file FOLDER --max-steps 30`) whose peak RSS is read by
 /usr/bin/time; the token cache of each corpus is made in that run, so the figure includes tokenizing.
@@ -32,9 +32,9 @@ def sources() -> list[Path]:
     if SHAKESPEARE.is_file():
         files.append(SHAKESPEARE)
     out = []
-    for f in files:
-        try:
-            f.read_bytes().decode("utf-8")
+    for f in files:  # ASCII text only: a char vocabulary of ~100 symbols whatever the size (source code and
+        try:         # docs in other scripts would give thousands of rare characters and a huge softmax)
+            f.read_bytes().decode("ascii")
             out.append(f)
         except (OSError, UnicodeDecodeError):
             continue

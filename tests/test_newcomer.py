@@ -206,3 +206,13 @@ def test_run_files_get_the_users_umask(tmp_path, umask, mode):
     for f in ("config.json", "metrics.jsonl", "report.json", "checkpoints/last.safetensors",
               "checkpoints/best.safetensors"):
         assert (run / f).stat().st_mode & 0o777 == mode, f
+
+
+def test_an_empty_translation_is_said_not_printed_as_a_blank_line(tmp_path, capsys, monkeypatch):
+    from dlforge.recipes.seq2seq import Translator
+    run = tmp_path / "s2s"
+    shutil.copytree(FIXTURES / "seq2seq", run)
+    monkeypatch.setattr(Translator, "translate", lambda self, texts, to=None, beam=1, length_penalty=1.0:
+                        [{"source": t, "to": to, "translation": ""} for t in texts])
+    assert main(["translate", str(run), "12", "--to", "en"]) == 0
+    assert capsys.readouterr().out == "(empty translation)\n"  # before: a blank line, as if nothing happened

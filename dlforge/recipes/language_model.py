@@ -122,6 +122,8 @@ def lm_loss(model: torch.nn.Module, ids: torch.Tensor, block_size: int, device: 
     recurrent models: contiguous rows with the state carried, as in training."""
     model.eval()
     T, n = block_size, len(ids) - 1
+    # at most 2^24 logits (64 MB of fp32) at once: a 8,000-token vocabulary would otherwise hold 1 GB a batch
+    batch_tokens = min(batch_tokens, max(T, (1 << 24) // model.head.out_features))
     nll, correct, count, state = 0.0, 0, 0, None
     with torch.inference_mode(), autocast(precision, device):
         for x, y, state_key in _eval_batches(model, ids, T, max_tokens, batch_tokens):
@@ -184,8 +186,8 @@ class LanguageModelRecipe(Recipe):
         return "memory" if _is_text(data) else super().data_label(data, options)
 
     def data_config(self, model: str, data, options: dict, out: Path) -> TextDataConfig:
-        """data: a corpus name, a text file, or text in memory (a string with whitespace in it, or a list of
-        strings, one per line), which is written to the run directory as corpus.txt."""
+        """data: a corpus name, a text file or a folder of them, or text in memory (a string with whitespace in
+        it, or a list of strings, one per line), which is written to the run directory as corpus.txt."""
         options = {"block_size": default_block_size(model), **options}
         if isinstance(data, (list, tuple)) and all(isinstance(t, str) for t in data):
             data = "\n".join(data)
@@ -249,8 +251,9 @@ class LanguageModelRecipe(Recipe):
 
 
 def _is_file(path: str | Path) -> bool:
+    """A text file, or a folder of them (both are corpora)."""
     try:
-        return Path(path).is_file()
+        return Path(path).is_file() or Path(path).is_dir()
     except (OSError, ValueError):  # too long for a file name (ENAMETOOLONG), or a NUL in it: not a file
         return False
 
