@@ -140,8 +140,9 @@ def lm_loss(model: torch.nn.Module, ids: torch.Tensor, block_size: int, device: 
     return {"loss": nll / count, "accuracy": correct / count, "tokens": count}
 
 
-def _eval_batches(model, ids: torch.Tensor, T: int, max_tokens: int | None, batch_tokens: int):
-    """-> (x, y, i) batches; i is the chunk index (0: a recurrent state starts from zero)."""
+def _eval_batches(model, ids, T: int, max_tokens: int | None, batch_tokens: int):
+    """-> (x, y, i) batches; i is the chunk index (0: a recurrent state starts from zero). ids is a tensor
+    or a TokenArray: every batch is sliced from it, so a long validation tail is never held whole."""
     if max_tokens is not None and len(ids) > max_tokens + 1:
         if getattr(model, "recurrent", False):
             ids = ids[:max_tokens + 1]
@@ -153,18 +154,19 @@ def _eval_batches(model, ids: torch.Tensor, T: int, max_tokens: int | None, batc
                 c = chunks[i:i + max(1, batch_tokens // T)]
                 yield c[:, :-1], c[:, 1:], i
             return
-    if getattr(model, "recurrent", False):
+    if getattr(model, "recurrent", False):  # rows contiguous streams of L tokens, read T columns at a time
         rows = max(1, min(64, (len(ids) - 1) // T))
         L = (len(ids) - 1) // rows
-        x, y = ids[:rows * L].view(rows, L), ids[1:rows * L + 1].view(rows, L)
         for i, j in enumerate(range(0, L, T)):
-            yield x[:, j:j + T], y[:, j:j + T], i
+            c = torch.stack([ids[r * L + j: r * L + min(j + T, L) + 1] for r in range(rows)])
+            yield c[:, :-1], c[:, 1:], i
         return
     w = (len(ids) - 1) // T
-    x, y = ids[:w * T].view(w, T), ids[1:w * T + 1].view(w, T)
     step = max(1, batch_tokens // T)
     for i in range(0, w, step):
-        yield x[i:i + step], y[i:i + step], i
+        k = min(step, w - i)
+        c = ids[i * T: (i + k) * T + 1]                  # (k·T + 1,) the windows of this batch and one more
+        yield c[:k * T].view(k, T), c[1:k * T + 1].view(k, T), i
 
 
 def figures(loss: float, tokens_per_char: float) -> dict:

@@ -51,9 +51,13 @@ def test_chunked_tokenization_equals_the_whole_text(kind, folder, monkeypatch):
     monkeypatch.setattr(tokens, "CHUNK_BYTES", 1000)  # dozens of chunks, each ending at a line break
     t = tokens.tokenize(files, tok, tokens.digest(files), progress=False, workers=2)
     assert len(t.chunk_tokens) >= 15
-    assert t.ids.dtype.is_signed is False and np.array_equal(t.ids.long().numpy(), np.array(tok.encode(text)))
+    assert t.ids.dtype == tokens.torch.uint16 and np.array_equal(t.ids.read().long().numpy(), tok.encode(text))
     start = len(t.ids) - 777
     assert t.chars_from(start, tok) == len(tok.decode(t.ids[start:].long().tolist()))
+    monkeypatch.setattr(tokens, "READ_TOKENS", 100)  # a long slice is a view of the file; a short one a tensor
+    view = t.ids[10:len(t.ids) - 10]
+    assert isinstance(view, tokens.TokenArray) and len(view) == len(t.ids) - 20
+    assert view[5:25].tolist() == t.ids.read(15, 20).tolist() == tok.encode(text)[15:35]
 
 
 def test_the_cache_is_reused_and_keyed_by_content_and_tokenizer(folder, tmp_path):
