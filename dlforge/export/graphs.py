@@ -35,6 +35,7 @@ class Graph:
     outputs: dict[str, Dims]
     doc: str = ""
     examples: list[tuple[torch.Tensor, ...]] = field(default_factory=list)  # more inputs to check the export on
+    dynamo: bool = True  # False: the TorchScript exporter (recurrent cells: see onnx.py)
 
 
 def _kv_names(prefix: str, n: int) -> list[str]:
@@ -119,7 +120,7 @@ def lm_graphs(model: nn.Module) -> list[Graph]:
         ex = [(torch.randint(0, V, (b, t)), *(torch.randn(L, b, H) for _ in names)) for b, t in ((1, 1), (4, 9))]
         return [Graph("rnn", RNNGraph(model), {"ids": (torch.randint(0, V, (3, 5)), ("batch", "tokens")), **state},
                       {"logits": ("batch", "tokens", V), **{f"{n}_n": (L, "batch", H) for n in names}},
-                      "ids and the recurrent state (zeros to start) -> logits and the next state", ex)]
+                      "ids and the recurrent state (zeros to start) -> logits and the next state", ex, dynamo=False)]
     n, attn = len(model.blocks), model.blocks[0].attn
     heads, hd = attn.n_heads, attn.q.out_features // attn.n_heads
     T, P = _sizes(model.block_size)

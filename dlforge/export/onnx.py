@@ -1,9 +1,11 @@
 """A run -> ONNX files and model.json, checked with ONNX Runtime; `--int8`: dynamic (weight) quantisation.
 
-The exporter is torch.onnx.export's dynamo path (torch.export -> ONNX through onnxscript), not the deprecated
-TorchScript tracer (dynamo=False): it keeps the symbolic axes (batch, tokens, past length) through the KV cache
-arithmetic and the positions derived from it, exports the antialiased bilinear resize of the test transform
-(ONNX Resize, antialias=1) and the fused LSTM/GRU cells, and is the path that PyTorch maintains.
+The exporter is torch.onnx.export's dynamo path (torch.export -> ONNX through onnxscript): it keeps the symbolic
+axes (batch, tokens, past length) through the KV cache arithmetic and the positions derived from it, exports
+the antialiased bilinear resize of the test transform (ONNX Resize, antialias=1), and is the path PyTorch
+maintains. Except for rnn/lstm/gru: torch.export decomposes the fused cells into a loop unrolled over the example's
+length (measured with torch 2.13: "marked dynamic but specialized to a constant (5)" for the time axis), while
+the TorchScript exporter (dynamo=False) maps them to ONNX's own RNN/LSTM/GRU operators with any length.
 """
 from __future__ import annotations
 
@@ -79,9 +81,14 @@ def write_graph(graph: G.Graph, out: Path, int8: bool = False) -> dict:
             lg.setLevel(logging.ERROR)
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, examples, str(path), dynamo=True, external_data=False,
-                              input_names=list(graph.inputs), output_names=list(graph.outputs),
-                              dynamic_shapes=_nest(module, dims))
+            names = dict(input_names=list(graph.inputs), output_names=list(graph.outputs))
+            if graph.dynamo:
+                torch.onnx.export(module, examples, str(path), dynamo=True, external_data=False,
+                                  dynamic_shapes=_nest(module, dims), **names)
+            else:
+                axes = {n: {i: d for i, d in enumerate(dd) if isinstance(d, str)}
+                        for n, dd in [*((n, d) for n, (_, d) in graph.inputs.items()), *graph.outputs.items()]}
+                torch.onnx.export(module, examples, str(path), dynamo=False, dynamic_axes=axes, **names)
     except DlforgeError:
         raise
     except Exception as e:  # the exporter's own errors are pages long: the first line, and which graph
@@ -273,8 +280,9 @@ def _denoise(handle, model) -> tuple[list[G.Graph], dict]:
                           "ddim_timesteps": ddim.timesteps.tolist(), "spacing": "trailing", "guidance": 3.0}}
     if own:
         tok = handle.artifacts
-        meta["text"] = {"tokenizer": "captions.json", "format": "{'vocab', 'max_len'}: lower-case words; ids = [1 (<s>)]"
-                        " + [vocab.index(w) or 2 (<unk>)], right-padded with 0 to max_len", "max_len": tok.max_len,
+        meta["text"] = {"tokenizer": "captions.json", "format": "{'vocab', 'max_len'}: words = re.findall(r\"[a-z0-9]+(?:['-][a-z0-9]+)*\", "
+                        "caption.lower()); ids = [1 (<s>)] + [vocab.index(w), or 2 (<unk>)], right-padded with 0 "
+                        "to max_len", "max_len": tok.max_len,
                         "null_ids": tok.null(1)[0].tolist()}
         meta.update(copy=["captions.json"], files=["captions.json"])
     else:
