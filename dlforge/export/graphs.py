@@ -36,6 +36,7 @@ class Graph:
     doc: str = ""
     examples: list[tuple[torch.Tensor, ...]] = field(default_factory=list)  # more inputs to check the export on
     dynamo: bool = True  # False: the TorchScript exporter (recurrent cells: see onnx.py)
+    calibration: list[dict] | None = None  # inputs for static int8 quantisation (None: dynamic)
 
 
 def _kv_names(prefix: str, n: int) -> list[str]:

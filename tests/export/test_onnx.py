@@ -278,6 +278,8 @@ def test_an_export_replaces_a_previous_one_and_the_cli_says_what_it_wrote(tmp_pa
     assert main(["export", str(run), "--int8"]) == 0
     out = capsys.readouterr().out
     assert "classifier.onnx + classifier.int8.onnx" in out and "model.json" in out
+    int8 = json.loads((run / "onnx" / "model.json").read_text())["graphs"]["classifier"]["int8"]
+    assert int8["method"].startswith("static, calibrated on 512 training images") and int8["max_abs_diff"] < 0.5
     assert main(["export", str(run)]) == 0  # the same folder again: the old export is replaced
     assert sorted(p.name for p in (run / "onnx").iterdir()) == ["classifier.onnx", "model.json"]
     with pytest.raises(DlforgeError, match="--format"):
