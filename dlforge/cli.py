@@ -212,6 +212,28 @@ def cmd_sample(args: argparse.Namespace) -> None:
           (f"; reverse process: {r['trajectory']}" if args.trajectory else ""))
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    import dlforge
+    r = dlforge.load(args.run, device="cpu").export(args.out, args.format, args.int8)
+    if args.json:
+        _print_json({k: r[k] for k in ("out", "files", "graphs")})
+        return
+    for name, g in r["graphs"].items():
+        q = f" + {g['int8']['file']}" if "int8" in g else ""
+        print(f"{g['file']}{q}: {', '.join(i['name'] for i in g['inputs'][:4])}{' …' if len(g['inputs']) > 4 else ''}"
+              f" -> {', '.join(o['name'] for o in g['outputs'][:3])}{' …' if len(g['outputs']) > 3 else ''} "
+              f"(ONNX Runtime = torch within {g['check']['max_abs_diff']:.1g})")
+    print(f"wrote {r['out']}: {', '.join(r['files'])}")
+
+
+def _add_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="a run directory")
+    p.add_argument("--format", default="onnx", help="onnx (the only one so far)")
+    p.add_argument("--int8", action="store_true", help="also write int8 graphs (classifiers: static, calibrated on 512 training images; others: dynamic)")
+    p.add_argument("--out", help="the folder to write (default RUN/onnx); a new or empty one, or a previous export")
+    p.add_argument("--json", action="store_true")
+
+
 def cmd_noise(args: argparse.Namespace) -> None:
     from dlforge.recipes import denoise
     r = denoise.noise(args.image, args.out, args.frames, args.timesteps, args.beta_schedule, args.size, args.seed)
@@ -455,6 +477,7 @@ COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "translate": (_add_translate, cmd_translate, "translate with a trained encoder–decoder (greedy or beam search)"),
     "sample": (_add_sample, cmd_sample, "draw images for text prompts with a trained diffusion run"),
     "noise": (_add_noise, cmd_noise, "show the diffusion forward process on an image"),
+    "export": (_add_export, cmd_export, "write a run as ONNX graphs + model.json, checked with ONNX Runtime"),
     "summary": (_add_summary, cmd_summary, "per-layer output shapes and parameter counts"),
     "models": (lambda p: None, cmd_models, "list the registered models"),
     "data": (_add_data, cmd_data, "list the datasets; prepare (tokenize once, to disk) a text corpus"),

@@ -60,6 +60,11 @@ class Handle:
         n = sum(p.numel() for p in self.model.parameters())
         return f"<{type(self).__name__} {self.config.model} ({n / 1e6:.2f}M parameters) at {self.path}>"
 
+    def export(self, out: str | Path | None = None, format: str = "onnx", int8: bool = False) -> dict:
+        """The run as ONNX graphs + model.json in `out` (default RUN/onnx), checked with ONNX Runtime."""
+        from dlforge.export import export
+        return export(self, out, format, int8)
+
     def evaluate(self, **options) -> dict:
         """The family's evaluation of the best checkpoint (report.json and plots in the run directory)."""
         raise NotImplementedError
