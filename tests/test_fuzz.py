@@ -193,7 +193,9 @@ def test_atheris_coverage_guided_fuzzing(tmp_path, reliability):
     assert r.returncode == 0, r.stderr[r.stderr.find("=== Uncaught"):][-4000:] or r.stderr[-4000:]
     assert f"Done {ATHERIS_RUNS} runs" in r.stderr
     counts = json.loads(stats.read_text())
-    assert all(sum(c.values()) > 100 for c in counts.values()), counts  # every reader was exercised
+    # every reader was exercised: libFuzzer steers towards new coverage, so the shares vary from run to run
+    # (seen: 93 to several hundred checkpoints of 3,000); 1% of the inputs each is the floor asked for
+    assert all(sum(c.values()) >= ATHERIS_RUNS // 100 for c in counts.values()), counts
     # libFuzzer's path depends on timing, so only the number of inputs is the same on every run
     reliability.record(f"coverage-guided fuzzing (atheris / libFuzzer, seeded) of the {', '.join(counts)} readers",
                        "a result or a one-line error for every input: no other exception, hang or runaway memory",
