@@ -140,3 +140,32 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     new = f"{head}{BEGIN}\n{r.table()}\n{END}{rest.split(END, 1)[1]}"
     if new != text:
         README.write_text(new, encoding="utf-8")
+
+
+# ---------------------------------------------------------------- run directories of dlforge 0.1
+FORMAT1 = Path(__file__).resolve().parent / "fixtures" / "runs-v1"
+
+
+def format1_run(family: str, dest: Path) -> Path:
+    """A tiny run directory of `family` (classify, lm, seq2seq, denoise) as dlforge 0.1 wrote it, at dest.
+    Its config.json, tokenizers and metrics are the release's own files (tests/fixtures/runs-v1); its
+    checkpoint is made here, with the release's header (checkpoint-meta.json) over freshly seeded weights,
+    since checkpoints are not committed. The lm run's corpus, an absolute path then, points at a copy."""
+    import json
+    import shutil
+
+    from dlforge.registry import create_model
+    from dlforge.train.checkpoint import save_checkpoint
+    from dlforge.train.trainer import TrainConfig, build_optimizer
+    shutil.copytree(FORMAT1 / family, dest)
+    meta = json.loads((dest / "checkpoint-meta.json").read_text())
+    (dest / "checkpoint-meta.json").unlink()
+    torch.manual_seed(0)
+    model = create_model(meta["model"]["name"], **meta["model"]["kwargs"])
+    opt = build_optimizer(TrainConfig(**meta["train"]), list(model.parameters()), torch.device("cpu"))
+    save_checkpoint(dest / "checkpoints" / "last.safetensors", model, meta, opt)
+    if family == "lm":
+        cfg = json.loads((dest / "config.json").read_text())
+        cfg["data"]["config"]["data_file"] = str(shutil.copy(FORMAT1 / "lines.txt", dest.parent / "lines.txt"))
+        (dest / "config.json").write_text(json.dumps(cfg))
+    return dest

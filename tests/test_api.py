@@ -1,7 +1,6 @@
 """The Python API (dlforge.train / dlforge.load) for every family, on data in memory; run directories of
 the previous release (format 1); callbacks; early stopping; gradient accumulation; flags that do not apply."""
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +9,12 @@ import torch
 
 import dlforge
 from dlforge.cli import main
+from tests.conftest import format1_run
 from dlforge.diffusion.schedulers import DDIMScheduler, DDPMScheduler
 from dlforge.train.callbacks import Callback
 from dlforge.train.checkpoint import load_checkpoint, read_meta
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "runs-v1"
 QUIET = {"progress": False}
 
 
@@ -50,8 +49,8 @@ def test_classifier_on_arrays_in_memory(tmp_path, capsys):
 
 def test_language_model_on_a_string(tmp_path):
     text = "the cat sat on the mat.\nthe dog ran to the park.\n" * 60
-    run = dlforge.train("gpt-tiny", data=text, out=tmp_path / "lm", block_size=16, batch_size=16, max_steps=60,
-                        lr=3e-3, eval_every=20, eval_tokens=0, **QUIET)
+    dlforge.train("gpt-tiny", data=text, out=tmp_path / "lm", block_size=16, batch_size=16, max_steps=60,
+                  lr=3e-3, eval_every=20, eval_tokens=0, **QUIET)
     assert (tmp_path / "lm" / "corpus.txt").read_text() == text
     val = _losses(tmp_path / "lm", "val_loss")
     assert val[-1] < val[0]
@@ -101,13 +100,7 @@ def test_bad_data_in_memory_is_one_line():
 # ---------------------------------------------------------------- runs of the previous release
 @pytest.mark.parametrize("family", ["classify", "lm", "seq2seq", "denoise"])
 def test_format_1_run_directories_load_evaluate_and_resume(family, tmp_path):
-    run = tmp_path / family
-    shutil.copytree(FIXTURES / family, run)
-    if family == "lm":  # its corpus was given as an absolute path: point it at the copy
-        cfg = json.loads((run / "config.json").read_text())
-        shutil.copy(FIXTURES / "lines.txt", tmp_path / "lines.txt")
-        cfg["data"]["config"]["data_file"] = str(tmp_path / "lines.txt")
-        (run / "config.json").write_text(json.dumps(cfg))
+    run = format1_run(family, tmp_path / family)
     h = dlforge.load(run)
     assert h.config.format == 2 and h.config.task == {"lm": "language-model"}.get(family, family)
     if family == "classify":

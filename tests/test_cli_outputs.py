@@ -10,16 +10,16 @@ import pytest
 from PIL import Image
 
 from dlforge.cli import main
+from tests.conftest import format1_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "runs-v1"  # tiny runs of every family: load in a second
 
 
 @pytest.fixture
 def runs(tmp_path) -> Path:
     """Copies of the fixture runs (commands write into them) and an image to noise."""
     for family in ("classify", "denoise", "seq2seq"):
-        shutil.copytree(FIXTURES / family, tmp_path / family)
+        format1_run(family, tmp_path / family)
     Image.fromarray(np.full((8, 8), 128, np.uint8)).save(tmp_path / "grey.png")
     return tmp_path
 

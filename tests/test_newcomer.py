@@ -5,7 +5,6 @@ import json
 import math
 import os
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,16 +12,15 @@ import pytest
 from PIL import Image
 
 from dlforge.cli import main
+from tests.conftest import format1_run
 from dlforge.train.checkpoint import read_meta
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "runs-v1"  # tiny runs of every family, no training
 DIGITS = ["--data", "digits", "--img-size", "8", "--no-progress"]
 
 
 def _copy(family: str, tmp_path: Path) -> Path:
-    shutil.copytree(FIXTURES / family, tmp_path / family)
-    return tmp_path / family
+    return format1_run(family, tmp_path / family)
 
 
 def _folder(root: Path, classes, per_class: int = 5) -> Path:
@@ -211,7 +209,7 @@ def test_run_files_get_the_users_umask(tmp_path, umask, mode):
 def test_an_empty_translation_is_said_not_printed_as_a_blank_line(tmp_path, capsys, monkeypatch):
     from dlforge.recipes.seq2seq import Translator
     run = tmp_path / "s2s"
-    shutil.copytree(FIXTURES / "seq2seq", run)
+    format1_run("seq2seq", run)
     monkeypatch.setattr(Translator, "translate", lambda self, texts, to=None, beam=1, length_penalty=1.0:
                         [{"source": t, "to": to, "translation": ""} for t in texts])
     assert main(["translate", str(run), "12", "--to", "en"]) == 0

@@ -2,7 +2,6 @@
 curves over every record by optimizer step (none at all: no file), cut labels marked, distinct caption prompts,
 legible attention ticks. Figures are captured where they are saved (plots.save_figure)."""
 import json
-import shutil
 from pathlib import Path
 
 import dlforge
@@ -11,9 +10,9 @@ import pytest
 from PIL import Image
 
 from dlforge.evaluate import plots
+from tests.conftest import format1_run
 from dlforge.recipes import denoise
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "runs-v1"
 
 
 @pytest.fixture
@@ -80,7 +79,7 @@ def test_no_records_no_picture(tmp_path):
 
 
 def test_the_diffusion_curve_is_labelled_eps_mse(tmp_path, saved):
-    shutil.copytree(FIXTURES / "denoise", tmp_path / "run")
+    format1_run("denoise", tmp_path / "run")
     run = dlforge.load(tmp_path / "run", device="cpu")
     (tmp_path / "run" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
     denoise.RECIPE.after_training(run, None)
@@ -94,7 +93,7 @@ def test_shorten_marks_the_cut():
 
 
 def test_sample_grid_row_labels_end_in_an_ellipsis(tmp_path, saved, one_thread):
-    shutil.copytree(FIXTURES / "denoise", tmp_path / "run")
+    format1_run("denoise", tmp_path / "run")
     dlforge.load(tmp_path / "run", device="cpu").sample_grid(["zero zero zero zero zero zero", "zero"], n=1,
                                                               steps=1, out=str(tmp_path / "s.png"))
     assert [ax.get_title() for ax in saved[0].axes[:2]] == ["zero zero zero ze…", "zero"]

@@ -18,6 +18,7 @@ for _mod in ("onnx", "onnxscript", "onnxruntime"):
 import onnxruntime as ort  # noqa: E402
 
 import dlforge  # noqa: E402
+from tests.conftest import format1_run  # noqa: E402
 from dlforge.cli import main  # noqa: E402
 from dlforge.data.transforms import TransformConfig  # noqa: E402
 from dlforge.errors import DlforgeError  # noqa: E402
@@ -27,7 +28,6 @@ from dlforge.registry import create_model, entries  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = ROOT / "tests" / "fixtures" / "runs-v1"
 TINY = {"classify": dict(in_channels=3, img_size=8, num_classes=5),
         "language-model": dict(vocab_size=11, block_size=16),
         "seq2seq": dict(src_vocab_size=13, max_len=16, n_enc_layer=1, n_dec_layer=2, n_head=2, d_model=16,
@@ -114,14 +114,7 @@ def test_classifier_graph_takes_raw_pixels_like_predict(tmp_path):
 
 # ---------------------------------------------------------------- greedy decoding outside dlforge
 def _copy(family: str, tmp_path: Path) -> Path:
-    run = tmp_path / family
-    shutil.copytree(FIXTURES / family, run)
-    if family == "lm":  # its corpus was given as an absolute path: point it at the copy
-        cfg = json.loads((run / "config.json").read_text())
-        shutil.copy(FIXTURES / "lines.txt", tmp_path / "lines.txt")
-        cfg["data"]["config"]["data_file"] = str(tmp_path / "lines.txt")
-        (run / "config.json").write_text(json.dumps(cfg))
-    return run
+    return format1_run(family, tmp_path / family)
 
 
 def _ort_greedy_gpt(folder: Path, ids: list[int], n: int) -> list[int]:
