@@ -179,10 +179,12 @@ class Recipe:
                 *self.task_options]
 
 
-def is_file(path) -> bool:
-    """Path(path).is_file() for any string (text given in memory may be too long to be a file name)."""
+def is_file(path, folders: bool = False) -> bool:
+    """Path(path).is_file() (or, with folders, is_dir()) for any string: text given in memory may be too long
+    to be a file name, or hold a NUL."""
     try:
-        return len(str(path)) < 4096 and "\n" not in str(path) and Path(path).is_file()
+        p = Path(path)
+        return len(str(path)) < 4096 and "\n" not in str(path) and (p.is_file() or folders and p.is_dir())
     except (OSError, ValueError):
         return False
 

@@ -157,13 +157,15 @@ class Classifier(Handle):
         return ImageTransform(TransformConfig(**self.config.facts["transform"]), train=False)
 
     def _is_batch(self, items: Any) -> bool:
-        """An array or tensor of several images: (N, C, H, W) / (N, H, W, C), or, for a gray dataset, (N, H, W) at
-        its own size (the form dlforge.train takes; before, a slice of the training array was read as one
-        N-channel image: one result for N = 3, an error otherwise)."""
+        """An array or tensor of several images: (N, C, H, W) / (N, H, W, C), or (N, H, W) gray — for a gray
+        dataset at its own size (the form dlforge.train takes), else when no axis at either end is a channel
+        count (a (3, H, W) or (H, W, 3) array is one RGB image)."""
         if not isinstance(items, (torch.Tensor, np.ndarray)):
             return False
         c, h, w = self.config.facts["native_size"]
-        return items.ndim == 4 or items.ndim == 3 and (c == 1 and tuple(items.shape[1:]) == (h, w) or _is_batch(items))
+        shape = tuple(items.shape)
+        return len(shape) == 4 or len(shape) == 3 and (c == 1 and shape[1:] == (h, w) or
+                                                       shape[0] not in (1, 3) and shape[-1] not in (1, 3))
 
     def as_batch(self, items: Any) -> torch.Tensor:
         """Image files, PIL images, arrays or tensors (one or a batch) -> uint8 (N, C, H, W) at the dataset's
@@ -272,15 +274,6 @@ class Classifier(Handle):
         plots.plot_image_grid(data.test_x[worst].numpy(), titles, dest / "worst_test_images.png",
                               "Test images with the highest loss (red: misclassified)", colors=colors)
         return written + ["worst_test_images.png"]
-
-
-def _is_batch(x: Any) -> bool:
-    """An array or tensor of several images: (N, C, H, W) / (N, H, W, C), or (N, H, W) gray when no axis at
-    either end is a channel count (a (3, H, W) or (H, W, 3) array is one RGB image)."""
-    if not isinstance(x, (torch.Tensor, np.ndarray)):
-        return False
-    shape = tuple(x.shape)
-    return len(shape) == 4 or len(shape) == 3 and shape[0] not in (1, 3) and shape[-1] not in (1, 3)
 
 
 def _one_image(item: Any, size: int, mode: str) -> torch.Tensor:

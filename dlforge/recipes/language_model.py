@@ -21,7 +21,7 @@ from dlforge.data import tokens
 from dlforge.data.loader import TokenLoader
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import metrics, plots
-from dlforge.recipes.base import Handle, Recipe
+from dlforge.recipes.base import Handle, Recipe, is_file
 from dlforge.registry import get_entry
 from dlforge.runs import Run, RunConfig, atomic_write_json
 from dlforge.train.tasks import LanguageModelTask
@@ -198,7 +198,7 @@ class LanguageModelRecipe(Recipe):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(data, encoding="utf-8")
             return TextDataConfig(name=None, **{**options, "data_file": str(path)})
-        if isinstance(data, (str, Path)) and _is_file(data):
+        if isinstance(data, (str, Path)) and is_file(data, folders=True):
             return TextDataConfig(name=None, **{**options, "data_file": str(data)})
         if data is None and options.get("data_file"):
             return TextDataConfig(name=None, **options)
@@ -252,17 +252,9 @@ class LanguageModelRecipe(Recipe):
         return handle.evaluate(quiet=False, _data=data)
 
 
-def _is_file(path: str | Path) -> bool:
-    """A text file, or a folder of them (both are corpora)."""
-    try:
-        return Path(path).is_file() or Path(path).is_dir()
-    except (OSError, ValueError):  # too long for a file name (ENAMETOOLONG), or a NUL in it: not a file
-        return False
-
-
 def _is_text(data) -> bool:
     """Text given in memory: a string with whitespace in it that names no file (a corpus name has none)."""
-    return isinstance(data, str) and any(c.isspace() for c in data) and not _is_file(data)
+    return isinstance(data, str) and any(c.isspace() for c in data) and not is_file(data, folders=True)
 
 
 class LanguageModel(Handle):
