@@ -9,6 +9,17 @@ repeated until it reaches each size (the machine holds about 0.35 GB of such tex
 fresh process (`dlforge train gpt-small --data-file FOLDER --max-steps 30`) whose peak RSS is read by
 /usr/bin/time; the token cache of each corpus is made in that run, so the figure includes tokenizing.
 Results: benchmarks/results/data-scale.json.
+
+Images (`--images`; results: benchmarks/results/data-scale-images.json):
+
+    python -m benchmarks.data_scale --images --out runs/bench-data-scale
+
+writes Fashion-MNIST's 60,000 training and 10,000 test images as a PNG folder (train/<class>/, test/<class>/),
+decodes it into the image cache (timed: the first run's cost), then trains `cnn-small` for one epoch at 28×28
+on it (`--data folder`, images read from the cache a batch at a time) and on `--data fashion-mnist` (the IDX
+files decoded into one tensor in memory), interleaved A B A B, each a fresh process whose peak RSS
+/usr/bin/time reads; and times the batch pipeline alone (an epoch of batches with augmentation, no model) on
+both, and the alternative design — decoding the PNG files on the fly in DataLoader worker processes.
 """
 from __future__ import annotations
 
@@ -120,16 +131,131 @@ def disk_vs_memory(out: Path) -> dict:
     return {"tokens_per_s": rates, "best": best, "ratio_disk_over_memory": best["disk"] / best["memory"]}
 
 
+# ---------------------------------------------------------------- images
+def write_png_folder(root: Path) -> Path:
+    """Fashion-MNIST (the system copy, else the cache) as root/{train,test}/<class>/NNNNN.png."""
+    import numpy as np
+    from PIL import Image
+
+    from dlforge.data import images
+    if (root / "DONE").is_file():
+        return root
+    d = images.mnist_dir("fashion-mnist", None)
+    for split, (xs, ys) in images.MNIST_SPLITS.items():
+        x, y = (images.read_idx(images._find([d], s)) for s in (xs, ys))
+        for c in range(10):
+            (root / split / f"{c}-{images.FASHION_CLASSES[c].replace('/', '-')}").mkdir(parents=True, exist_ok=True)
+        names = sorted(p.name for p in (root / split).iterdir())
+        for i in range(len(x)):
+            Image.fromarray(np.ascontiguousarray(x[i])).save(root / split / names[y[i]] / f"{i:05d}.png")
+    (root / "DONE").write_text("70000")
+    return root
+
+
+def cache_build(root: Path) -> dict:
+    """Decode the folder into the image cache (a fresh cache folder): the first run's one-time cost."""
+    import dlforge.data.images as images
+    t0 = time.perf_counter()
+    d = images.load_dataset("folder", data_dir=str(root), img_size=28)
+    wall = time.perf_counter() - t0
+    n = len(d.train_y) + len(d.test_y)
+    t0 = time.perf_counter()
+    images.load_dataset("folder", data_dir=str(root), img_size=28)
+    return {"images": n, "build_s": wall, "images_per_s": n / wall, "reopen_s": time.perf_counter() - t0,
+            "cache_mb": sum(p.stat().st_size for p in (Path(os.environ["DLFORGE_CACHE"]) / "images").glob("*.u8")) / 1e6}
+
+
+def train_epoch(data: list[str], out: Path, env: dict) -> dict:
+    argv = [sys.executable, "-m", "dlforge", "train", "cnn-small", *data, "--img-size", "28", "--epochs", "1",
+            "--batch-size", "128", "--no-progress", "--out", str(out)]
+    rss, wall, _ = peak_rss_run(argv, env)
+    rec = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    epoch = next(r for r in rec if "images_per_s" in r)
+    return {"peak_rss_mb": rss, "wall_s": wall, "images_per_s": epoch["images_per_s"],
+            "test_accuracy": json.loads((out / "report.json").read_text())["accuracy"]}
+
+
+def pipeline_epoch(root: Path) -> dict:
+    """An epoch of augmented batches (the training transform, batch 128), no model: from the cache against
+    from memory; and the alternative, PNG files decoded on the fly by 2 DataLoader workers."""
+    import numpy as np
+    import torch
+
+    from dlforge.data import images
+    from dlforge.data.loader import BatchLoader
+    from dlforge.data.transforms import ImageTransform, TransformConfig
+    torch.set_num_threads(2)
+    out = {}
+    for name, kw in (("cache", {"name": "folder", "data_dir": str(root)}), ("memory", {"name": "fashion-mnist"})):
+        d = images.load_dataset(kw["name"], kw.get("data_dir"), 28)
+        tf = ImageTransform(TransformConfig(img_size=28, channels=3, mean=d.mean, std=d.std), train=True)
+        loader = BatchLoader(d.train_x, d.train_y, 128, shuffle=True, seed=0, transform=tf)
+        best = 0.0
+        for _ in range(2):
+            t0 = time.perf_counter()
+            n = sum(len(yb) for _, yb in loader.epoch(0))
+            best = max(best, n / (time.perf_counter() - t0))
+        out[name] = best
+
+    files, labels, _ = images._scan_folder(root / "train")
+
+    class Files(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(files)
+
+        def __getitem__(self, i):
+            return torch.from_numpy(images.decode_image(files[i], 28, "L")), labels[i]
+    loader = torch.utils.data.DataLoader(Files(), batch_size=128, shuffle=True, num_workers=2,
+                                         generator=torch.Generator().manual_seed(0))
+    t0 = time.perf_counter()
+    n = sum(len(yb) for _, yb in loader)
+    out["decode_workers_2"] = n / (time.perf_counter() - t0)
+    t0, k = time.perf_counter(), 3000  # one process decoding, for the CPU cost per image
+    for i in np.random.default_rng(0).permutation(len(files))[:k]:
+        images.decode_image(files[i], 28, "L")
+    out["decode_one_process"] = k / (time.perf_counter() - t0)
+    return out
+
+
+def images_benchmark(out: Path, env: dict, pairs: int) -> None:
+    import shutil
+    root = write_png_folder(out / "fashion-png")
+    shutil.rmtree(out / "cache" / "images", ignore_errors=True)  # the cache's build is part of the figure
+    results = {"machine": os.uname().nodename, "folder": str(root), "cache": cache_build(root)}
+    c = results["cache"]
+    print(f"image cache: {c['images']:,} PNG files decoded in {c['build_s']:.1f} s ({c['images_per_s']:,.0f} "
+          f"images/s), {c['cache_mb']:.0f} MB; reopened in {c['reopen_s']:.2f} s", flush=True)
+    runs: dict[str, list[dict]] = {"cache": [], "memory": []}
+    for rep in range(pairs):
+        for name, data in (("cache", ["--data", "folder", "--data-dir", str(root)]), ("memory", ["--data", "fashion-mnist"])):
+            r = train_epoch(data, out / f"img-{name}-{rep}", env)
+            runs[name].append(r)
+            print(f"{name} {rep}: {r['images_per_s']:.0f} images/s, peak RSS {r['peak_rss_mb']:.0f} MB, "
+                  f"test accuracy {r['test_accuracy']:.4f}", flush=True)
+    ratios = [a["images_per_s"] / b["images_per_s"] for a, b in zip(runs["cache"], runs["memory"])]
+    results.update(train_epoch_runs=runs, ratio_cache_over_memory=ratios,
+                   median_ratio=sorted(ratios)[len(ratios) // 2], pipeline_images_per_s=pipeline_epoch(root))
+    print(f"training epoch, cache / memory: {', '.join(f'{r:.3f}' for r in ratios)}; pipeline alone "
+          f"{results['pipeline_images_per_s']}", flush=True)
+    dest = ROOT / "benchmarks" / "results" / "data-scale-images.json"
+    dest.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {dest}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="250,1000,2000", help="corpus sizes in MB")
     ap.add_argument("--out", default="runs/bench-data-scale")
     ap.add_argument("--skip-disk-vs-memory", action="store_true")
+    ap.add_argument("--images", action="store_true", help="the image benchmark instead of the text one")
+    ap.add_argument("--pairs", type=int, default=2, help="--images: interleaved cache/memory training epochs")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     os.environ["DLFORGE_CACHE"] = str((out / "cache").resolve())
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if args.images:
+        return images_benchmark(out, env, args.pairs)
     files = sources()
     available = sum(f.stat().st_size for f in files) / 1e6
     print(f"{len(files):,} source files, {available:,.0f} MB of real text", flush=True)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from dlforge.data.download import cache_dir, download, safe_extract
+from dlforge.data.imagecache import ImageArray, channel_stats, decode_files, take
 from dlforge.errors import DlforgeError
 
 if TYPE_CHECKING:
@@ -31,20 +32,25 @@ if TYPE_CHECKING:
 
 @dataclass
 class ImageData:
+    """Images are uint8 (N, C, H, W): a tensor in memory (bundled data, IDX files, arrays), or an ImageArray —
+    decoded image files, read from their cache a batch at a time (imagecache.py)."""
     name: str
-    train_x: torch.Tensor  # (N, C, H, W) uint8
+    train_x: torch.Tensor | ImageArray  # (N, C, H, W) uint8
     train_y: torch.Tensor  # (N,) int64
-    test_x: torch.Tensor
+    test_x: torch.Tensor | ImageArray
     test_y: torch.Tensor
     classes: list[str]
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
-    val_x: torch.Tensor | None = None
+    val_x: torch.Tensor | ImageArray | None = None
     val_y: torch.Tensor | None = None
     source: str = ""
 
     def __post_init__(self) -> None:
         if not self.mean and len(self.train_x):  # the dataset's own per-channel statistics, from its training images
+            if isinstance(self.train_x, ImageArray):
+                self.mean, self.std = channel_stats(self.train_x)  # read in chunks, never whole
+                return
             x = self.train_x.float().div_(255)
             self.mean = tuple(x.mean(dim=(0, 2, 3)).tolist())
             self.std = tuple(x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
@@ -231,19 +237,18 @@ class ImageFiles:
         self.decoded = 0
 
     def decode(self, paths: list[Path], labels: list[int], boxes: list[tuple] | None = None,
-               where: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> uint8 (N, C, size, size) and int64 (N,) labels of the files that decoded (N <= len(paths))."""
-        arrays, kept = [], []
-        for i, p in enumerate(paths):
-            try:
-                arrays.append(decode_image(p, self.size, self.mode, boxes[i] if boxes else None))
-                kept.append(labels[i])
-            except DlforgeError as e:
-                self.bad.append(f"{where[i]}: {e}" if where else str(e))
-        self.decoded += len(arrays)
-        if not arrays:
+               where: list[str] | None = None) -> tuple[ImageArray | torch.Tensor, torch.Tensor]:
+        """-> uint8 (N, C, size, size) and int64 (N,) labels of the files that decoded (N <= len(paths)): an
+        ImageArray over the image cache (decoded on the first run, in parallel; read from then on)."""
+        if not paths:
             return _empty(1 if self.mode == "L" else 3, self.size, self.size)
-        return torch.from_numpy(np.stack(arrays)), torch.tensor(kept, dtype=torch.long)
+        x, failed = decode_files(paths, self.size, self.mode, decode_image, boxes)
+        self.bad += [f"{where[i]}: {reason}" if where else reason for i, reason in failed]
+        kept = np.setdiff1d(np.arange(len(paths)), np.array([i for i, _ in failed], dtype=np.int64))
+        self.decoded += len(kept)
+        if not len(kept):
+            return _empty(1 if self.mode == "L" else 3, self.size, self.size)
+        return x.take(kept), torch.tensor(labels, dtype=torch.long)[torch.from_numpy(kept)]
 
     def finish(self, option: str, source: str | Path, skip_bad: bool) -> None:
         """Nothing failed; or skip_bad: the count on stderr; else one DlforgeError: how many, then each file."""
@@ -426,6 +431,6 @@ def split_validation(data: ImageData, fraction: float, seed: int) -> ImageData:
     n_val = max(1, int(round(n * fraction)))
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     val, train = perm[:n_val], perm[n_val:]
-    data.val_x, data.val_y = data.train_x[val], data.train_y[val]
-    data.train_x, data.train_y = data.train_x[train], data.train_y[train]
+    data.val_x, data.val_y = take(data.train_x, val), data.train_y[val]
+    data.train_x, data.train_y = take(data.train_x, train), data.train_y[train]
     return data

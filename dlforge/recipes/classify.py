@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from dlforge.data import arrays, images
+from dlforge.data.imagecache import to_gray
 from dlforge.data.loader import BatchLoader
 from dlforge.data.transforms import ImageTransform, TransformConfig, resize
 from dlforge.errors import DlforgeError
@@ -49,15 +50,10 @@ def prepare_data(dc: DataConfig, seed: int, splits: tuple[str, ...] = images.SPL
     data = images.load_dataset(dc.name, dc.data_dir, dc.img_size, dc.skip_bad_images, splits)
     data = images.split_validation(data, dc.val_fraction, seed)
     if dc.grayscale and data.channels == 3:
-        data.train_x, data.test_x = _grayscale(data.train_x), _grayscale(data.test_x)
-        data.val_x = None if data.val_x is None else _grayscale(data.val_x)
+        data.train_x, data.test_x = to_gray(data.train_x), to_gray(data.test_x)
+        data.val_x = None if data.val_x is None else to_gray(data.val_x)
         data.mean, data.std = (sum(data.mean) / 3,), (sum(data.std) / 3,)
     return data
-
-
-def _grayscale(x: torch.Tensor) -> torch.Tensor:
-    w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-    return (x.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
 
 
 def predict_batches(model: torch.nn.Module, task: ClassifyTask, x: torch.Tensor, tf: ImageTransform,
@@ -179,10 +175,10 @@ class Classifier(Handle):
         if not items:
             raise DlforgeError("images: give at least one image")
         rows = [_one_image(it, h, mode) for it in items]
-        x = torch.stack([r if r.shape[0] == c else (_grayscale(r[None])[0] if c == 1 else r.expand(3, -1, -1))
+        x = torch.stack([r if r.shape[0] == c else (to_gray(r[None])[0] if c == 1 else r.expand(3, -1, -1))
                          for r in rows])
         if self.config.data.get("grayscale") and c == 3:
-            x = _grayscale(x)
+            x = to_gray(x)
         return x
 
     def predict(self, images_: Any, top_k: int = 3) -> list[dict]:

@@ -19,6 +19,7 @@ import torch
 
 from dlforge.data import captions as C
 from dlforge.data import images
+from dlforge.data.imagecache import take, to_gray
 from dlforge.diffusion import pipeline as P
 from dlforge.diffusion.conditioning import Conditioner, external_encoder
 from dlforge.diffusion.schedulers import DDPMScheduler, make_betas, make_scheduler
@@ -94,18 +95,13 @@ def prepare(dc: DiffusionDataConfig, seed: int, tok: C.CaptionTokenizer | None =
     else:
         d = images.load_dataset(dc.name, dc.data_dir, dc.img_size, dc.skip_bad_images)
         if d.channels != 1:
-            d.train_x, d.test_x = _gray(d.train_x), _gray(d.test_x)
+            d.train_x, d.test_x = to_gray(d.train_x), to_gray(d.test_x)
         x, owner, classes, test = d.train_x, d.train_y, d.classes, (d.test_x, d.test_y)
         per_owner, prompts = C.class_captions(dc.name, classes), C.canonical_prompts(dc.name, classes)
     tok = tok or C.CaptionTokenizer.fit([c for caps in per_owner for c in caps])
     train, val = _split(len(x), dc.val_fraction, seed)
-    return DiffusionData(tok, C.CaptionTable(tok, per_owner), x[train], owner[train], x[val], owner[val], classes,
+    return DiffusionData(tok, C.CaptionTable(tok, per_owner), take(x, train), owner[train], take(x, val), owner[val], classes,
                          *test, prompts)
-
-
-def _gray(x: torch.Tensor) -> torch.Tensor:
-    w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-    return (x.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
 
 
 # ---------------------------------------------------------------- sampling

@@ -26,7 +26,8 @@ COMMON = ["--max-steps", str(STEPS), "--eval-every", str(EVERY), "--epochs", "10
           "--lr", "3e-3", "--lr-schedule", "cosine", "--warmup-steps", "10"]
 TEXT = ["--batch-size", "8", "--block-size", "16", "--eval-tokens", "0", "--dropout", "0.1"]
 CASES = {  # every one has dropout: the RNG state must come back too
-    "cnn-small": ["--data", "digits", "--img-size", "8", "--batch-size", "32"],   # + seeded augmentation
+    "cnn-small": ["--data", "folder", "--data-dir", "{folder}", "--img-size", "8", "--batch-size", "32"],  # + seeded
+    # augmentation, images read from the decoded-image cache (the digits written out as PNG files)
     "lstm": ["--data-file", "{text}", "--layers", "1", "--width", "32", *TEXT],   # + carried hidden state
     "gpt-tiny": ["--data-file", "{text}", *TEXT],
 }
@@ -42,6 +43,18 @@ def write_text(path: Path, n: int = 100) -> Path:
     lines = ["the cat sat on the mat.", "the dog ran to the park.", "a bird sang in the tree."]
     path.write_text("".join(f"{rng.choice(['ANNA', 'BEN'])}:\n{rng.choice(lines)}\n\n" for _ in range(n)))
     return path
+
+
+def write_digits_folder(root: Path) -> Path:
+    """scikit-learn's digits as a folder of PNG files, one sub-folder per class."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    for i, (img, y) in enumerate(zip(d.images, d.target)):
+        (root / str(y)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.round(img * (255 / 16)).astype(np.uint8)).save(root / str(y) / f"{i:04d}.png")
+    return root
 
 
 def start(args: list[str], out: Path) -> subprocess.Popen:
@@ -99,8 +112,9 @@ def kill_between_checkpoints(procs: dict[str, tuple[subprocess.Popen, Path]], se
 
 
 def test_sigkill_then_resume_is_bit_exact(tmp_path, reliability):
-    text = write_text(tmp_path / "lines.txt")
-    args = {m: [m, *(a.replace("{text}", str(text)) for a in extra), *COMMON] for m, extra in CASES.items()}
+    text, folder = write_text(tmp_path / "lines.txt"), write_digits_folder(tmp_path / "digits")
+    args = {m: [m, *(a.replace("{text}", str(text)).replace("{folder}", str(folder)) for a in extra), *COMMON]
+            for m, extra in CASES.items()}
     whole = {m: start(args[m], tmp_path / f"{m}-whole") for m in CASES}
     parts = {m: (start(args[m], tmp_path / f"{m}-part"), tmp_path / f"{m}-part") for m in CASES}
     killed = kill_between_checkpoints(parts, seed=7)
@@ -120,7 +134,8 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path, reliability):
         assert metrics(a) == metrics(b), m
         assert not list((b / "checkpoints").glob(".*.tmp")), f"{m}: a killed write's temporary file was left behind"
     reliability.record("training killed with SIGKILL at a random step between checkpoints, then `--resume` "
-                       "(cnn-small with augmentation, lstm with carried state, gpt-tiny; all with dropout)",
+                       "(cnn-small with augmentation on a PNG folder read from the image cache, lstm with carried "
+                       "state, gpt-tiny; all with dropout)",
                        "weights, optimiser and RNG state and metrics bit-for-bit those of an uninterrupted run",
                        cases=len(CASES))
 
