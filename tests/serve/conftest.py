@@ -91,7 +91,7 @@ def serve_process(runs: list[Path], *args: str, port: int | None = None):
             if proc.poll() is not None:
                 raise RuntimeError(f"dlforge serve exited {proc.returncode}: {proc.stderr.read()[-2000:]}")
             try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code in (200, 401):  # up (401: a token is set)
                     break
             except httpx.HTTPError:
                 pass
