@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m dlforge train cnn --data digits
 
-test: $(STAMP)
+test: setup
 	$(PY) -m pytest
 
 bench: $(STAMP)
