@@ -73,38 +73,7 @@ def create_app(handles: dict[str, Handle], limits: Limits | None = None, token: 
     app.state.models, app.state.metrics, app.state.limits = models, metrics, limits
     actions = {e.action for s in models.values() for e in s.family.endpoints}
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        rid = uuid.uuid4().hex[:16]
-        t0 = time.perf_counter()
-        path = request.url.path
-        parts = path.strip("/").split("/")
-        model = parts[2] if len(parts) == 4 and parts[:2] == ["v1", "models"] and parts[2] in models else "-"
-        endpoint = parts[3] if model != "-" and parts[3] in actions else \
-            path if path in ("/v1/models", "/v1/completions", "/healthz", "/metrics", "/") else "other"
-        try:
-            if token is not None and path not in PUBLIC:
-                given = request.headers.get("authorization", "")
-                if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                    raise RequestError(401, "missing or wrong token: send Authorization: Bearer TOKEN",
-                                       {"WWW-Authenticate": "Bearer"})
-            if request.method in ("POST", "PUT", "PATCH"):
-                size = request.headers.get("content-length")
-                if size is None:
-                    raise RequestError(411, "send the body with a Content-Length (chunked bodies are refused)")
-                if not size.isdigit() or int(size) > limits.max_body_bytes:
-                    raise RequestError(413, f"the body is {size} bytes; at most {limits.max_body_bytes:,}")
-            response = await call_next(request)
-        except RequestError as e:
-            response = E.error(e.status, str(e), e.headers)
-        except DlforgeError as e:
-            response = E.error(400, str(e))
-        except Exception:  # noqa: BLE001  a bug: the log has the traceback, the client the id to find it
-            log.exception("request %s: %s %s failed", rid, request.method, path)
-            response = E.error(500, f"internal error (request id {rid})", request_id=rid)
-        response.headers["X-Request-ID"] = rid
-        metrics.observe(model, endpoint, response.status_code, time.perf_counter() - t0)
-        return response
+    app.add_middleware(Guard, models=models, actions=actions, metrics=metrics, limits=limits, token=token)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException):  # routing's 404 / 405 as JSON
@@ -158,6 +127,65 @@ def create_app(handles: dict[str, Handle], limits: Limits | None = None, token: 
         return await _completions(models, request)
 
     return app
+
+
+class Guard:
+    """Pure ASGI middleware around every request (cheaper than BaseHTTPMiddleware, which costs a task and
+    a stream per request): a request id, the token, the body size, errors as JSON and the metrics."""
+
+    def __init__(self, app, models: dict, actions: set, metrics: Metrics, limits: Limits, token: str | None):
+        self.app, self.models, self.actions, self.metrics, self.limits = app, models, actions, metrics, limits
+        self.token = None if token is None else f"Bearer {token}".encode()
+
+    def labels(self, path: str) -> tuple[str, str]:
+        """(model, endpoint) for the metrics: only names the server knows (a client cannot mint labels)."""
+        parts = path.strip("/").split("/")
+        model = parts[2] if len(parts) == 4 and parts[:2] == ["v1", "models"] and parts[2] in self.models else "-"
+        if model != "-" and parts[3] in self.actions:
+            return model, parts[3]
+        return model, path if path in ("/v1/models", "/v1/completions", "/healthz", "/metrics", "/") else "other"
+
+    def check(self, scope) -> None:
+        headers = dict(scope["headers"])
+        if self.token is not None and scope["path"] not in PUBLIC:
+            if not hmac.compare_digest(headers.get(b"authorization", b""), self.token):
+                raise RequestError(401, "missing or wrong token: send Authorization: Bearer TOKEN",
+                                   {"WWW-Authenticate": "Bearer"})
+        if scope["method"] in ("POST", "PUT", "PATCH"):
+            size = headers.get(b"content-length")
+            if size is None:
+                raise RequestError(411, "send the body with a Content-Length (chunked bodies are refused)")
+            if not size.isdigit() or int(size) > self.limits.max_body_bytes:
+                raise RequestError(413, f"the body is {size.decode(errors='replace')[:20]} bytes; at most "
+                                        f"{self.limits.max_body_bytes:,}")
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        rid, t0 = uuid.uuid4().hex[:16], time.perf_counter()
+        model, endpoint = self.labels(scope["path"])
+        started = False
+
+        async def send_with_id(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+                self.metrics.observe(model, endpoint, message["status"], time.perf_counter() - t0)
+            await send(message)
+        try:
+            self.check(scope)
+            await self.app(scope, receive, send_with_id)
+            return
+        except RequestError as e:
+            response = E.error(e.status, str(e), e.headers)
+        except DlforgeError as e:
+            response = E.error(400, str(e))
+        except Exception:  # noqa: BLE001  a bug: the log has the traceback, the client the id to find it
+            log.exception("request %s: %s %s failed", rid, scope["method"], scope["path"])
+            response = E.error(500, f"internal error (request id {rid})", request_id=rid)
+        if not started:  # else the answer is under way (a stream): it ends where it is
+            await response(scope, receive, send_with_id)
 
 
 async def _completions(models: dict[str, E.Served], request: Request):
