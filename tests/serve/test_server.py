@@ -293,3 +293,36 @@ def test_a_bug_is_500_with_a_request_id_that_the_log_names(client, handles, monk
     assert r.headers["x-request-id"] == body["request_id"]
     rec = [x for x in caplog.records if body["request_id"] in x.getMessage()]
     assert rec and rec[0].exc_info and "a bug in the handle" in str(rec[0].exc_info[1])
+
+
+def _batches(text: str, model: str) -> tuple[float, float]:
+    get = lambda k: float(next((line.split()[-1] for line in text.splitlines()  # noqa: E731
+                                if line.startswith(f'dlforge_batch_images_{k}{{model="{model}"}}')), 0))
+    return get("count"), get("sum")
+
+
+@pytest.mark.parametrize("max_batch", [32, 1])
+def test_concurrent_predicts_share_a_forward_pass(handles, max_batch):
+    app = create_app(handles, Limits(max_batch=max_batch))
+    worker = app.state.models["digits"].worker
+    body = {"images": [base64.b64encode(png(digit(k))).decode() for k in (1,)], "top_k": 1}
+    with live_server(app) as base:
+        gate = _block(worker)  # the model is busy: the next 8 requests arrive while it is
+        out = []
+        threads = [threading.Thread(target=lambda: out.append(httpx.post(f"{base}/v1/models/digits/predict",
+                                                                           json=body, timeout=30)))
+                   for _ in range(8)]
+        for t in threads:
+            t.start()
+        while worker.pending < 8:
+            time.sleep(0.01)
+        gate.set()
+        for t in threads:
+            t.join(30)
+        assert [r.status_code for r in out] == [200] * 8
+        assert len({json.dumps(r.json()["predictions"]) for r in out}) == 1  # one answer, whatever the batch
+        count, total = _batches(httpx.get(f"{base}/metrics").text, "digits")
+    if max_batch == 1:
+        assert count == 0  # no batcher: one forward pass per request
+    else:
+        assert total == 8 and count <= 2  # the first alone (the model was busy), the other seven together
