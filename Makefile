@@ -4,9 +4,18 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup browser demo test bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# The browser tests of the playground drive Debian's chromium through its chromedriver (selenium, no download).
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		(apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null)) && \
+		echo "make: installed chromium and chromium-driver (the playground's browser tests)"; \
+	else echo "make: the browser tests need chromium and chromedriver: sudo apt-get install chromium chromium-driver"; fi
 
 # torch first, pinned to the local 2.13.0 CPU build, so that nothing later can pull a CUDA one.
 $(STAMP): pyproject.toml
@@ -18,7 +27,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m dlforge train cnn --data digits
 
-test: $(STAMP)
+test: setup
 	$(PY) -m pytest
 
 bench: $(STAMP)

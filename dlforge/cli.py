@@ -226,6 +226,27 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {r['out']}: {', '.join(r['files'])}")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from dlforge.serve import Limits, serve
+    limits = Limits(queue_size=args.queue_size, timeout_s=args.timeout, max_batch=args.max_batch,
+                    max_wait_ms=args.max_wait_ms)
+    serve(args.runs, args.host, args.port, args.token_file, limits, args.device, args.log_level)
+
+
+def _add_serve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories, each loaded once")
+    p.add_argument("--host", default="127.0.0.1", help="the address to bind (default 127.0.0.1; any other needs "
+                                                        "--token-file)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token-file", help="a file holding the token every request must send as Authorization: Bearer")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--queue-size", type=int, default=64, help="requests admitted per model; then 429 (default 64)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request; then 504 (default 30)")
+    p.add_argument("--max-batch", type=int, default=32, help="predict: images per forward pass (1: no batching)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="predict: how long a request waits for others")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
 def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="a run directory")
     p.add_argument("--format", default="onnx", help="onnx (the only one so far)")
@@ -477,6 +498,7 @@ COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "translate": (_add_translate, cmd_translate, "translate with a trained encoder–decoder (greedy or beam search)"),
     "sample": (_add_sample, cmd_sample, "draw images for text prompts with a trained diffusion run"),
     "noise": (_add_noise, cmd_noise, "show the diffusion forward process on an image"),
+    "serve": (_add_serve, cmd_serve, "serve runs over HTTP (API at /v1, docs at /docs) with a web playground at /"),
     "export": (_add_export, cmd_export, "write a run as ONNX graphs + model.json, checked with ONNX Runtime"),
     "summary": (_add_summary, cmd_summary, "per-layer output shapes and parameter counts"),
     "models": (lambda p: None, cmd_models, "list the registered models"),

@@ -185,22 +185,49 @@ class Classifier(Handle):
         """Any image (a file of any size or colour mode, a PIL image, an array or tensor), one or a batch (a list,
         or an array of images: see _is_batch) ->
         [{"image", "top": [{"class", "index", "probability"}]}], preprocessed exactly like the test data."""
-        names = self.classes
         if not 1 <= top_k:
-            raise DlforgeError(f"--top-k: expected at least 1 (at most {len(names)} classes), got {top_k}")
+            raise DlforgeError(f"--top-k: expected at least 1 (at most {len(self.classes)} classes), got {top_k}")
         batch = images_ if isinstance(images_, (list, tuple)) or self._is_batch(images_) else [images_]
-        x = self.as_batch(batch)
+        results = self.top_classes(self.probabilities(self.as_batch(batch)), top_k)
+        for j, r in enumerate(results):
+            item = batch[j] if isinstance(batch, (list, tuple)) else j
+            r["image"] = str(item) if isinstance(item, (str, Path)) else j
+        return results
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, C, H, W) images at the dataset's size (as_batch) -> (N, classes) probabilities; one forward
+        pass per 256 images (the server batches concurrent requests into one call)."""
         out = predict_batches(self.model, self.task, x, self._transform(), self.device, "fp32")
-        probs = self.task.probabilities(out)
-        k = min(top_k, probs.shape[1])
+        return self.task.probabilities(out)
+
+    def top_classes(self, probs: torch.Tensor, top_k: int = 3) -> list[dict]:
+        """(N, classes) probabilities -> [{"image": j, "top": [{"class", "index", "probability"}]}], best first."""
+        names, k = self.classes, min(top_k, probs.shape[1])
         results = []
         for j, row in enumerate(probs):
             top = row.topk(k)
-            item = batch[j] if isinstance(batch, (list, tuple)) else j
-            results.append({"image": str(item) if isinstance(item, (str, Path)) else j,
-                            "top": [{"class": names[i], "index": i, "probability": round(float(v), 6)}
-                                    for v, i in zip(top.values.tolist(), top.indices.tolist())]})
+            results.append({"image": j, "top": [{"class": names[i], "index": i, "probability": round(float(v), 6)}
+                                                for v, i in zip(top.values.tolist(), top.indices.tolist())]})
         return results
+
+    @torch.inference_mode()
+    def feature_maps(self, image: Any, limit: int = 16) -> dict:
+        """What the first convolution sees in one image: its first `limit` output channels after the ReLU, each
+        scaled to [0, 1] on its own -> {"layer", "maps": float (limit, H', W')}. A model without a convolution
+        (an mlp) is an error that says so."""
+        conv = next(((n, m) for n, m in self.model.named_modules() if isinstance(m, torch.nn.Conv2d)), None)
+        if conv is None:
+            raise DlforgeError(f"feature maps: {self.config.model} has no convolution")
+        seen: list[torch.Tensor] = []
+        hook = conv[1].register_forward_hook(lambda mod, inp, out: seen.append(out[0, :limit].float().relu().cpu()))
+        try:
+            x = self.as_batch([image])
+            self.model(self._transform()(x).to(self.device))
+        finally:
+            hook.remove()
+        maps = seen[0]                                                          # (limit, H', W')
+        lo, hi = maps.amin((1, 2), keepdim=True), maps.amax((1, 2), keepdim=True)
+        return {"layer": conv[0], "maps": (maps - lo) / (hi - lo).clamp_min(1e-8)}
 
     def evaluate(self, data: str | None = None, data_dir: str | None = None, quiet: bool = True,
                  _data: images.ImageData | None = None) -> dict:

@@ -115,9 +115,10 @@ def make_sampler(cfg: RunConfig, sampler: str = "ddim", steps: int | None = None
 
 def generate(model: torch.nn.Module, cfg: RunConfig, cond: torch.Tensor, null: torch.Tensor, sampler: str = "ddim",
              steps: int | None = None, guidance: float = 3.0, eta: float | None = None, seed: int = 0,
-             batch_size: int = 64, frames: int = 0) -> tuple[torch.Tensor, list]:
+             batch_size: int = 64, frames: int = 0, callback=None) -> tuple[torch.Tensor, list]:
     """len(cond) images as uint8 (N, C, S, S), in batches (64: with guidance a forward pass of 128, the
-    fastest size measured on 2 CPU cores); the trajectory of the first batch."""
+    fastest size measured on 2 CPU cores); the trajectory of the first batch. callback(i) after each step
+    (an exception it raises stops the sampling)."""
     if eta is not None and not 0 <= eta <= 1:
         raise DlforgeError(f"--eta: expected a number in [0, 1] (0: deterministic DDIM), got {eta}")
     P.check_guidance(guidance)
@@ -129,7 +130,7 @@ def generate(model: torch.nn.Module, cfg: RunConfig, cond: torch.Tensor, null: t
     for i in range(0, len(cond), batch_size):
         c, u = cond[i:i + batch_size].to(dev), null[i:i + batch_size].to(dev)
         shape = (len(c), k.get("in_channels", 1), k["img_size"], k["img_size"])
-        x, tr = P.sample(model, sched, c, u, shape, guidance, eta, g, frames if i == 0 else 0)
+        x, tr = P.sample(model, sched, c, u, shape, guidance, eta, g, frames if i == 0 else 0, callback)
         out.append(P.to_uint8(x))
         traj = traj or tr
     return torch.cat(out), traj
@@ -373,7 +374,7 @@ class Diffuser(Handle):
 
     def generate(self, prompts: str | list[str], n: int = 1, sampler: str = "ddim", steps: int | None = None,
                  guidance: float = 3.0, eta: float | None = None, seed: int = 0,
-                 frames: int = 0) -> tuple[torch.Tensor, list]:
+                 frames: int = 0, callback=None) -> tuple[torch.Tensor, list]:
         """n images per prompt as uint8 (N, C, H, W), prompt by prompt; and the reverse process of the first
         images at `frames` steps [(t, x_t)]."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -385,13 +386,18 @@ class Diffuser(Handle):
         index = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
         cond = cond[[index[p] for p in prompts for _ in range(n)]]
         return generate(self.model, self.config, cond, self.cond_fn.null(len(cond), cond), sampler, steps, guidance,
-                        eta, seed, frames=frames)
+                        eta, seed, frames=frames, callback=callback)
 
     def sample(self, prompts: str | list[str], n: int = 1, sampler: str = "ddim", steps: int | None = None,
-               guidance: float = 3.0, eta: float | None = None, seed: int = 0, trajectory: bool = False):
-        """-> PIL images, n per prompt (with trajectory=True also the reverse process: [(t, [PIL images])])."""
+               guidance: float = 3.0, eta: float | None = None, seed: int = 0, trajectory: bool = False,
+               frames: int = 10, callback=None):
+        """-> PIL images, n per prompt (with trajectory=True also the reverse process at `frames` steps, noise
+        first: [(t, [PIL images])]). callback(i) after each denoising step; an exception it raises stops."""
         from PIL import Image
-        imgs, traj = self.generate(prompts, n, sampler, steps, guidance, eta, seed, frames=10 if trajectory else 0)
+        if trajectory and not 2 <= frames <= 1000:
+            raise DlforgeError(f"frames: expected 2..1000, got {frames}")
+        imgs, traj = self.generate(prompts, n, sampler, steps, guidance, eta, seed, frames if trajectory else 0,
+                                   callback)
         pil = lambda x: [Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0))  # noqa: E731
                          for a in x.numpy()]
         out = pil(imgs)

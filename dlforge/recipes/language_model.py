@@ -337,6 +337,17 @@ class LanguageModel(Handle):
                 for p, i in zip(top.values.tolist(), top.indices.tolist())]
 
 
+    @torch.inference_mode()
+    def attention(self, text: str) -> dict:
+        """A gpt's attention over `text` (its last block_size tokens): {"tokens": [str], "layers": n_layer ×
+        (heads, T, T) probabilities, rows the query token, columns the keys}. Recurrent models have none."""
+        if not hasattr(self.model, "attention_maps"):
+            raise DlforgeError(f"attention: {self.config.model} is recurrent; only a gpt has attention heads")
+        ids = encode_prompt(self.tokenizer, text, "text")[0, -self.model.block_size:]
+        return {"tokens": [self.tokenizer.token_text(i) for i in ids.tolist()],
+                "layers": self.model.attention_maps(ids.to(self.device))}
+
+
 # ---------------------------------------------------------------- sampling
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
     """(B, V) -> (B, V) with -inf outside the k most likely tokens and outside the smallest set whose

@@ -281,17 +281,24 @@ def _source(dc: PairDataConfig, src_tok: TextTokenizer, text: str, to: str | Non
     return ids
 
 
-def attention_map(model, src_tok: TextTokenizer, tgt_tok: TextTokenizer, text: str, to: str, output: str,
-                  path: Path, device: torch.device) -> Path:
-    """Teacher-force the translation through the decoder once and draw every cross-attention head."""
+def cross_attention(model, src_tok: TextTokenizer, tgt_tok: TextTokenizer, text: str, to: str, output: str,
+                    device: torch.device) -> dict:
+    """Teacher-force the translation `output` through the decoder once -> {"source_tokens", "output_tokens",
+    "layers": n_layer × (heads, T, S)}: row t is the step that writes output token t (the last writes </s>),
+    column s the source token it looks at."""
     src = torch.tensor(P.source_ids(src_tok, [text], [to])[0], device=device)
     out_ids = P.encode_texts(tgt_tok, [output])[0] if output else []
     tgt = torch.tensor([P.BOS] + out_ids, device=device)
-    maps = model.cross_attention_maps(src, tgt)
-    src_labels = [src_tok.token_text(i) for i in src.tolist()]
-    tgt_labels = [tgt_tok.token_text(i) for i in out_ids] + ["</s>"]
-    # row t of the decoder input predicts output token t: label rows by what they produce
-    return plots.plot_cross_attention(maps, src_labels, tgt_labels, Path(path))
+    return {"source_tokens": [src_tok.token_text(i) for i in src.tolist()],
+            "output_tokens": [tgt_tok.token_text(i) for i in out_ids] + ["</s>"],
+            "layers": model.cross_attention_maps(src, tgt)}
+
+
+def attention_map(model, src_tok: TextTokenizer, tgt_tok: TextTokenizer, text: str, to: str, output: str,
+                  path: Path, device: torch.device) -> Path:
+    """Draw every cross-attention head while the model writes `output` (see cross_attention)."""
+    a = cross_attention(model, src_tok, tgt_tok, text, to, output, device)
+    return plots.plot_cross_attention(a["layers"], a["source_tokens"], a["output_tokens"], Path(path))
 
 
 def load_tokenizers(run: Run) -> tuple[TextTokenizer, TextTokenizer]:
@@ -461,6 +468,17 @@ class Translator(Handle):
             translation = self.translate([text], to)[0]["translation"]
         return attention_map(self.model, src_tok, tgt_tok, text.strip(), to or "", translation, Path(path),
                              self.device)
+
+    def cross_attention(self, text: str, to: str | None, translation: str | None = None) -> dict:
+        """The cross-attention of every layer and head as data, while the model writes its translation of `text`
+        (or `translation`): {"source_tokens", "output_tokens", "translation", "layers": n_layer × (heads, T, S)}."""
+        src_tok, tgt_tok = self.artifacts
+        if translation is None:
+            translation = self.translate([text], to)[0]["translation"]
+        else:
+            _source(self.data_config, src_tok, text, to)  # the same checks as translate
+        a = cross_attention(self.model, src_tok, tgt_tok, text.strip(), to or "", translation, self.device)
+        return {**a, "translation": translation}
 
 
 RECIPE = Seq2SeqRecipe()

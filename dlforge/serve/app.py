@@ -1,0 +1,312 @@
+"""The FastAPI app over loaded handles: /v1/models, the family endpoints (endpoints.FAMILIES), the OpenAI
+completions shape, /healthz, /metrics, the playground at /; and `serve`, which loads the runs and runs uvicorn.
+
+Every error is JSON {"error": ...}: dlforge's own and the limits' a 4xx, a bug a 500 with the request id
+that the log names beside its traceback."""
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+
+from dlforge.errors import DlforgeError
+from dlforge.recipes.base import Handle
+from dlforge.serve import endpoints as E
+from dlforge.serve.batching import ModelWorker
+from dlforge.serve.limits import Limits, RequestError
+from dlforge.serve.metrics import Metrics
+
+log = logging.getLogger("dlforge.serve")
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+PUBLIC = ("/", "/docs", "/openapi.json")  # the page and the API's description: no model, no data
+
+
+def served_models(handles: dict[str, Handle], limits: Limits, metrics: Metrics) -> dict[str, E.Served]:
+    out = {}
+    for name, h in handles.items():
+        fam = E.FAMILIES.get(h.config.task)
+        if fam is None:
+            raise DlforgeError(f"{h.path}: dlforge serve has no endpoints for task {h.config.task!r} yet; it serves "
+                               f"{', '.join(E.FAMILIES)}")
+        s = E.Served(name, h, fam, ModelWorker(name, limits, metrics), limits)
+        if fam.setup:
+            fam.setup(s)
+        out[name] = s
+    return out
+
+
+def info(s: E.Served) -> dict:
+    h = s.handle
+    return {"name": s.name, "family": s.family.name, "task": h.config.task, "model": h.config.model,
+            "parameters": sum(p.numel() for p in h.model.parameters()),
+            "endpoints": [f"/v1/models/{s.name}/{e.action}" for e in s.family.endpoints]
+            + (["/v1/completions"] if h.config.task == "language-model" else []), **s.family.info(h)}
+
+
+def create_app(handles: dict[str, Handle], limits: Limits | None = None, token: str | None = None) -> FastAPI:
+    """The app serving `handles` ({name: handle}); with `token`, every API request needs Authorization: Bearer."""
+    limits = limits or Limits()
+    metrics = Metrics()
+    models = served_models(handles, limits, metrics)
+    page = resources.files("dlforge.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        for s in models.values():  # after uvicorn has finished the requests in flight
+            if s.batcher:
+                s.batcher.close()
+            s.worker.close()
+
+    app = FastAPI(title="dlforge serve", version=__import__("dlforge").__version__, lifespan=lifespan,
+                  description="Trained dlforge runs over HTTP. Errors are JSON {\"error\": ...}.")
+    app.state.models, app.state.metrics, app.state.limits = models, metrics, limits
+    actions = {e.action for s in models.values() for e in s.family.endpoints}
+
+    app.add_middleware(Guard, models=models, actions=actions, metrics=metrics, limits=limits, token=token)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException):  # routing's 404 / 405 as JSON
+        return E.error(e.status_code, str(e.detail), getattr(e, "headers", None))
+
+    @app.get("/", include_in_schema=False)
+    async def playground() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/healthz", summary="liveness: ok and the loaded runs")
+    async def healthz() -> dict:
+        return {"status": "ok", "models": list(models)}
+
+    @app.get("/metrics", summary="Prometheus text format: requests, errors, latency, queue depth per model")
+    async def metrics_text() -> Response:
+        return Response(metrics.text(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models", summary="each run: name, family, task, classes or languages, sizes")
+    async def list_models() -> dict:
+        return {"models": [info(s) for s in models.values()]}
+
+    def route(ep: E.Endpoint):
+        async def call(name: str, request: Request):
+            s = models.get(name)
+            if s is None:
+                raise RequestError(404, f"no model {name!r}; loaded: {', '.join(models)}")
+            if ep not in s.family.endpoints:
+                raise RequestError(404, f"model {name!r} ({s.family.name}) has no /{ep.action}; its endpoints: "
+                                        f"{', '.join(e.action for e in s.family.endpoints)}")
+            out = await ep.fn(s, request)
+            return out if isinstance(out, Response) else JSONResponse(out)
+        content = {"application/json": {"schema": ep.body.model_json_schema()}}
+        if ep.multipart:
+            content["multipart/form-data"] = {"schema": {"type": "object", "properties": {
+                "image": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                "top_k": {"type": "integer"}, "feature_maps": {"type": "boolean"}}}}
+        app.add_api_route(f"/v1/models/{{name}}/{ep.action}", call, methods=["POST"], summary=ep.summary,
+                          openapi_extra={"requestBody": {"required": True, "content": content}})
+
+    seen = set()
+    for s in models.values():
+        for ep in s.family.endpoints:
+            if ep.action not in seen:
+                seen.add(ep.action)
+                route(ep)
+
+    @app.post("/v1/completions", summary="OpenAI's completions shape, for language-model runs",
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": E.CompletionBody.model_json_schema()}}}})
+    async def completions(request: Request):
+        return await _completions(models, request)
+
+    return app
+
+
+class Guard:
+    """Pure ASGI middleware around every request (cheaper than BaseHTTPMiddleware, which costs a task and
+    a stream per request): a request id, the token, the body size, errors as JSON and the metrics."""
+
+    def __init__(self, app, models: dict, actions: set, metrics: Metrics, limits: Limits, token: str | None):
+        self.app, self.models, self.actions, self.metrics, self.limits = app, models, actions, metrics, limits
+        self.token = None if token is None else f"Bearer {token}".encode()
+
+    def labels(self, path: str) -> tuple[str, str]:
+        """(model, endpoint) for the metrics: only names the server knows (a client cannot mint labels)."""
+        parts = path.strip("/").split("/")
+        model = parts[2] if len(parts) == 4 and parts[:2] == ["v1", "models"] and parts[2] in self.models else "-"
+        if model != "-" and parts[3] in self.actions:
+            return model, parts[3]
+        return model, path if path in ("/v1/models", "/v1/completions", "/healthz", "/metrics", "/") else "other"
+
+    def check(self, scope) -> None:
+        headers = dict(scope["headers"])
+        if self.token is not None and scope["path"] not in PUBLIC:
+            if not hmac.compare_digest(headers.get(b"authorization", b""), self.token):
+                raise RequestError(401, "missing or wrong token: send Authorization: Bearer TOKEN",
+                                   {"WWW-Authenticate": "Bearer"})
+        if scope["method"] in ("POST", "PUT", "PATCH"):
+            size = headers.get(b"content-length")
+            if size is None:
+                raise RequestError(411, "send the body with a Content-Length (chunked bodies are refused)")
+            if not size.isdigit() or int(size) > self.limits.max_body_bytes:
+                raise RequestError(413, f"the body is {size.decode(errors='replace')[:20]} bytes; at most "
+                                        f"{self.limits.max_body_bytes:,}")
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        rid, t0 = uuid.uuid4().hex[:16], time.perf_counter()
+        model, endpoint = self.labels(scope["path"])
+        started = False
+
+        async def send_with_id(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+                self.metrics.observe(model, endpoint, message["status"], time.perf_counter() - t0)
+            await send(message)
+        try:
+            self.check(scope)
+            await self.app(scope, receive, send_with_id)
+            return
+        except RequestError as e:
+            response = E.error(e.status, str(e), e.headers)
+        except DlforgeError as e:
+            response = E.error(400, str(e))
+        except Exception:  # noqa: BLE001  a bug: the log has the traceback, the client the id to find it
+            log.exception("request %s: %s %s failed", rid, scope["method"], scope["path"])
+            response = E.error(500, f"internal error (request id {rid})", request_id=rid)
+        if not started:  # else the answer is under way (a stream): it ends where it is
+            await response(scope, receive, send_with_id)
+
+
+async def _completions(models: dict[str, E.Served], request: Request):
+    b = await E.json_body(request, E.CompletionBody)
+    lms = [n for n, s in models.items() if s.handle.config.task == "language-model"]
+    s = models.get(b.model)
+    if s is None or b.model not in lms:
+        raise RequestError(404, f"model: no language model {b.model!r}; loaded: {', '.join(lms) or 'none'}")
+    prompts = [b.prompt] if isinstance(b.prompt, str) else b.prompt
+    stops = [b.stop] if isinstance(b.stop, str) else list(b.stop or [])
+    if not prompts or len(prompts) * b.n > 8:
+        raise RequestError(400, "prompt × n: give 1 to 8 completions per request")
+    if b.stream and len(prompts) * b.n > 1:
+        raise RequestError(400, "stream: one prompt and n = 1 only")
+    if len(stops) > 4 or any(not x for x in stops):
+        raise RequestError(400, "stop: at most 4 non-empty strings")
+    cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    seed = b.seed or 0
+    top_p = None if b.top_p >= 1 else b.top_p
+
+    def cut(text: str) -> tuple[str, bool]:
+        hits = [text.index(x) for x in stops if x in text]
+        return (text[:min(hits)], True) if hits else (text, False)
+
+    async def one(prompt: str, i: int):
+        E._sampling_checks(s, prompt, b.max_tokens)
+        ticket = s.worker.admit()
+        gen = s.handle.stream(prompt, b.max_tokens, b.temperature, b.top_k, top_p, seed + i)
+        return E._pieces(ticket, gen, await E._first(ticket, gen))
+
+    def usage(prompt_text: str, completion: str) -> dict:
+        tok = s.handle.tokenizer
+        p, c = len(tok.encode(prompt_text)), len(tok.encode(completion)) if completion else 0
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+    def chunk(text: str, finish: str | None) -> dict:
+        return {"id": cid, "object": "text_completion", "created": created, "model": b.model,
+                "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
+
+    if b.stream:
+        pieces = await one(prompts[0], 0)
+
+        async def events():
+            sent = ""
+            try:
+                async for p in pieces:
+                    text, stopped = cut(sent + p)
+                    if text[len(sent):]:
+                        yield f"data: {json.dumps(chunk(text[len(sent):], None))}\n\n"
+                    sent = text
+                    if stopped:
+                        break
+                else:
+                    stopped = False
+                yield f"data: {json.dumps(chunk('', 'stop' if stopped else 'length'))}\n\n"
+            except RequestError as e:
+                yield f"data: {json.dumps({'error': str(e), 'status': e.status})}\n\n"
+            finally:
+                await pieces.aclose()
+            yield "data: [DONE]\n\n"
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    choices, total = [], {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    for i, (prompt, k) in enumerate((p, k) for p in prompts for k in range(b.n)):
+        pieces = await one(prompt, k)
+        text, stopped = "", False
+        async for p in pieces:
+            text, stopped = cut(text + p)
+            if stopped:
+                break
+        await pieces.aclose()
+        choices.append({"text": text, "index": i, "logprobs": None, "finish_reason": "stop" if stopped else "length"})
+        for key, v in usage(prompt, text).items():
+            total[key] += v
+    return {"id": cid, "object": "text_completion", "created": created, "model": b.model, "choices": choices,
+            "usage": total}
+
+
+# ---------------------------------------------------------------- serve
+def read_token(path: str | Path) -> str:
+    p = Path(path)
+    try:
+        token = p.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DlforgeError(f"--token-file {p}: cannot read it ({e.__class__.__name__})") from None
+    if len(token) < 16 or any(c.isspace() for c in token):
+        raise DlforgeError(f"--token-file {p}: expected one token of at least 16 characters without spaces")
+    return token
+
+
+def load_runs(runs: list[str | Path], device: str = "auto") -> dict[str, Handle]:
+    """Each run loaded once -> {name: handle}; the name is the run directory's (numbered when two share one)."""
+    import dlforge
+    if not runs:
+        raise DlforgeError("serve: give at least one run directory")
+    out: dict[str, Handle] = {}
+    for r in runs:
+        h = dlforge.load(r, device=device)
+        if h.config.task not in E.FAMILIES:
+            raise DlforgeError(f"{r}: dlforge serve has no endpoints for task {h.config.task!r} yet")
+        base = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(r).resolve().name) or "run"
+        name, k = base, 1
+        while name in out:
+            k += 1
+            name = f"{base}-{k}"
+        out[name] = h
+    return out
+
+
+def serve(runs: list[str | Path], host: str = "127.0.0.1", port: int = 8000, token_file: str | Path | None = None,
+          limits: Limits | None = None, device: str = "auto", log_level: str = "info") -> None:
+    """Load the runs, then answer HTTP on host:port until SIGTERM / Ctrl-C (which stop accepting, finish the
+    requests in flight and return). Any address but the loopback needs a token file."""
+    import uvicorn
+    token = read_token(token_file) if token_file else None
+    if host not in LOCAL_HOSTS and token is None:
+        raise DlforgeError(f"--host {host}: serving beyond this machine needs --token-file FILE (every request "
+                           f"then sends Authorization: Bearer <the file's token>)")
+    limits = limits or Limits()
+    app = create_app(load_runs(runs, device), limits, token)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                            timeout_graceful_shutdown=int(limits.timeout_s) + 5, limit_concurrency=4096)
+    uvicorn.Server(config).run()

@@ -1,0 +1,107 @@
+"""The playground in a real browser: Debian's chromium + chromedriver driven by selenium (headless, no network:
+the driver is /usr/bin/chromedriver, never a download). Draw a stroke and read the probabilities; type a
+prompt and watch the text stream in; translate; sample; screenshots into the test's tmp_path."""
+import shutil
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").is_file() else None)
+pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="Debian's chromium and chromium-driver are not "
+                                "installed (make setup installs them: apt-get install chromium chromium-driver)")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1366,900",
+              "--disable-extensions", "--no-first-run", "--disable-background-networking"):
+        opts.add_argument(a)
+    opts.binary_location = CHROMIUM
+    d = webdriver.Chrome(service=Service(DRIVER), options=opts)  # an explicit driver: selenium-manager never runs
+    d.set_page_load_timeout(30)
+    yield d
+    d.quit()
+
+
+def _wait(d, cond, timeout=20):
+    from selenium.webdriver.support.ui import WebDriverWait
+    return WebDriverWait(d, timeout).until(cond)
+
+
+def _probabilities(d, name: str) -> dict[str, float]:
+    from selenium.webdriver.common.by import By
+    rows = d.find_elements(By.CSS_SELECTOR, f"#probs-{name} .bar")
+    return {r.get_attribute("data-name"): float(r.find_element(By.CLASS_NAME, "pct").text.rstrip("%")) for r in rows}
+
+
+def test_draw_a_digit_and_read_the_probabilities(browser, url, handles, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    d = browser
+    d.get(url + "/")
+    _wait(d, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+    assert {p.get_attribute("data-family") for p in d.find_elements(By.CSS_SELECTOR, "section.panel")} == {
+        "classifier", "language-model", "translator", "diffusion"}
+    canvas = d.find_element(By.ID, "canvas-digits")
+    ActionChains(d).move_to_element_with_offset(canvas, 0, -70).click_and_hold().move_by_offset(0, 35) \
+        .move_by_offset(0, 35).move_by_offset(0, 35).move_by_offset(0, 35).release().perform()  # a vertical stroke
+    _wait(d, lambda d: len(_probabilities(d, "digits")) == 10)
+    probs = _probabilities(d, "digits")
+    assert set(probs) == set(handles["digits"].classes) and abs(sum(probs.values()) - 100) < 1.0
+    # what the page shows is what the handle says of the page's own drawing
+    import base64
+    import io
+
+    from PIL import Image
+    png = d.execute_script("return document.getElementById('canvas-digits').toDataURL('image/png')")
+    drawn = Image.open(io.BytesIO(base64.b64decode(png.split(",", 1)[1])))
+    want = handles["digits"].predict(drawn, top_k=1)[0]["top"][0]
+    _wait(d, lambda d: max(_probabilities(d, "digits"), key=_probabilities(d, "digits").get) == want["class"])
+    assert len(d.find_elements(By.CSS_SELECTOR, "#maps-digits img")) == 8  # cnn-small's conv1: 8 maps
+    d.save_screenshot(str(tmp_path / "classifier.png"))
+    assert (tmp_path / "classifier.png").stat().st_size > 10_000
+
+
+def test_type_a_prompt_and_watch_the_text_stream(browser, url, tmp_path):
+    from selenium.webdriver.common.by import By
+    d = browser
+    if d.current_url.rstrip("/") != url:
+        d.get(url + "/")
+    _wait(d, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+    prompt = d.find_element(By.ID, "prompt-gpt")
+    prompt.clear()
+    prompt.send_keys("the cat")
+    _wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#next-gpt .bar"))  # the next-token distribution
+    _wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#attn-gpt canvas"))  # the attention heads
+    d.execute_script("""
+        const out = document.getElementById('out-gpt'); window.lengths = [];
+        new MutationObserver(() => window.lengths.push(out.textContent.length))
+            .observe(out, {childList: true, characterData: true, subtree: true});""")
+    d.find_element(By.ID, "go-gpt").click()
+    _wait(d, lambda d: d.find_element(By.ID, "out-gpt").get_attribute("data-done") == "1", 60)
+    out = d.find_element(By.ID, "out-gpt").text
+    assert out.startswith("the cat") and len(out) > len("the cat") + 50
+    lengths = d.execute_script("return window.lengths")
+    assert len(set(lengths)) > 20  # it grew piece by piece: streamed, not one answer
+    d.save_screenshot(str(tmp_path / "language-model.png"))
+
+
+def test_translate_and_sample_in_the_page(browser, url, handles, tmp_path):
+    from selenium.webdriver.common.by import By
+    d = browser
+    d.get(url + "/")
+    _wait(d, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+    d.find_element(By.CSS_SELECTOR, "#panel-numbers button").click()
+    want = handles["numbers"].translate(["1234"], to="en")[0]["translation"] or "(empty translation)"
+    _wait(d, lambda d: d.find_element(By.ID, "translation-numbers").text == want)
+    assert d.find_elements(By.CSS_SELECTOR, "#panel-numbers .heat canvas")
+    d.find_element(By.CSS_SELECTOR, "#panel-unet button").click()
+    _wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#panel-unet .strip img")) >= 10, 60)
+    _wait(d, lambda d: "x₀" in d.find_element(By.CSS_SELECTOR, "#panel-unet .col .muted").text, 30)
+    d.set_window_size(1366, 1800)
+    d.save_screenshot(str(tmp_path / "playground.png"))
+    d.set_window_size(1366, 900)
