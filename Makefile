@@ -9,7 +9,9 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 # torch first, pinned to the local 2.13.0 CPU build, so that nothing later can pull a CUDA one.
+# speech (the spoken-numbers corpus): eSpeak NG from Debian when missing and we are root (else its tests skip).
 $(STAMP): pyproject.toml
+	command -v espeak-ng >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && (apt-get install -y --no-install-recommends espeak-ng || (apt-get update && apt-get install -y --no-install-recommends espeak-ng)); } || echo "note: espeak-ng is missing (apt-get install espeak-ng); the speech tests will skip"
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'

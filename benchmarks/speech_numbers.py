@@ -29,7 +29,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 # The 30-minute recipe (2 CPU cores): 3 bidirectional LSTM layers of 256 over 80 log-mel bands, time / 4,
 # 24,000 training clips (4,000 per language, ~22 h of audio), batches of 32 clips, cosine decay to the end.
 RECIPE = ["asr-lstm", "--data", "spoken-numbers", "--train-clips", "4000", "--batch-size", "32", "--lr", "2e-3",
-          "--warmup-steps", "150", "--lr-schedule", "cosine", "--min-lr-ratio", "0.05", "--eval-every", "400",
+          "--warmup-steps", "100", "--lr-schedule", "cosine", "--min-lr-ratio", "0.05", "--eval-every", "400",
           "--grad-clip", "5"]
 LM_RECIPE = ["lstm-small", "--batch-size", "32", "--block-size", "64", "--lr", "3e-3", "--lr-schedule", "cosine",
              "--eval-every", "200", "--beta2", "0.99"]

@@ -63,6 +63,8 @@ def cmd_data(args: argparse.Namespace) -> None:
         print(f"{name:<15} {where:<48} {c.description} (text, for language models)")
     print(f"{'numbers':<15} {'made offline by num2words':<48} 0..999,999 in words <-> digits: pt, es, pl, it, "
           f"sr, en (pairs, for the transformer)")
+    print(f"{'spoken-numbers':<15} {'made offline by num2words + espeak-ng':<48} the same numbers spoken at 16 kHz by "
+          f"eSpeak NG voices (speech, for asr-lstm / asr-gru)")
 
 
 def _prepare_text(args: argparse.Namespace) -> None:

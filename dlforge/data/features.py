@@ -138,13 +138,15 @@ def pad_labels(labels: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 class SpeechLoader:
     """Batches (features (B, T, n_mels), frames (B,), labels (B, L), label lengths (B,)) of clips of similar
-    length: epoch e shuffles the clips with a generator seeded (seed, e), sorts runs of 32 batches by length,
+    length. Epoch 0 runs from the shortest clips to the longest (SortaGrad: CTC leaves its all-blank start
+    sooner on short clips); epoch e > 0 shuffles the clips with a generator seeded (seed, e), sorts runs of 32 batches by length,
     cuts them into batches of `batch_size` clips and shuffles the batches; batch i is augmented with a
     generator seeded (seed, e, i). Features are computed when a batch is needed (the corpus stays audio)."""
 
     def __init__(self, waves, labels: list[list[int]], lengths: np.ndarray, batch_size: int, n_mels: int,
-                 seed: int = 0, augment: bool = True):
+                 seed: int = 0, augment: bool = True, sortagrad: bool = True):
         self.waves, self.labels, self.lengths = waves, labels, torch.as_tensor(np.asarray(lengths))
+        self.sortagrad = sortagrad
         self.batch_size, self.n_mels, self.seed, self.augment = batch_size, n_mels, seed, augment
 
     def __len__(self) -> int:
@@ -152,6 +154,8 @@ class SpeechLoader:
 
     def order(self, epoch: int) -> list[torch.Tensor]:
         perm = torch.randperm(len(self.labels), generator=_seeded(self.seed, epoch))
+        if epoch == 0 and self.sortagrad:  # SortaGrad (Amodei et al., 2016): the first epoch shortest first
+            return list(perm[self.lengths[perm].argsort(stable=True)].split(self.batch_size))
         chunks = [c[self.lengths[c].argsort(stable=True)] for c in perm.split(32 * self.batch_size)]
         batches = torch.cat(chunks).split(self.batch_size)
         return [batches[i] for i in torch.randperm(len(batches), generator=_seeded(self.seed, epoch, 2)).tolist()]

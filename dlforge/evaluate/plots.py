@@ -207,7 +207,7 @@ def plot_ctc_alignment(feats: np.ndarray, best: list[int], labels: list[str], su
                                   gridspec_kw={"height_ratios": [4, 1]})
     ax.imshow(feats.T, origin="lower", aspect="auto", cmap="magma", extent=(0, T / 100, 0, feats.shape[1]))
     ax.set_ylabel("mel band")
-    ax.set_title(shorten(title, 90), fontsize=9)
+    ax.set_title(shorten(title, 150), fontsize=9)
     step = subsampling / 100  # seconds per output frame
     lab.set_ylim(0, 1)
     lab.set_yticks([])

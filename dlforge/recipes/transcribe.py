@@ -299,14 +299,16 @@ class Transcriber(Handle):
         return [{"audio": name, "text": t, "seconds": round(len(w) / S.SAMPLE_RATE, 3)}
                 for (name, w), t in zip(items, texts)]
 
-    def alignment_plot(self, audio, path: str | Path, sample_rate: int | None = None) -> Path:
+    def alignment_plot(self, audio, path: str | Path, sample_rate: int | None = None,
+                       reference: str | None = None) -> Path:
         """Draw the log-mel spectrogram of one clip with the frame-wise best CTC label beneath it."""
         name, wave = _inputs(audio, sample_rate)[0]
         feats = log_mel(wave, self.n_mels)
         lp = posteriors(self.model, [feats], self.device)[0]
         text = decode(self.labels, ctc.greedy(lp))
+        title = f"{Path(name).name}: greedy \"{text}\"" + (f" (reference \"{reference}\")" if reference else "")
         return plots.plot_ctc_alignment(feats.numpy(), ctc.alignment(lp), ["·"] + self.labels,
-                                        self.model.subsampling, f"{Path(name).name}: {text}", Path(path))
+                                        self.model.subsampling, title, Path(path))
 
     def evaluate(self, beam: int = 1, lm=None, lm_weight: float = 0.5, lm_bonus: float = 0.0,
                  limit: int | None = None, quiet: bool = True, split: str = "test") -> dict:
@@ -351,7 +353,7 @@ class Transcriber(Handle):
         if records and plots.plot_lm_curves(records, self.path / "learning_curves.png", "CTC loss (nats / char)"):
             written.append("learning_curves.png")
         if waves:
-            self.alignment_plot((waves[0], S.SAMPLE_RATE), self.path / "alignment.png")
+            self.alignment_plot((waves[0], S.SAMPLE_RATE), self.path / "alignment.png", reference=refs[0])
             written.append("alignment.png")
         if not quiet:
             print(f"\n{decoding} on {len(idx):,} test clips ({audio_s / 60:.1f} min): WER = {100 * report['wer']:.2f}% | "
