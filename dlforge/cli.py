@@ -215,6 +215,7 @@ def cmd_transcribe(args: argparse.Namespace) -> None:
     for r in out:
         print(f"{r['audio']}\t{r['text']}" if len(out) > 1 else r["text"])
     if args.alignment:
+        sys.stdout.flush()
         print(f"alignment: {args.alignment}", file=sys.stderr)
 
 

@@ -277,10 +277,14 @@ class Transcriber(Handle):
         if isinstance(lm, ctc.CharLM):
             return lm
         from dlforge.recipes.base import recipe_for
-        h = lm if isinstance(lm, Handle) else recipe_for("language-model").handle(lm, device="cpu")
-        if h.config.task != "language-model":
-            raise DlforgeError(f"--lm {h.path}: a language-model run is needed, this one is {h.config.task}")
-        return ctc.CharLM(h, self.labels)
+        key = str(Path(lm.path if isinstance(lm, Handle) else lm).resolve())
+        cache = self.__dict__.setdefault("_lms", {})  # each LM run is loaded once per handle (the server's case)
+        if key not in cache:
+            h = lm if isinstance(lm, Handle) else recipe_for("language-model").handle(lm, device="cpu")
+            if h.config.task != "language-model":
+                raise DlforgeError(f"--lm {h.path}: a language-model run is needed, this one is {h.config.task}")
+            cache[key] = ctc.CharLM(h, self.labels)
+        return cache[key]
 
     def recognize(self, waves: list[np.ndarray], beam: int = 1, lm=None, lm_weight: float = 0.5,
                   lm_bonus: float = 0.0) -> tuple[list[str], list[torch.Tensor]]:
