@@ -4,18 +4,25 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser demo test bench clean
+.PHONY: setup system demo test bench clean
 
-setup: $(STAMP) browser
+setup: system $(STAMP)
 
-# The browser tests of the playground drive Debian's chromium through its chromedriver (selenium, no download).
-browser:
-	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+# Debian packages the tests use, installed when missing (and we are root with apt-get; else a note):
+# chromium + chromium-driver — the playground's browser tests drive it through selenium (no download);
+# espeak-ng — the spoken-numbers speech corpus is spoken by eSpeak NG.
+SYSTEM_PKGS := chromium chromium-driver espeak-ng
+system:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
+	command -v espeak-ng >/dev/null 2>&1 || missing="$$missing espeak-ng"; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		(apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1 || \
-		 (apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null)) && \
-		echo "make: installed chromium and chromium-driver (the playground's browser tests)"; \
-	else echo "make: the browser tests need chromium and chromedriver: sudo apt-get install chromium chromium-driver"; fi
+		(apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $$missing >/dev/null)) && \
+		echo "make: installed$$missing"; \
+	else echo "make: the tests need$$missing: sudo apt-get install$$missing (their tests skip without them)"; fi
 
 # torch first, pinned to the local 2.13.0 CPU build, so that nothing later can pull a CUDA one.
 $(STAMP): pyproject.toml

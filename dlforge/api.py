@@ -30,7 +30,8 @@ def train(model: str, data: Any = None, *, out: str | Path | None = None, resume
                       arrays or tensors (N, H, W), (N, H, W, C) or (N, C, H, W), uint8 or floats in [0, 1];
       language-model  "tinyshakespeare", a text file, or text in memory (a string, or a list of strings);
       seq2seq         "numbers", a TSV file (source<TAB>target), or a list of (source, target) pairs;
-      denoise         "fashion-mnist" | "mnist" | "digits", a captions CSV, or a list of (image, caption).
+      denoise         "fashion-mnist" | "mnist" | "digits", a captions CSV, or a list of (image, caption);
+      speech          "spoken-numbers" (eSpeak NG), or a manifest CSV of audio_path,transcript.
     Data in memory is written into the run directory, so that the run rebuilds from its own files.
     out: the run directory (default runs/MODEL-DATA, numbered); resume: continue it from its last checkpoint.
     callbacks: train.callbacks.Callback objects (events that receive the trainer)."""
@@ -38,7 +39,7 @@ def train(model: str, data: Any = None, *, out: str | Path | None = None, resume
 
 
 def load(path: str | Path, device: str = "auto", which: str = "best", **kwargs) -> Handle:
-    """A run directory -> its family's handle (Classifier, LanguageModel, Translator or Diffuser) with the
+    """A run directory -> its family's handle (Classifier, LanguageModel, Translator, Diffuser or Transcriber) with the
     model of checkpoint `which` ("best", else "last") loaded once, on `device`."""
     run = Run.open(path)
     return recipe_for(run.config.task).handle(run, device=device, which=which, **kwargs)

@@ -63,6 +63,8 @@ def cmd_data(args: argparse.Namespace) -> None:
         print(f"{name:<15} {where:<48} {c.description} (text, for language models)")
     print(f"{'numbers':<15} {'made offline by num2words':<48} 0..999,999 in words <-> digits: pt, es, pl, it, "
           f"sr, en (pairs, for the transformer)")
+    print(f"{'spoken-numbers':<15} {'made offline by num2words + espeak-ng':<48} the same numbers spoken at 16 kHz by "
+          f"eSpeak NG voices (speech, for asr-lstm / asr-gru)")
 
 
 def _prepare_text(args: argparse.Namespace) -> None:
@@ -124,6 +126,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 EVAL_OPTIONS = {"classify": ("data", "data_dir"), "seq2seq": ("beam", "length_penalty", "limit"),
+                "speech": ("beam", "lm", "lm_weight", "lm_bonus", "limit"),
                 "denoise": ("classifier", "n", "sampler", "steps", "guidance", "eta", "seed"), "language-model": ()}
 
 
@@ -197,6 +200,36 @@ def cmd_translate(args: argparse.Namespace) -> None:
         print(r["translation"] if r["translation"] else "(empty translation)")
     if args.attention_map:
         print(f"cross-attention: {args.attention_map}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- speech recognition
+def cmd_transcribe(args: argparse.Namespace) -> None:
+    from dlforge.recipes.transcribe import Transcriber
+    tr = Transcriber(_open(args.run, "speech"), device=args.device)
+    out = tr.transcribe(args.audio, args.beam, args.lm, args.lm_weight, args.lm_bonus)
+    if args.alignment:
+        tr.alignment_plot(args.audio[0], args.alignment)
+    if args.json:
+        _print_json({"transcripts": out} if len(out) > 1 else out[0])
+        return
+    for r in out:
+        print(f"{r['audio']}\t{r['text']}" if len(out) > 1 else r["text"])
+    if args.alignment:
+        sys.stdout.flush()
+        print(f"alignment: {args.alignment}", file=sys.stderr)
+
+
+def _add_transcribe(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="a speech-recognition run directory (asr-lstm, asr-gru, ...)")
+    p.add_argument("audio", nargs="+", help="sound files (WAV, FLAC, OGG; any sample rate; at most 60 s each)")
+    p.add_argument("--beam", type=int, default=1, help="prefix beam-search width (1: greedy, the default)")
+    p.add_argument("--lm", help="a character language-model run (dlforge train lstm --data-file TRANSCRIPTS.txt) "
+                                "for shallow fusion (implies beam search; --beam 8 is a good start)")
+    p.add_argument("--lm-weight", type=float, default=0.5, help="weight w of log p_LM (default 0.5)")
+    p.add_argument("--lm-bonus", type=float, default=0.0, help="score bonus per character with --lm (default 0)")
+    p.add_argument("--alignment", help="write the first file's log-mel spectrogram and CTC alignment to this PNG")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
 
 
 # ---------------------------------------------------------------- diffusion
@@ -384,6 +417,12 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     s2s.add_argument("--separate-vocab", action="store_true", help="one tokenizer per side (default: shared)")
     s2s.add_argument("--label-smoothing", type=float, help="default 0.1")
     s2s.add_argument("--max-len", type=int, help="longest sequence in tokens (default 128)")
+    sp = p.add_argument_group("speech recognition (asr-lstm, asr-gru, asr-lstm-small, asr-gru-small): --data "
+                              "spoken-numbers or --data-file MANIFEST.csv (audio_path,transcript); also --langs, "
+                              "--val-numbers, --test-numbers, --val-fraction, --layers, --width, --dropout")
+    sp.add_argument("--train-clips", type=int, help="spoken-numbers: training clips per language (4000)")
+    sp.add_argument("--test-fraction", type=float, help="manifest: share of the lines held out for testing (0.05)")
+    sp.add_argument("--n-mels", type=int, help="log-mel bands (80; small variants 40)")
     dif = p.add_argument_group("text-to-image diffusion (train diffusion | unet | unet-small | unet-fast | unet-tiny): "
                                "--data fashion-mnist | mnist | digits | CAPTIONS.csv")
     dif.add_argument("--timesteps", type=int, help="diffusion steps T of the forward process (1000)")
@@ -415,10 +454,14 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     d.add_argument("--guidance", type=float, default=S, help="classifier-free guidance scale (default 3)")
     d.add_argument("--eta", type=float, default=S, help="ddim: 0 deterministic (default) ... 1")
     d.add_argument("--seed", type=int, default=S)
-    s = p.add_argument_group("seq2seq runs")
+    s = p.add_argument_group("seq2seq and speech runs")
     s.add_argument("--beam", type=int, default=S, help="beam width (default 1: greedy)")
     s.add_argument("--length-penalty", type=float, default=S, help="GNMT length penalty α for beams (default 1)")
-    s.add_argument("--limit", type=int, default=S, help="the first N test pairs of each direction only")
+    s.add_argument("--limit", type=int, default=S, help="the first N test pairs (speech: clips) of each direction "
+                                                        "(language) only")
+    s.add_argument("--lm", default=S, help="speech: a character language-model run for shallow fusion")
+    s.add_argument("--lm-weight", type=float, default=S, help="speech: weight of the language model (default 0.5)")
+    s.add_argument("--lm-bonus", type=float, default=S, help="speech: bonus per character with --lm (default 0)")
 
 
 def _add_decoding(p: argparse.ArgumentParser) -> None:
@@ -496,6 +539,7 @@ COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "generate": (_add_generate, cmd_generate, "continue a prompt with a trained language model"),
     "next": (_add_next, cmd_next, "the most likely next tokens after a text, with probabilities"),
     "translate": (_add_translate, cmd_translate, "translate with a trained encoder–decoder (greedy or beam search)"),
+    "transcribe": (_add_transcribe, cmd_transcribe, "transcribe sound files with a trained speech recognizer"),
     "sample": (_add_sample, cmd_sample, "draw images for text prompts with a trained diffusion run"),
     "noise": (_add_noise, cmd_noise, "show the diffusion forward process on an image"),
     "serve": (_add_serve, cmd_serve, "serve runs over HTTP (API at /v1, docs at /docs) with a web playground at /"),

@@ -18,7 +18,7 @@ from dlforge.errors import DlforgeError
 class ModelEntry:
     name: str
     fn: Callable[..., nn.Module]
-    task: str  # "classify" | "language-model" | "seq2seq" | "denoise"
+    task: str  # "classify" | "language-model" | "seq2seq" | "denoise" | "speech"
     doc: str
 
 

@@ -115,7 +115,7 @@ def test_mlp_with_hidden_sizes_and_activation(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["train", "resnet", "--data", "digits"], "unknown model 'resnet'; expected one of: cnn"),
+    (["train", "resnet", "--data", "digits"], "unknown model 'resnet'; expected one of: asr-gru, asr-gru-small, asr-lstm, asr-lstm-small, cnn"),
     (["train", "cnn", "--data", "cifar"], "unknown dataset 'cifar'; expected one of: digits"),
     (["train", "cnn", "--optimizer", "lion"], "--optimizer: expected one of adam, adamw, sgd, rmsprop"),
     (["train", "cnn", "--loss", "hinge"], "--loss: expected one of cross-entropy, bce, mse"),

@@ -65,3 +65,12 @@ def test_text_to_image(tmp_path):
     assert path.is_relative_to(tmp_path) and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(path) as im:
         assert im.format == "PNG" and im.size == (8, 8)
+
+
+@pytest.mark.skipif(__import__("shutil").which("espeak-ng") is None,
+                    reason="eSpeak NG is not installed (make setup installs it)")
+def test_transcribe_numbers(tmp_path):
+    out = run_example("transcribe_numbers.py", tmp_path)
+    wer, cer, n = re.search(r"^test WER ([\d.]+), CER ([\d.]+) on (\d+) clips", out, re.M).groups()
+    assert 0 <= float(cer) <= 1.5 and int(n) == 4
+    assert re.search(r"^audio 0 \(1\.0 s\) -> '.*'$", out, re.M)

@@ -196,3 +196,28 @@ def plot_cross_attention(maps: list, src_tokens: list[str], out_tokens: list[str
     fig.suptitle("Cross-attention (rows: generated token, columns: source token)")
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def plot_ctc_alignment(feats: np.ndarray, best: list[int], labels: list[str], subsampling: int, title: str,
+                       path: Path) -> Path:
+    """feats (T, n_mels) log-mel above; beneath, on the same time axis (10 ms frames), the frame-wise best CTC
+    label of each output frame (subsampling input frames each): blanks as a grey band, labels as letters."""
+    T = feats.shape[0]
+    fig, (ax, lab) = plt.subplots(2, 1, figsize=(max(6.0, T / 45), 4.2), sharex=True,
+                                  gridspec_kw={"height_ratios": [4, 1]})
+    ax.imshow(feats.T, origin="lower", aspect="auto", cmap="magma", extent=(0, T / 100, 0, feats.shape[1]))
+    ax.set_ylabel("mel band")
+    ax.set_title(shorten(title, 150), fontsize=9)
+    step = subsampling / 100  # seconds per output frame
+    lab.set_ylim(0, 1)
+    lab.set_yticks([])
+    for k, b in enumerate(best):
+        x = k * step
+        if b == 0:
+            lab.axvspan(x, x + step, color="0.88", lw=0)
+        else:
+            lab.axvspan(x, x + step, color="tab:blue", alpha=0.25, lw=0)
+            lab.text(x + step / 2, 0.5, "␣" if labels[b] == " " else labels[b], ha="center", va="center", fontsize=7)
+    lab.set_xlabel("time (s)  —  below: the best label of each CTC frame (grey: blank)")
+    fig.tight_layout()
+    return save_figure(fig, path)

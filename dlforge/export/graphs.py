@@ -10,6 +10,7 @@ forward / encode / decode, so the graph computes exactly what dlforge does.
   rnn/lstm/gru rnn: ids (B, T), h (layers, B, H) [, c] -> logits (B, T, V), h_n [, c_n]; zeros to start
   transformer  encoder: src (B, S) -> src_mask (B, S) bool, cross.i.key/value (B, heads, S, hd)
                decoder: tgt (B, T), src_mask, cross.*, past.* (self-attention cache) -> logits, present.*
+  asr-*        recognizer: features (B, T, n_mels) log-mel, clips of equal length -> log_probs (B, ⌈T/4⌉, V + 1)
   unet         text_encoder: ids (B, L) -> states (B, L, D), mask (B, L) bool
                unet_step: x_t (B, C, H, W), t (B,) int64, states, mask -> eps (B, C, H, W)
 """
@@ -243,3 +244,23 @@ def denoise_graphs(model: nn.Module) -> list[Graph]:
                             [(torch.cat([torch.ones(b, 1, dtype=torch.long), torch.randint(0, vocab, (b, L - 1))], 1),)
                              for b in (1, 2)]))
     return graphs
+
+
+# ---------------------------------------------------------------- speech recognition
+class RecognizerGraph(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        logits, _ = self.model(features)
+        return logits.log_softmax(-1)
+
+
+def speech_graphs(model: nn.Module) -> list[Graph]:
+    M, V = model.n_mels, model.head.out_features
+    ex = [(torch.randn(1, 37, M),), (torch.randn(2, 101, M),)]
+    return [Graph("recognizer", RecognizerGraph(model), {"features": (torch.randn(3, 64, M), ("batch", "frames", M))},
+                  {"log_probs": ("batch", "ctc_frames", V)},
+                  "normalised log-mel features of clips of one length -> CTC log-probabilities (blank = 0)", ex,
+                  dynamo=False)]

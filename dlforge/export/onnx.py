@@ -327,4 +327,18 @@ def _denoise(handle, model) -> tuple[list[G.Graph], dict]:
     return G.denoise_graphs(model), meta
 
 
-FAMILIES = {"classify": _classify, "language-model": _language_model, "seq2seq": _seq2seq, "denoise": _denoise}
+def _speech(handle, model) -> tuple[list[G.Graph], dict]:
+    from dlforge.data import features as Fe
+    return G.speech_graphs(model), {
+        "labels": {"file": "labels.json", "format": "a list of characters: output index i + 1 is labels[i], 0 is "
+                   "the CTC blank"}, "copy": ["labels.json"], "files": ["labels.json"],
+        "preprocessing": {"audio": "mono float32 at 16 kHz", "features": (
+            f"log-mel: |STFT|^2 (n_fft {Fe.N_FFT}, hop {Fe.HOP}, Hann window, centred, zero padded) through a "
+            f"Slaney mel filterbank of {model.n_mels} bands (librosa.filters.mel(sr=16000, n_fft={Fe.N_FFT}, "
+            f"n_mels={model.n_mels})), log(x + 1e-6), then each band minus its mean over the clip, over its std + "
+            f"1e-5; shape (frames, {model.n_mels})"), "subsampling": model.subsampling},
+        "decoding": "greedy: the argmax label per frame, repeats merged, blanks (0) dropped"}
+
+
+FAMILIES = {"classify": _classify, "language-model": _language_model, "seq2seq": _seq2seq, "denoise": _denoise,
+            "speech": _speech}

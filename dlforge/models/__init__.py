@@ -1,2 +1,2 @@
 """Model families, one per file; importing this package registers every variant."""
-from dlforge.models import cnn, mlp, rnn, transformer, unet  # noqa: F401
+from dlforge.models import asr, cnn, mlp, rnn, transformer, unet  # noqa: F401

@@ -215,7 +215,7 @@ def _kwargs_of(model: str) -> set[str] | None:
 
 
 RECIPES: dict[str, str] = {"classify": "classify", "language-model": "language_model", "seq2seq": "seq2seq",
-                           "denoise": "denoise"}
+                           "denoise": "denoise", "speech": "transcribe"}
 
 
 def recipe_for(task: str) -> Recipe:

@@ -280,3 +280,26 @@ class Seq2SeqTask(Task):
         real = y != self.pad_id
         correct = ((logits.detach().argmax(-1) == y) & real).sum()
         return loss, {"correct": correct, "count": int(real.sum())}
+
+
+@dataclass
+class CTCTask(Task):
+    """Speech recognition with connectionist temporal classification (Graves et al., 2006). A batch is
+    (features (B, T, n_mels), frames (B,), labels (B, L) right-padded, label lengths (B,)); the model maps
+    (features, frames) to (logits (B, T', V + 1), frames' (B,)), blank = 0. The loss is
+    -log p(y | x) = -log Σ over alignments a that collapse to y of Π_t p(a_t | x), summed over the batch and
+    divided by its label characters (so long and short clips weigh by their length). No accuracy: that needs
+    a decoder; the validator reports character and word error rates. zero_infinity: a clip too short for its
+    transcript (after speed perturbation) adds nothing rather than an infinite loss."""
+    blank: int = 0
+    name: str = "speech"
+    unit, units = "utt", "utterances"
+    reports_accuracy = False
+    shown_metrics = ("cer", "wer")
+
+    def step(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict]:
+        x, frames, y, y_len = batch
+        logits, out_len = model(x, frames)                                  # (B, T', V + 1)
+        logp = logits.float().log_softmax(-1).transpose(0, 1)               # (T', B, V + 1)
+        loss = F.ctc_loss(logp, y, out_len, y_len, blank=self.blank, reduction="sum", zero_infinity=True)
+        return loss / y_len.sum().clamp(min=1), {"count": x.shape[0]}

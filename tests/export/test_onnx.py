@@ -32,7 +32,8 @@ TINY = {"classify": dict(in_channels=3, img_size=8, num_classes=5),
         "language-model": dict(vocab_size=11, block_size=16),
         "seq2seq": dict(src_vocab_size=13, max_len=16, n_enc_layer=1, n_dec_layer=2, n_head=2, d_model=16,
                         dropout=0.0),
-        "denoise": dict(vocab_size=9, img_size=8, ch=8, text_dim=16, text_layers=1, n_head=2, max_len=6)}
+        "denoise": dict(vocab_size=9, img_size=8, ch=8, text_dim=16, text_layers=1, n_head=2, max_len=6),
+        "speech": dict(vocab_size=7, n_mels=16, channels=4, d_model=16, n_layer=2, dropout=0.0)}
 SMALLER = {"gpt": dict(n_layer=2, n_head=2, d_model=16), "rnn": dict(d_model=16, n_layer=2)}
 
 
@@ -56,7 +57,8 @@ def _tiny(entry) -> torch.nn.Module:
 def _graphs(entry, model) -> list[G.Graph]:
     if entry.task == "classify":  # 12×12 gray images in: the graph resizes (antialiased), normalises, repeats
         return G.classifier_graphs(model, TransformConfig(img_size=8, mean=(0.3,), std=(0.4,)), (1, 12, 12))
-    return {"language-model": G.lm_graphs, "seq2seq": G.seq2seq_graphs, "denoise": G.denoise_graphs}[entry.task](model)
+    return {"language-model": G.lm_graphs, "seq2seq": G.seq2seq_graphs, "denoise": G.denoise_graphs,
+            "speech": G.speech_graphs}[entry.task](model)
 
 
 def _fresh(graph: G.Graph, args: tuple) -> tuple:

@@ -7,7 +7,8 @@ from dlforge.registry import create_model, entries, list_models
 TINY = {"classify": dict(in_channels=3, img_size=8, num_classes=5),
         "denoise": dict(vocab_size=9, img_size=8),
         "language-model": dict(vocab_size=11, block_size=8),
-        "seq2seq": dict(src_vocab_size=13, max_len=16, n_enc_layer=1, n_dec_layer=1, n_head=2, d_model=16)}
+        "seq2seq": dict(src_vocab_size=13, max_len=16, n_enc_layer=1, n_dec_layer=1, n_head=2, d_model=16),
+        "speech": dict(vocab_size=7, n_mels=16, d_model=16, n_layer=2)}
 
 
 def _forward(model, task: str, kw: dict) -> torch.Tensor:
@@ -21,6 +22,10 @@ def _forward(model, task: str, kw: dict) -> torch.Tensor:
         logits, _ = model(torch.randint(kw["vocab_size"], (4, kw["block_size"])))
         assert logits.shape == (4, kw["block_size"], kw["vocab_size"])
         return logits
+    if task == "speech":  # clips of 50 and 33 frames: 13 and 9 output frames, padding never read
+        logits, lengths = model(torch.randn(4, 50, 16), torch.tensor([50, 33, 50, 33]))
+        assert logits.shape == (4, 13, 8) and lengths.tolist() == [13, 9, 13, 9]
+        return torch.cat([logits[0], logits[1, :9]])
     if task == "denoise":
         x = torch.randn(4, 1, kw["img_size"], kw["img_size"])
         eps = model(x, torch.randint(0, 1000, (4,)), torch.tensor([[1, 3, 4, 0]] * 4))
