@@ -39,7 +39,7 @@ def pick(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: flo
     """(B, V) logits of the last position -> (B, 1) next tokens; temperature 0 is greedy."""
     if temperature == 0:
         return logits.argmax(-1, keepdim=True)
-    logits = logits.float() / temperature
+    logits = logits.float() if temperature == 1 else logits.float() / temperature
     if top_k or (top_p is not None and top_p < 1.0):
         logits = filter_logits(logits, top_k, top_p)
     return draw(logits.softmax(-1).cpu(), gen).to(logits.device)

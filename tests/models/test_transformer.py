@@ -59,6 +59,15 @@ def test_the_decoder_gives_the_uncached_logits_at_every_position(name, kw):
     torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-5, atol=1e-5)
 
 
+def test_the_decoder_takes_a_batch():
+    m = _gpt()
+    idx = torch.randint(V, (3, T))
+    with torch.inference_mode():
+        dec = m.decoder()
+        got = torch.cat([dec(idx[:, :6])] + [dec(idx[:, t:t + 1]) for t in range(6, T)], 1)
+        torch.testing.assert_close(got, m(idx)[0], rtol=1e-5, atol=1e-5)
+
+
 def test_the_decoder_restarts_past_the_window_with_the_uncached_logits_of_its_context():
     """Past block_size the cache restarts from the last block_size/2 tokens, as generate_ids does: each
     step's logits are then the uncached model's over exactly those tokens since the restart."""
