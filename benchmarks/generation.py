@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from dlforge.models.sampling import generate_ids
+from dlforge.recipes.language_model import generate_ids  # the handle's loop (dlforge.models.sampling)
 from dlforge.registry import create_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -103,7 +103,8 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=3, help="cached/uncached pairs per size (at least 3)")
     ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--profile", action="store_true", help="print where a cached step's time goes instead")
-    ap.add_argument("--save", action="store_true", help="also write benchmarks/results/lm-generate-cache.json")
+    ap.add_argument("--save", action="store_true", help="also write the JSON to --out")
+    ap.add_argument("--out", type=Path, default=RESULTS / "lm-generate-cache.json")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -125,8 +126,8 @@ def main() -> None:
            "results": [measure(label, model, args.tokens, max(1, args.pairs)) for label, model in models]}
     print(json.dumps(res, indent=2))
     if args.save:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "lm-generate-cache.json").write_text(json.dumps(res, indent=2) + "\n")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(res, indent=2) + "\n")
 
 
 if __name__ == "__main__":
