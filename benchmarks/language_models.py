@@ -1,9 +1,10 @@
-"""Language models on char-level tinyshakespeare: quality in a fixed time, throughput, generation.
+"""Language models on char-level tinyshakespeare: quality in a fixed time, throughput.
 
     python -m benchmarks.language_models train gpt            # 10 minutes of training, the gpt recipe
     python -m benchmarks.language_models train lstm           # ... the lstm recipe
     python -m benchmarks.language_models throughput gpt lstm  # tokens/s fp32 and bf16, achieved GFLOP/s
-    python -m benchmarks.language_models generate RUN         # 500 tokens with and without the KV cache
+
+Generation speed (every GPT size, with and without the KV cache) is benchmarks/generation.py.
 
 Each prints one JSON object (and, with --save, writes it to benchmarks/results/). `train` runs the real
 command line (`dlforge train ... --max-time M --json`) in a subprocess and reads the run directory.
@@ -63,9 +64,8 @@ def train(name: str, minutes: float, out: Path, extra: list[str]) -> dict:
 
 
 def _sample(run: Path) -> str:
-    from dlforge.recipes import language_model as lm
-    from dlforge.runs import Run
-    return lm.generate(Run.open(run), "ROMEO:", 300, temperature=0.8, seed=0)
+    import dlforge
+    return dlforge.load(run).generate("ROMEO:", 300, temperature=0.8, seed=0)
 
 
 def throughput(name: str, steps: int, precision: str) -> dict:
@@ -115,32 +115,6 @@ def _recurrent_flops(model, tokens: int) -> int:
     return 3 * per_token * tokens
 
 
-def generation(run: Path | None, tokens: int, model_name: str) -> dict:
-    """500 tokens from "ROMEO:" with and without the KV cache (temperature 1, seeded). Without a run,
-    the registered model with random weights (speed does not depend on the weights)."""
-    import torch
-    from dlforge.recipes import language_model as lm
-    from dlforge.registry import create_model
-    from dlforge.runs import Run
-    if run is not None:
-        _, tok, model, _ = lm.load_run(Run.open(run))
-        prompt = torch.tensor([tok.encode("ROMEO:")])
-    else:
-        torch.manual_seed(0)
-        model, prompt = create_model(model_name, vocab_size=65).eval(), torch.randint(65, (1, 6))
-    out = {"run": str(run) if run else f"{model_name} (random weights)", "new_tokens": tokens,
-           "block_size": model.block_size, "parameters": sum(p.numel() for p in model.parameters())}
-    for cache in (True, False):
-        list(lm.generate_ids(model, prompt, 10, 1.0, seed=0, use_cache=cache))  # warm-up
-        t0 = time.perf_counter()
-        ids = list(lm.generate_ids(model, prompt, tokens, 1.0, seed=0, use_cache=cache))
-        dt = time.perf_counter() - t0
-        out[f"{'cache' if cache else 'no_cache'}_seconds"] = dt
-        out[f"{'cache' if cache else 'no_cache'}_tokens_per_s"] = len(ids) / dt
-    out["speedup"] = out["no_cache_seconds"] / out["cache_seconds"]
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)
@@ -153,24 +127,17 @@ def main() -> None:
     p.add_argument("models", nargs="+", choices=sorted(RECIPES))
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--bf16-steps", type=int, default=1)
-    g = sub.add_parser("generate")
-    g.add_argument("run", type=Path, nargs="?", help="a trained run (default: --model with random weights)")
-    g.add_argument("--model", default="gpt")
-    g.add_argument("--tokens", type=int, default=500)
     ap.add_argument("--save", action="store_true", help="also write the JSON to benchmarks/results/")
     args = ap.parse_args()
     if args.what == "train":
         res = train(args.model, args.minutes, args.out or ROOT / "runs" / f"bench-{args.model}", args.extra)
-    elif args.what == "throughput":
+    else:
         res = {"throughput": [throughput(m, s, prec) for m in args.models
                               for prec, s in (("fp32", args.steps), ("bf16", args.bf16_steps))]}
-    else:
-        res = generation(args.run, args.tokens, args.model)
     print(json.dumps(res, indent=2))
     if args.save:
         RESULTS.mkdir(parents=True, exist_ok=True)
         tag = args.what + ("-" + args.model if args.what == "train" else "")
-        tag += "-" + args.run.name if args.what == "generate" and args.run else ("-" + args.model if args.what == "generate" else "")
         (RESULTS / f"lm-{tag}.json").write_text(json.dumps(res, indent=2) + "\n")
 
 

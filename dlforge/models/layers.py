@@ -35,6 +35,47 @@ class KVCache:
                        for kv in self.layers]
 
 
+class StaticKVCache:
+    """A KVCache preallocated for `capacity` positions: per layer one (2, B, heads, capacity, head_dim) buffer
+    that each step writes in place. Appending to a growing cache (KVCache) copies the whole past at every step,
+    O(T) per token; here a step copies only its own keys and values and reads the past as a view."""
+
+    def __init__(self, n_layers: int, capacity: int):
+        self.capacity = capacity
+        self.kv: list[torch.Tensor | None] = [None] * n_layers  # (2, B, H, capacity, hd), made at the first write
+        self.lengths = [0] * n_layers
+
+    @property
+    def length(self) -> int:
+        return self.lengths[0]
+
+    def reset(self) -> None:
+        """Empty again, keeping the buffers."""
+        self.lengths = [0] * len(self.lengths)
+
+    def write(self, i: int, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this step's (2, B, H, T, hd) keys/values at layer i's next T positions; -> views of all of
+        them, 2 × (B, H, T_past + T, hd)."""
+        n, T = self.lengths[i], kv.shape[3]
+        if n + T > self.capacity:
+            raise DlforgeError(f"a sequence of {n + T} tokens is longer than the cache ({self.capacity} positions)")
+        buf = self.kv[i]
+        if buf is None or (n == 0 and (buf.shape[1:3] != kv.shape[1:3] or buf.dtype != kv.dtype
+                                       or buf.device != kv.device)):
+            buf = self.kv[i] = kv.new_zeros(*kv.shape[:3], self.capacity, kv.shape[4])
+        buf[:, :, :, n:n + T] = kv
+        self.lengths[i] = n + T
+        return buf[0, :, :, :n + T], buf[1, :, :, :n + T]
+
+    def update(self, i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """KVCache.update's contract: (B, H, T, hd) keys/values in -> all of layer i's (B, H, T_past + T, hd)."""
+        return self.write(i, torch.stack([k, v]))
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep rows `index` of the batch (beam search: the surviving hypotheses' pasts)."""
+        self.kv = [None if b is None else b.index_select(1, index) for b in self.kv]
+
+
 class MultiHeadAttention(nn.Module):
     """softmax(Q Kᵀ / √d_head + mask) V in `n_heads` heads of d_model / n_heads, then an output projection.
     Self-attention by default; cross-attention when `context` (the encoder's output) is given.

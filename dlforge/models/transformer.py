@@ -7,7 +7,8 @@ ids (B, T) -> token embedding + positional encoding -> n_layer pre-LayerNorm blo
 [x + attn(LN(x)), x + mlp(LN(x))] with causal multi-head self-attention -> LN -> linear head whose
 weight is the token embedding's (weight tying) -> logits (B, T, V).
 With a KVCache, only new tokens are computed: the logits are those of the full sequence, bit for bit
-up to float rounding (tests/models/test_transformer.py).
+up to float rounding (tests/models/test_transformer.py). Generation runs GPTDecoder: the same
+arithmetic on the same weights with a StaticKVCache written in place and no module calls.
 
 Encoder–decoder (`transformer`):
 src (B, S) -> embedding·√C + sinusoidal positions -> N encoder blocks [x + self-attn(LN(x)), x + FF(LN(x))]
@@ -24,10 +25,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dlforge.errors import DlforgeError
-from dlforge.models.layers import FeedForward, KVCache, MultiHeadAttention, positional_encoding
+from dlforge.models.layers import FeedForward, KVCache, MultiHeadAttention, StaticKVCache, positional_encoding
 from dlforge.registry import register_model
 
 
@@ -74,16 +76,19 @@ class GPT(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
-    def init_state(self, batch_size: int = 1) -> KVCache:
-        """An empty key/value cache for incremental decoding."""
-        return KVCache(len(self.blocks))
+    def init_state(self, batch_size: int = 1) -> StaticKVCache:
+        """An empty key/value cache for incremental decoding, room for block_size positions."""
+        return StaticKVCache(len(self.blocks), self.block_size)
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache | None]:
+    def decoder(self) -> "GPTDecoder":
+        """What generation steps: decoder(ids) -> logits, the past kept in its own cache."""
+        return GPTDecoder(self)
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | StaticKVCache | None = None
+                ) -> tuple[torch.Tensor, KVCache | StaticKVCache | None]:
         B, T = idx.shape
         past = cache.length if cache is not None else 0
-        if past + T > self.block_size:
-            raise DlforgeError(f"a sequence of {past + T} tokens is longer than the model's context "
-                               f"(block_size {self.block_size})")
+        _check_length(past + T, self.block_size)
         pos = torch.arange(past, past + T, device=idx.device)
         x = self.drop(self.tok(idx) + self.pos(pos))  # (B, T, C)
         for i, block in enumerate(self.blocks):
@@ -102,6 +107,65 @@ class GPT(nn.Module):
         finally:
             for a in attns:
                 a.keep_weights, a.weights = False, None
+
+
+def _check_length(n: int, block_size: int) -> None:
+    if n > block_size:
+        raise DlforgeError(f"a sequence of {n} tokens is longer than the model's context (block_size {block_size})")
+
+
+class GPTDecoder:
+    """GPT.forward for generation: decoder(ids (B, T)) -> logits (B, T, V) of the new tokens given all the
+    tokens fed since reset(); equal to the uncached logits up to float rounding (tests/models/test_transformer.py).
+
+    At batch 1 a step of a small GPT is a few dozen tiny kernels, and the Python around them (module calls,
+    branches, a torch.cat of the whole past per layer) cost more than the arithmetic (benchmarks/generation.py).
+    So this runs each block's math straight on the model's weights: F.layer_norm, one fused (3C, C) q/k/v
+    projection (the two matrices of MultiHeadAttention stacked once here), F.scaled_dot_product_attention over a
+    StaticKVCache written in place, F.linear. Eval mode: no dropout. The weights are read when it is made:
+    make a new one after training further."""
+
+    def __init__(self, model: GPT):
+        blocks, d = model.blocks, (lambda t: None if t is None else t.detach())  # detached: no autograd graph
+        self.block_size, self.n_head = model.block_size, blocks[0].attn.n_heads
+        self.d_model = model.tok.weight.shape[1]
+        self.tok, self.head = d(model.tok.weight), d(model.head.weight)
+        with torch.no_grad():
+            self.pos = model.pos(torch.arange(model.block_size, device=self.tok.device))  # (block_size, C)
+        self.ln_f = (d(model.ln_f.weight), d(model.ln_f.bias), model.ln_f.eps)
+        self.layers = []
+        for b in blocks:
+            a, fc1, fc2 = b.attn, b.mlp[0], b.mlp[2]
+            qkv_w = torch.cat([d(a.q.weight), d(a.kv.weight)])                     # (3C, C): q, then k and v
+            qkv_b = None if a.q.bias is None else torch.cat([d(a.q.bias), d(a.kv.bias)])
+            self.layers.append(((d(b.ln1.weight), d(b.ln1.bias), b.ln1.eps), qkv_w, qkv_b, d(a.proj.weight),
+                                d(a.proj.bias), (d(b.ln2.weight), d(b.ln2.bias), b.ln2.eps),
+                                d(fc1.weight), d(fc1.bias), d(fc2.weight), d(fc2.bias)))
+        self.cache = StaticKVCache(len(blocks), model.block_size)
+
+    @property
+    def length(self) -> int:
+        return self.cache.length
+
+    def reset(self) -> None:
+        self.cache.reset()
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, V)
+        B, T = idx.shape
+        C, H, n = self.d_model, self.n_head, self.cache.length
+        _check_length(n + T, self.block_size)
+        # query t (position n + t) sees keys ≤ n + t; one new token sees them all
+        mask = None if T == 1 else torch.ones(T, n + T, dtype=torch.bool, device=idx.device).tril(n)
+        x = F.embedding(idx, self.tok) + self.pos[n:n + T]                                       # (B, T, C)
+        for i, (ln1, w_qkv, b_qkv, w_o, b_o, ln2, w_1, b_1, w_2, b_2) in enumerate(self.layers):
+            qkv = F.linear(F.layer_norm(x, (C,), *ln1), w_qkv, b_qkv)                              # (B, T, 3C)
+            # (3, B, H, T, hd); one token of one row is already in that order: a view, one call fewer
+            qkv = qkv.view(3, 1, H, 1, C // H) if B * T == 1 else qkv.view(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)
+            k, v = self.cache.write(i, qkv[1:])                                          # 2 × (B, H, n + T, hd)
+            y = F.scaled_dot_product_attention(qkv[0], k, v, attn_mask=mask)              # (B, H, T, hd)
+            x = x + F.linear((y if T == 1 else y.transpose(1, 2)).reshape(B, T, C), w_o, b_o)  # heads side by side
+            x = x + F.linear(F.gelu(F.linear(F.layer_norm(x, (C,), *ln2), w_1, b_1)), w_2, b_2)
+        return F.linear(F.layer_norm(x, (C,), *self.ln_f), self.head)
 
 
 # ---------------------------------------------------------------- registered variants

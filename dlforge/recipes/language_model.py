@@ -21,6 +21,7 @@ from dlforge.data import tokens
 from dlforge.data.loader import TokenLoader
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import metrics, plots
+from dlforge.models.sampling import filter_logits, generate_ids  # noqa: F401 (this module's API)
 from dlforge.recipes.base import Handle, Recipe, is_file
 from dlforge.registry import get_entry
 from dlforge.runs import Run, RunConfig, atomic_write_json
@@ -302,19 +303,9 @@ class LanguageModel(Handle):
                top_p: float | None = None, seed: int = 0, use_cache: bool = True) -> Iterator[str]:
         """Yield the continuation of `prompt` piece by piece as it is sampled (whole UTF-8 characters)."""
         check_sampling(max_new_tokens, temperature, top_k, top_p)
-        tok = self.tokenizer
-        ids = encode_prompt(tok, prompt).to(self.device)
-        new: list[int] = []
-        shown = 0
-        for t in generate_ids(self.model, ids, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
-            new.append(t)
-            text = tok.decode(new)
-            if not text.endswith("\ufffd"):  # wait for a whole UTF-8 character (bpe)
-                yield text[shown:]
-                shown = len(text)
-        text = tok.decode(new)
-        if shown < len(text):
-            yield text[shown:]
+        ids = encode_prompt(self.tokenizer, prompt).to(self.device)
+        yield from decode_stream(self.tokenizer, generate_ids(self.model, ids, max_new_tokens, temperature, top_k,
+                                                              top_p, seed, use_cache))
 
     def generate(self, prompt: str, max_new_tokens: int = 500, temperature: float = 0.8, top_k: int | None = None,
                  top_p: float | None = None, seed: int = 0, use_cache: bool = True) -> str:
@@ -336,7 +327,6 @@ class LanguageModel(Handle):
         return [{"token": tok.token_text(i), "id": i, "probability": round(float(p), 6)}
                 for p, i in zip(top.values.tolist(), top.indices.tolist())]
 
-
     @torch.inference_mode()
     def attention(self, text: str) -> dict:
         """A gpt's attention over `text` (its last block_size tokens): {"tokens": [str], "layers": n_layer ×
@@ -348,57 +338,21 @@ class LanguageModel(Handle):
                 "layers": self.model.attention_maps(ids.to(self.device))}
 
 
-# ---------------------------------------------------------------- sampling
-def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
-    """(B, V) -> (B, V) with -inf outside the k most likely tokens and outside the smallest set whose
-    probability reaches top_p (nucleus sampling, Holtzman et al., 2019)."""
-    logits = logits.clone()
-    if top_k:
-        kth = logits.topk(min(top_k, logits.shape[-1]), -1).values[:, -1:]
-        logits[logits < kth] = float("-inf")
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = logits.sort(-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        drop = probs.cumsum(-1) - probs > top_p   # tokens after the nucleus is full (the first always stays)
-        logits.scatter_(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    return logits
-
-
-def _pick(logits: torch.Tensor, temperature: float, top_k, top_p, gen: torch.Generator) -> torch.Tensor:
-    """(1, V) logits of the last position -> (1, 1) next token; temperature 0 is greedy."""
-    if temperature == 0:
-        return logits.argmax(-1, keepdim=True)
-    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
-    return torch.multinomial(probs.cpu(), 1, generator=gen).to(logits.device)
-
-
-@torch.inference_mode()
-def generate_ids(model: torch.nn.Module, ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-                 use_cache: bool = True) -> Iterator[int]:
-    """Yield new token ids one by one after the prompt ids (1, T0).
-
-    Transformers see at most block_size tokens: a longer prompt is cropped to its last block_size
-    tokens. With the KV cache each step runs one token; when the cache is full it restarts from the
-    last block_size/2 tokens (so past the window, cached and uncached samples may differ). Without it,
-    every step recomputes the whole (cropped) context. Recurrent models always carry their state."""
-    model.eval()
-    gen = torch.Generator().manual_seed(seed)
-    bs = model.block_size
-    cached = use_cache or model.recurrent
-    state = model.init_state(1) if cached else None
-    ctx = ids if bs is None else ids[:, -bs:]
-    logits, state = model(ctx, state)
-    for _ in range(max_new_tokens):
-        nxt = _pick(logits[:, -1], temperature, top_k, top_p, gen)  # (1, 1)
-        yield int(nxt)
-        ids = torch.cat([ids, nxt], 1)
-        if not cached:
-            logits, _ = model(ids[:, -bs:])
-        elif bs is not None and state.length + 1 > bs:
-            logits, state = model(ids[:, -max(1, bs // 2):], model.init_state(1))
-        else:
-            logits, state = model(nxt, state)
+# ---------------------------------------------------------------- prompts and options
+def decode_stream(tok: textdata.TextTokenizer, ids: Iterator[int]) -> Iterator[str]:
+    """The text of token ids as they come, one piece per token once it ends a whole UTF-8 character (bpe: a
+    character's bytes may span tokens); the pieces join to tok.decode(all ids). Only the tokens not yet shown
+    are decoded, so each token costs the same however long the text is (decoding everything each time is
+    O(n) per token)."""
+    pending: list[int] = []
+    for t in ids:
+        pending.append(t)
+        text = tok.decode(pending)
+        if not text.endswith("\ufffd"):  # ends on a character boundary: what follows decodes on its own
+            pending = []
+            yield text
+    if pending:
+        yield tok.decode(pending)
 
 
 def encode_prompt(tok: textdata.TextTokenizer, prompt: str, option: str = "--prompt") -> torch.Tensor:

@@ -148,3 +148,19 @@ def test_windows_are_seeded_and_replayable():
     a = list(loader.epoch(2))
     assert torch.equal(a[3][0], list(loader.epoch(2, start=3))[0][0])
     assert torch.equal(a[0][1], a[0][0] + 1) and not torch.equal(a[0][0], list(loader.epoch(3))[0][0])
+
+
+@pytest.mark.parametrize("kind", ["char", "word", "bpe"])
+def test_streamed_pieces_join_to_the_decoded_text(kind):
+    """decode_stream decodes only the tokens not yet shown; its pieces still join to decode(all): bpe ids
+    drawn at random split (and break) UTF-8 characters over tokens."""
+    from dlforge.recipes.language_model import decode_stream
+    text = "naïve café — Ωmega 東京 " * 6 + SAMPLE
+    tok = textdata.fit_tokenizer(kind, text * 10, vocab_size=300)
+    gen = torch.Generator().manual_seed(0)
+    waited = 0
+    for ids in [tok.encode(text), *(torch.randint(tok.vocab_size, (200,), generator=gen).tolist() for _ in range(5))]:
+        pieces = list(decode_stream(tok, iter(ids)))
+        assert "".join(pieces) == tok.decode(ids)
+        waited += len(ids) - len(pieces)
+    assert (waited > 0) == (kind == "bpe")  # char and word: one piece per token; bpe waits for whole characters

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from dlforge.errors import DlforgeError
-from dlforge.models.layers import MultiHeadAttention, SinusoidalPositions
+from dlforge.models.layers import MultiHeadAttention, SinusoidalPositions, StaticKVCache
+from dlforge.models.sampling import draw, pick
 from dlforge.recipes.language_model import filter_logits, generate_ids
 from dlforge.registry import create_model
 
@@ -36,8 +37,85 @@ def test_kv_cache_gives_the_uncached_logits():
     parts.append(m(idx[:, 5:6], cache)[0])
     parts.append(m(idx[:, 6:9], cache)[0])
     parts += [m(idx[:, t:t + 1], cache)[0] for t in range(9, T)]
-    assert cache.length == T
+    assert isinstance(cache, StaticKVCache) and cache.length == T
     torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-5, atol=1e-5)
+
+
+# every registered GPT shape at its own width, depth and context; and the options that change the math
+SHAPES = [("gpt-tiny", {}), ("gpt-small", {}), ("gpt", {}),
+          ("gpt-tiny", {"pos_encoding": "sinusoidal"}), ("gpt-tiny", {"bias": False, "tie_weights": False})]
+
+
+@pytest.mark.parametrize("name,kw", SHAPES)
+def test_the_decoder_gives_the_uncached_logits_at_every_position(name, kw):
+    torch.manual_seed(0)
+    m = create_model(name, vocab_size=65, **kw).eval()
+    idx = torch.randint(65, (1, m.block_size))                # the whole context: 64, 128, 256 steps
+    with torch.inference_mode():
+        full, _ = m(idx)
+        dec = m.decoder()
+        parts = [dec(idx[:, :5]), dec(idx[:, 5:8])] + [dec(idx[:, t:t + 1]) for t in range(8, m.block_size)]
+    assert dec.length == m.block_size
+    torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_the_decoder_takes_a_batch():
+    m = _gpt()
+    idx = torch.randint(V, (3, T))
+    with torch.inference_mode():
+        dec = m.decoder()
+        got = torch.cat([dec(idx[:, :6])] + [dec(idx[:, t:t + 1]) for t in range(6, T)], 1)
+        torch.testing.assert_close(got, m(idx)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_the_decoder_restarts_past_the_window_with_the_uncached_logits_of_its_context():
+    """Past block_size the cache restarts from the last block_size/2 tokens, as generate_ids does: each
+    step's logits are then the uncached model's over exactly those tokens since the restart."""
+    m = _gpt()
+    seq = torch.randint(V, (1, 3 * T + 5))
+    dec, start = m.decoder(), 0
+    with torch.inference_mode():
+        got = dec(seq[:, :4])[:, -1]
+        for n in range(4, seq.shape[1]):
+            torch.testing.assert_close(got, m(seq[:, start:n])[0][:, -1], rtol=1e-5, atol=1e-5)
+            if dec.length == T:
+                dec.reset()
+                start = n + 1 - T // 2
+                got = dec(seq[:, start:n + 1])[:, -1]
+            else:
+                got = dec(seq[:, n:n + 1])[:, -1]
+            assert dec.length == n + 1 - start <= T
+    with pytest.raises(DlforgeError, match="17 tokens is longer than the model's context \\(block_size 16\\)"):
+        m.decoder()(seq[:, :T + 1])
+
+
+def test_the_static_cache_writes_in_place_and_refuses_to_overflow():
+    cache = StaticKVCache(1, 4)
+    kv = torch.randn(2, 1, 2, 3, 5)                           # (2, B, H, T, hd)
+    k, v = cache.write(0, kv)
+    buf = cache.kv[0]
+    k2, _ = cache.write(0, torch.randn(2, 1, 2, 1, 5))
+    assert cache.kv[0] is buf and k2.data_ptr() == k.data_ptr() and k2.shape == (1, 2, 4, 5)
+    torch.testing.assert_close(k2[:, :, :3], kv[0], rtol=0, atol=0)
+    with pytest.raises(DlforgeError, match="5 tokens is longer than the cache \\(4 positions\\)"):
+        cache.write(0, torch.randn(2, 1, 2, 1, 5))
+    cache.reset()
+    assert cache.length == 0 and cache.write(0, kv)[0].shape == (1, 2, 3, 5) and cache.kv[0] is buf
+
+
+def test_cached_generation_steps_call_no_module():
+    """Modules run only while the decoder is made (the position table), not per token; uncached, every step."""
+    m = _gpt()
+    calls = []
+    hooks = [mod.register_forward_hook(lambda *a: calls.append(1)) for mod in m.modules()]
+    counts = []
+    for n, cache in ((1, True), (3 * T, True), (1, False), (3, False)):
+        calls.clear()
+        list(generate_ids(m, torch.randint(V, (1, 4)), n, temperature=1.0, use_cache=cache))
+        counts.append(len(calls))
+    for h in hooks:
+        h.remove()
+    assert counts[0] == counts[1] and counts[3] == 3 * counts[2] > 0
 
 
 def test_future_tokens_do_not_change_past_logits():
@@ -86,6 +164,41 @@ def test_cached_and_uncached_generation_agree_and_run_past_the_window():
     assert sampled[0] == sampled[1]
     long = list(generate_ids(m, torch.randint(V, (1, 40)), 3 * T, temperature=1.0, top_k=5))
     assert len(long) == 3 * T and all(0 <= t < V for t in long)  # the prompt and context are cropped
+
+
+def test_past_the_window_cached_greedy_generation_follows_its_restarts():
+    """The tokens generate_ids picks with the cache, 3 windows long, are those of the uncached model run over
+    the context the cache holds (restarts from the last block_size/2 tokens)."""
+    m = _gpt()
+    prompt = torch.randint(V, (1, 6))
+    got = list(generate_ids(m, prompt, 3 * T, temperature=0))
+    seq, start = prompt[0].tolist(), 0
+    with torch.inference_mode():
+        for _ in range(3 * T):
+            if len(seq) - start > T:
+                start = len(seq) - T // 2
+            seq.append(int(m(torch.tensor([seq[start:]]))[0][0, -1].argmax()))
+    assert got == seq[6:]
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_seeded_generation_is_reproducible(use_cache):
+    m = _gpt()
+    prompt = torch.randint(V, (1, 3))
+    runs = [list(generate_ids(m, prompt, 2 * T, temperature=1.0, top_p=0.9, seed=s, use_cache=use_cache))
+            for s in (7, 7, 8)]
+    assert runs[0] == runs[1] and runs[0] != runs[2] and len(runs[0]) == 2 * T
+
+
+def test_draw_is_torch_multinomial_draw_for_draw():
+    probs = torch.rand(300, 3, 65).pow(4).softmax(-1)          # peaked and flat rows
+    for i, p in enumerate(probs):
+        want = torch.multinomial(p, 1, generator=torch.Generator().manual_seed(i))
+        assert torch.equal(draw(p, torch.Generator().manual_seed(i)), want)
+    g = torch.Generator().manual_seed(0)
+    assert pick(torch.tensor([[0.0, 5.0, 1.0]]), 0, None, None, g).item() == 1   # temperature 0: the argmax
+    only = torch.tensor([[0.0, 5.0, 1.0, 4.9]])
+    assert {pick(only, 1.0, 1, None, g).item() for _ in range(20)} == {1}       # top-k 1 leaves one token
 
 
 def test_top_k_and_top_p_filtering():
