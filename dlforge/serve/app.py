@@ -308,5 +308,6 @@ def serve(runs: list[str | Path], host: str = "127.0.0.1", port: int = 8000, tok
     app = create_app(load_runs(runs, device), limits, token)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                            timeout_graceful_shutdown=int(limits.timeout_s) + 5, limit_concurrency=4096)
+                            timeout_graceful_shutdown=int(limits.timeout_s) + 5, limit_concurrency=4096,
+                            timeout_keep_alive=30)  # uvicorn closes idle keep-alive connections after 5 s by default
     uvicorn.Server(config).run()
