@@ -1,7 +1,7 @@
 """The endpoints of each family, each a thin call of its handle (Classifier.predict's parts,
-LanguageModel.stream / next_tokens / attention, Translator.translate / cross_attention, Diffuser.sample), and
+LanguageModel.stream / next_tokens / attention, Translator.translate / cross_attention, Diffuser.sample, Transcriber.transcribe), and
 the table FAMILIES: task -> its family name, what /v1/models says of a run, and its endpoints. Serving a new
-family (speech: transcribe) is one more entry."""
+family is one more entry (speech was)."""
 from __future__ import annotations
 
 import asyncio
@@ -65,6 +65,11 @@ class SampleBody(Body):
     seed: int = SEED
     frames: int = Field(0, ge=0, le=50, description="0: none; else the reverse process of the first image at "
                                                      "this many steps, noise first")
+
+
+class TranscribeBody(Body):
+    audio: list[str] = Field(min_length=1, description="sound files as base64 (WAV, FLAC, OGG; a data: URL is fine)")
+    beam: int = Field(1, ge=1, le=16, description="1: greedy; else CTC prefix beam search of this width")
 
 
 class CompletionBody(BaseModel):
@@ -360,6 +365,62 @@ def denoise_info(h) -> dict:
             "example_prompts": canonical_prompts(name, classes)[:10] if classes else []}
 
 
+# ---------------------------------------------------------------- speech
+async def _transcribe_inputs(s: Served, request: Request) -> tuple[list[bytes], int]:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "multipart/form-data":
+        b = await json_body(request, TranscribeBody)
+        if len(b.audio) > s.limits.max_clips:
+            raise RequestError(400, f"audio: {len(b.audio)} clips; at most {s.limits.max_clips} per request")
+        return [b64decode(t, f"audio.{i}") for i, t in enumerate(b.audio)], b.beam
+    try:
+        form = await request.form(max_files=s.limits.max_clips, max_fields=4)
+    except Exception:  # noqa: BLE001  python-multipart's errors vary by version: every one is a bad body
+        raise RequestError(400, f"the multipart body is malformed, or holds more than {s.limits.max_clips} "
+                                f"files") from None
+    files, fields = [], {}
+    for key, value in form.multi_items():
+        if hasattr(value, "read"):
+            files.append(await value.read())
+        else:
+            fields[key] = value
+    if not files:
+        raise RequestError(400, "audio: give at least one sound file (multipart field 'audio')")
+    extra = set(fields) - {"beam"}
+    if extra:
+        raise RequestError(400, f"{sorted(extra)[0]}: unknown field; expected audio, beam")
+    return files, validate(TranscribeBody, {"audio": ["x"], **fields}).beam
+
+
+def _waves(s: Served, blobs: list[bytes]) -> list:
+    from dlforge.data.speech import SAMPLE_RATE, audio_from_bytes
+    try:
+        return [(audio_from_bytes(b, s.limits.max_audio_seconds, f"audio {i}"), SAMPLE_RATE)
+                for i, b in enumerate(blobs)]
+    except RequestError:
+        raise
+    except Exception as e:  # a DlforgeError naming the clip: the client's audio, a 400
+        raise RequestError(400, str(e)) from None
+
+
+async def transcribe(s: Served, request: Request) -> dict:
+    blobs, beam = await _transcribe_inputs(s, request)
+    ticket = s.worker.admit()
+    try:
+        waves = await asyncio.to_thread(_waves, s, blobs)
+        out = await ticket.run(s.handle.transcribe, waves, beam)
+        return {"model": s.name, "transcripts": [{"clip": i, "text": r["text"], "seconds": r["seconds"]}
+                                                  for i, r in enumerate(out)]}
+    finally:
+        ticket.release()
+
+
+def speech_info(h) -> dict:
+    from dlforge.data.speech import SAMPLE_RATE
+    return {"characters": "".join(h.labels), "sample_rate": SAMPLE_RATE, "n_mels": h.n_mels,
+            "languages": list(h.config.data.get("langs") or [])}
+
+
 # ---------------------------------------------------------------- the table
 FAMILIES: dict[str, Family] = {
     "classify": Family("classifier", classify_info, [
@@ -372,6 +433,9 @@ FAMILIES: dict[str, Family] = {
         Endpoint("translate", TranslateBody, translate, "texts and `to` -> translations (and cross-attention)")]),
     "denoise": Family("diffusion", denoise_info, [
         Endpoint("sample", SampleBody, sample, "prompts -> PNG images (and the denoising frames)")]),
+    "speech": Family("speech", speech_info, [
+        Endpoint("transcribe", TranscribeBody, transcribe, "sound files -> transcripts (JSON base64 or multipart "
+                                                           "'audio' files)", multipart=True)]),
 }
 
 

@@ -29,6 +29,8 @@ class Limits:
     max_new_tokens: int = 512            # generate / completions
     max_steps: int = 200                 # denoising steps of one sample request
     max_sample_images: int = 8           # prompts × n of one sample request
+    max_clips: int = 8                   # sound files in one transcribe request
+    max_audio_seconds: float = 30.0      # one clip
     queue_size: int = 64                 # admitted requests per model (running or waiting); then 429
     timeout_s: float = 30.0              # one request; then 504
     max_batch: int = 32                  # dynamic batching of predict: images in one forward pass (1: off)
