@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -166,6 +167,8 @@ def cache_build(root: Path) -> dict:
 
 
 def train_epoch(data: list[str], out: Path, env: dict) -> dict:
+    import shutil
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run each time the benchmark runs
     argv = [sys.executable, "-m", "dlforge", "train", "cnn-small", *data, "--img-size", "28", "--epochs", "1",
             "--batch-size", "128", "--no-progress", "--out", str(out)]
     rss, wall, _ = peak_rss_run(argv, env)
@@ -204,7 +207,7 @@ def pipeline_epoch(root: Path) -> dict:
             return len(files)
 
         def __getitem__(self, i):
-            return torch.from_numpy(images.decode_image(files[i], 28, "L")), labels[i]
+            return torch.from_numpy(images.decode_image(files[i], 28, "L").copy()), labels[i]
     loader = torch.utils.data.DataLoader(Files(), batch_size=128, shuffle=True, num_workers=2,
                                          generator=torch.Generator().manual_seed(0))
     t0 = time.perf_counter()
@@ -234,7 +237,7 @@ def images_benchmark(out: Path, env: dict, pairs: int) -> None:
                   f"test accuracy {r['test_accuracy']:.4f}", flush=True)
     ratios = [a["images_per_s"] / b["images_per_s"] for a, b in zip(runs["cache"], runs["memory"])]
     results.update(train_epoch_runs=runs, ratio_cache_over_memory=ratios,
-                   median_ratio=sorted(ratios)[len(ratios) // 2], pipeline_images_per_s=pipeline_epoch(root))
+                   median_ratio=statistics.median(ratios), pipeline_images_per_s=pipeline_epoch(root))
     print(f"training epoch, cache / memory: {', '.join(f'{r:.3f}' for r in ratios)}; pipeline alone "
           f"{results['pipeline_images_per_s']}", flush=True)
     dest = ROOT / "benchmarks" / "results" / "data-scale-images.json"
