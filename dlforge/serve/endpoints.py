@@ -141,6 +141,27 @@ def validate(model: type[BaseModel], obj: Any) -> Any:
         raise RequestError(400, "the body is nested too deep") from None
 
 
+async def form_files(request: Request, max_files: int, field: str, what: str,
+                     options: tuple[str, ...]) -> tuple[list[bytes], dict[str, str]]:
+    """A multipart body -> (the bytes of its files, its other fields), every problem a 400 naming it."""
+    try:
+        form = await request.form(max_files=max_files, max_fields=2 * len(options) + 4)
+    except Exception:  # noqa: BLE001  python-multipart's errors vary by version: every one is a bad body
+        raise RequestError(400, f"the multipart body is malformed, or holds more than {max_files} files") from None
+    files, fields = [], {}
+    for key, value in form.multi_items():
+        if hasattr(value, "read"):
+            files.append(await value.read())
+        else:
+            fields[key] = value
+    if not files:
+        raise RequestError(400, f"{field}: give at least one {what} (multipart field '{field}')")
+    extra = set(fields) - set(options)
+    if extra:
+        raise RequestError(400, f"{sorted(extra)[0]}: unknown field; expected {', '.join((field,) + options)}")
+    return files, fields
+
+
 def _floats(t: torch.Tensor) -> list:
     return ((t.double() * 1e4).round() / 1e4).tolist()
 
@@ -167,22 +188,7 @@ async def _predict_inputs(s: Served, request: Request) -> tuple[list[bytes], int
         if len(b.images) > s.limits.max_images:
             raise RequestError(400, f"images: {len(b.images)} images; at most {s.limits.max_images} per request")
         return [b64decode(t, f"images.{i}") for i, t in enumerate(b.images)], b.top_k, b.feature_maps
-    try:
-        form = await request.form(max_files=s.limits.max_images, max_fields=8)
-    except Exception:  # noqa: BLE001  python-multipart's errors vary by version: every one is a bad body
-        raise RequestError(400, f"the multipart body is malformed, or holds more than {s.limits.max_images} "
-                                f"files") from None
-    files, fields = [], {}
-    for key, value in form.multi_items():
-        if hasattr(value, "read"):
-            files.append(await value.read())
-        else:
-            fields[key] = value
-    if not files:
-        raise RequestError(400, "image: give at least one image file (multipart field 'image')")
-    extra = set(fields) - {"top_k", "feature_maps"}
-    if extra:
-        raise RequestError(400, f"{sorted(extra)[0]}: unknown field; expected image, top_k, feature_maps")
+    files, fields = await form_files(request, s.limits.max_images, "image", "image file", ("top_k", "feature_maps"))
     b = validate(PredictBody, {"images": ["x"], **fields})
     return files, b.top_k, b.feature_maps
 
@@ -373,22 +379,7 @@ async def _transcribe_inputs(s: Served, request: Request) -> tuple[list[bytes], 
         if len(b.audio) > s.limits.max_clips:
             raise RequestError(400, f"audio: {len(b.audio)} clips; at most {s.limits.max_clips} per request")
         return [b64decode(t, f"audio.{i}") for i, t in enumerate(b.audio)], b.beam
-    try:
-        form = await request.form(max_files=s.limits.max_clips, max_fields=4)
-    except Exception:  # noqa: BLE001  python-multipart's errors vary by version: every one is a bad body
-        raise RequestError(400, f"the multipart body is malformed, or holds more than {s.limits.max_clips} "
-                                f"files") from None
-    files, fields = [], {}
-    for key, value in form.multi_items():
-        if hasattr(value, "read"):
-            files.append(await value.read())
-        else:
-            fields[key] = value
-    if not files:
-        raise RequestError(400, "audio: give at least one sound file (multipart field 'audio')")
-    extra = set(fields) - {"beam"}
-    if extra:
-        raise RequestError(400, f"{sorted(extra)[0]}: unknown field; expected audio, beam")
+    files, fields = await form_files(request, s.limits.max_clips, "audio", "sound file", ("beam",))
     return files, validate(TranscribeBody, {"audio": ["x"], **fields}).beam
 
 
