@@ -59,60 +59,41 @@ def normalize_transcript(text: str) -> str:
 def read_audio(path: str | Path, max_seconds: float | None = None, what: str = "") -> np.ndarray:
     """A sound file (WAV, FLAC, OGG: whatever libsndfile reads) as float32 mono at 16 kHz. Empty, truncated,
     unreadable or too long audio is a one-line DlforgeError naming the file."""
-    import soundfile as sf
     name = what or str(path)
     if not Path(path).is_file():
         raise DlforgeError(f"{name}: no such audio file")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    return _decode_sound(str(path), head, Path(path).stat().st_size, max_seconds, name)
+
+
+def audio_from_bytes(data: bytes, max_seconds: float | None = None, what: str = "the audio") -> np.ndarray:
+    """The bytes of a sound file (an upload: WAV, FLAC, OGG) as float32 mono at 16 kHz; read_audio's errors."""
+    import io
+    return _decode_sound(io.BytesIO(data), data[:8], len(data), max_seconds, what)
+
+
+def _decode_sound(source, head: bytes, size: int, max_seconds: float | None, name: str) -> np.ndarray:
+    """A path or a file object holding a sound file of `size` bytes starting with `head` -> 16 kHz mono. The
+    length is checked from the header, before the samples are read."""
+    import soundfile as sf
+    if not size:
+        raise DlforgeError(f"{name}: empty file (0 bytes), not audio")
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(source) as f:
             rate, frames = f.samplerate, f.frames
             if max_seconds is not None and frames > max_seconds * rate:
                 raise DlforgeError(f"{name}: {frames / rate:.1f} s of audio; at most {max_seconds:g} s is accepted")
             data = f.read(dtype="float32", always_2d=True)
     except DlforgeError:
         raise
-    except Exception as e:  # soundfile's LibsndfileError / RuntimeError: not audio, or a broken header
-        with open(path, "rb") as f:
-            head = f.read(4)
-        if not head:
-            raise DlforgeError(f"{name}: empty file (0 bytes), not audio") from None
-        what = "truncated or damaged audio file" if head in AUDIO_MAGIC else "not a readable audio file"
-        raise DlforgeError(f"{name}: {what} ({str(e).splitlines()[0][:120]})") from None
-    if len(data) < frames or _riff_short(Path(path)):
+    except Exception as e:  # noqa: BLE001  soundfile's LibsndfileError / RuntimeError: not audio, a broken header
+        kind = "truncated or damaged audio file" if head[:4] in AUDIO_MAGIC else "not a readable audio file"
+        raise DlforgeError(f"{name}: {kind} ({str(e).splitlines()[0][:120]})") from None
+    riff_short = head[:4] == b"RIFF" and int.from_bytes(head[4:8], "little") + 8 > size  # libsndfile reads what is there
+    if len(data) < frames or riff_short:
         raise DlforgeError(f"{name}: truncated audio file (its header promises more data than the file holds)")
     return prepare_audio(data.mean(1), rate, max_seconds, name)
-
-
-def audio_from_bytes(data: bytes, max_seconds: float | None = None, what: str = "the audio") -> np.ndarray:
-    """The bytes of a sound file (an upload: WAV, FLAC, OGG) as float32 mono at 16 kHz; the same one-line
-    errors as read_audio, naming `what`."""
-    import io
-
-    import soundfile as sf
-    if not data:
-        raise DlforgeError(f"{what}: empty (0 bytes), not audio")
-    try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            rate, frames = f.samplerate, f.frames
-            if max_seconds is not None and frames > max_seconds * rate:
-                raise DlforgeError(f"{what}: {frames / rate:.1f} s of audio; at most {max_seconds:g} s is accepted")
-            x = f.read(dtype="float32", always_2d=True)
-    except DlforgeError:
-        raise
-    except Exception as e:  # noqa: BLE001  libsndfile's errors: not audio, or a broken header
-        kind = "truncated or damaged audio" if data[:4] in AUDIO_MAGIC else "not readable audio"
-        raise DlforgeError(f"{what}: {kind} ({str(e).splitlines()[0][:120]})") from None
-    riff_short = data[:4] == b"RIFF" and int.from_bytes(data[4:8], "little") + 8 > len(data)
-    if len(x) < frames or riff_short:
-        raise DlforgeError(f"{what}: truncated audio (its header promises more data than it holds)")
-    return prepare_audio(x.mean(1), rate, max_seconds, what)
-
-
-def _riff_short(path: Path) -> bool:
-    """A WAV whose RIFF header declares more bytes than the file has (libsndfile reads what is there)."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-    return head[:4] == b"RIFF" and int.from_bytes(head[4:8], "little") + 8 > path.stat().st_size
 
 
 def prepare_audio(x, rate: int, max_seconds: float | None = None, what: str = "the audio") -> np.ndarray:
