@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dlforge.data.loader import _seeded
+from dlforge.data.loader import _seeded, length_batches
 
 SAMPLE_RATE, N_FFT, HOP = 16_000, 400, 160
 
@@ -156,9 +156,7 @@ class SpeechLoader:
         perm = torch.randperm(len(self.labels), generator=_seeded(self.seed, epoch))
         if epoch == 0 and self.sortagrad:  # SortaGrad (Amodei et al., 2016): the first epoch shortest first
             return list(perm[self.lengths[perm].argsort(stable=True)].split(self.batch_size))
-        chunks = [c[self.lengths[c].argsort(stable=True)] for c in perm.split(32 * self.batch_size)]
-        batches = torch.cat(chunks).split(self.batch_size)
-        return [batches[i] for i in torch.randperm(len(batches), generator=_seeded(self.seed, epoch, 2)).tolist()]
+        return length_batches(perm, self.lengths, self.batch_size, 32, _seeded(self.seed, epoch, 2))
 
     def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
         batches = self.order(epoch)

@@ -19,6 +19,16 @@ def _seeded(*parts: int) -> torch.Generator:
     return torch.Generator().manual_seed(s)
 
 
+def length_batches(perm: torch.Tensor, lengths: torch.Tensor, batch_size: int, run: int,
+                   g: torch.Generator) -> list[torch.Tensor]:
+    """Length buckets (padded sequences): sort each run of `run` batches of the order `perm` by length, cut it
+    into batches, shuffle the batches with g: a batch holds sequences of similar length, so little of it is
+    padding. -> the batches' indices, in their shuffled order."""
+    chunks = [c[lengths[c].argsort(stable=True)] for c in perm.split(run * batch_size)]
+    batches = torch.cat(chunks).split(batch_size)
+    return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+
+
 class BatchLoader:
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = False, seed: int = 0,
                  transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
@@ -38,13 +48,7 @@ class BatchLoader:
         perm = torch.randperm(n, generator=_seeded(self.seed, epoch))
         if self.lengths is None:
             return perm
-        # length buckets (padded sequences): sort each run of 64 batches by length, cut it into batches,
-        # shuffle the batches: a batch holds sequences of similar length, so little of it is padding
-        span = 64 * self.batch_size
-        chunks = [c[self.lengths[c].argsort(stable=True)] for c in perm.split(span)]
-        batches = torch.cat(chunks).split(self.batch_size)
-        shuffle = torch.randperm(len(batches), generator=_seeded(self.seed, epoch, 2))
-        return torch.cat([batches[i] for i in shuffle.tolist()])
+        return torch.cat(length_batches(perm, self.lengths, self.batch_size, 64, _seeded(self.seed, epoch, 2)))
 
     def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches start, start+1, ... of the given epoch."""

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from dlforge.errors import DlforgeError
 from dlforge.recipes.base import Handle
 from dlforge.serve.batching import Batcher, ModelWorker, Ticket
 from dlforge.serve.limits import Limits, RequestError, b64decode, open_image
@@ -388,9 +389,7 @@ def _waves(s: Served, blobs: list[bytes]) -> list:
     try:
         return [(audio_from_bytes(b, s.limits.max_audio_seconds, f"audio {i}"), SAMPLE_RATE)
                 for i, b in enumerate(blobs)]
-    except RequestError:
-        raise
-    except Exception as e:  # a DlforgeError naming the clip: the client's audio, a 400
+    except DlforgeError as e:  # the client's audio, named by its clip: a 400 (anything else is a bug: a 500)
         raise RequestError(400, str(e)) from None
 
 
