@@ -28,14 +28,20 @@ def browser():
 
 
 def _wait(d, cond, timeout=20):
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
-    return WebDriverWait(d, timeout).until(cond)
+    # the page re-renders as answers arrive: an element that went stale (or is not there yet) means "look again"
+    return WebDriverWait(d, timeout, ignored_exceptions=(StaleElementReferenceException, NoSuchElementException)
+                         ).until(cond)
 
 
 def _probabilities(d, name: str) -> dict[str, float]:
-    from selenium.webdriver.common.by import By
-    rows = d.find_elements(By.CSS_SELECTOR, f"#probs-{name} .bar")
-    return {r.get_attribute("data-name"): float(r.find_element(By.CLASS_NAME, "pct").text.rstrip("%")) for r in rows}
+    # One snapshot taken inside the page: the bars are re-rendered on every answer while a stroke is drawn, so
+    # element handles fetched one by one can go stale between two calls (a StaleElementReferenceException in CI).
+    rows = d.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0])).map(r => "
+        "[r.getAttribute('data-name'), (r.querySelector('.pct') || {}).textContent || '']);", f"#probs-{name} .bar")
+    return {n: float(t.strip().rstrip("%")) for n, t in rows if t.strip()}
 
 
 def test_draw_a_digit_and_read_the_probabilities(browser, url, handles, tmp_path):
@@ -60,7 +66,7 @@ def test_draw_a_digit_and_read_the_probabilities(browser, url, handles, tmp_path
     png = d.execute_script("return document.getElementById('canvas-digits').toDataURL('image/png')")
     drawn = Image.open(io.BytesIO(base64.b64decode(png.split(",", 1)[1])))
     want = handles["digits"].predict(drawn, top_k=1)[0]["top"][0]
-    _wait(d, lambda d: max(_probabilities(d, "digits"), key=_probabilities(d, "digits").get) == want["class"])
+    _wait(d, lambda d: (p := _probabilities(d, "digits")) and max(p, key=p.get) == want["class"])
     assert len(d.find_elements(By.CSS_SELECTOR, "#maps-digits img")) == 8  # cnn-small's conv1: 8 maps
     d.save_screenshot(str(tmp_path / "classifier.png"))
     assert (tmp_path / "classifier.png").stat().st_size > 10_000
