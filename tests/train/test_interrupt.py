@@ -35,6 +35,18 @@ CASES = {  # one family per signal; each epoch is longer than STEPS (162 and 219
 MESSAGE = re.compile(r"^dlforge: interrupted at step (\d+): checkpoint (.+); continue with: (.+)$", re.MULTILINE)
 
 
+@pytest.fixture(autouse=True)
+def sigint_delivered():
+    """A shell's background job (`make test &`, nohup, a CI step run that way) starts with SIGINT ignored, and
+    dlforge rightly leaves an ignored signal ignored. These tests send it, so they restore Python's handler
+    for the test process and, through exec, SIG_DFL for the training processes they start."""
+    old = signal.getsignal(signal.SIGINT)
+    if old is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 def wait_for(cond, what: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
