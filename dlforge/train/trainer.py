@@ -130,15 +130,18 @@ def build_optimizer(cfg: TrainConfig, params, device: torch.device) -> torch.opt
 
 
 def lr_factor(cfg: TrainConfig, step: int, progress: float) -> float:
-    """Multiplier of cfg.lr at optimiser step `step` (0-based) with `progress` in [0, 1] of the budget:
-    linear warm-up min(1, (step+1)/warmup), times for cosine r + (1-r)·½(1 + cos(π·progress))
-    (Loshchilov & Hutter, SGDR), r = min_lr_ratio."""
-    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    """Multiplier of cfg.lr at optimiser step `step` (0-based) with `progress` in [0, 1] of the budget after
+    the warm-up (Trainer.progress): linear warm-up (step+1)/warmup for the first warmup steps, then for cosine
+    r + (1-r)·½(1 + cos(π·progress)) (Loshchilov & Hutter, SGDR), r = min_lr_ratio. The cosine starts where
+    the warm-up ends, as in nanoGPT and Hugging Face's cosine-with-warm-up: multiplying the two instead (as
+    before) decayed the rate during the warm-up and ran it below theirs all along."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
     if cfg.lr_schedule == "constant":
-        return warm
+        return 1.0
     p = min(max(progress, 0.0), 1.0)
     r = cfg.min_lr_ratio
-    return warm * (r + (1 - r) * 0.5 * (1 + math.cos(math.pi * p)))
+    return r + (1 - r) * 0.5 * (1 + math.cos(math.pi * p))
 
 
 def _to(batch, device: torch.device):
@@ -279,15 +282,17 @@ class Trainer:
         return distributed.from_main(lambda: self._elapsed_now() < cfg.max_time * 60, self.world)
 
     def progress(self) -> float:
-        """The share of the budget used, in [0, 1]: steps of decay_steps, else of min(max_steps,
-        epochs·len(loader)) and, with max_time, the share of that time (whichever is further), so that a
-        cosine decays fully by the end of the budget."""
+        """The share of the budget used after the warm-up, in [0, 1]: steps past the warm-up out of
+        decay_steps, else out of min(max_steps, epochs·len(loader)), less the warm-up's; with max_time, the
+        share of that time if further (the warm-up's seconds are not known ahead: a clock's cosine counts
+        from the start), so that a cosine decays fully by the end of the budget."""
+        w = self.cfg.warmup_steps
         if self.cfg.decay_steps is not None:
-            return self.step / self.cfg.decay_steps
+            return max(0, self.step - w) / max(self.cfg.decay_steps - w, 1)
         total = self.epochs * len(self.train)
         if self.cfg.max_steps is not None:
             total = min(total, self.cfg.max_steps)
-        p = self.step / max(total, 1) if math.isfinite(total) else 0.0
+        p = max(0, self.step - w) / max(total - w, 1) if math.isfinite(total) else 0.0
         if self.cfg.max_time is not None:
             p = max(p, self._elapsed_now() / (self.cfg.max_time * 60))
         return p
