@@ -3,11 +3,13 @@
 Same model (MY_NET, 48×48, 3 channels), same hyper-parameters (Adam 1e-3, weight decay 1e-4,
 batch 64, test batch 256), same data (full Fashion-MNIST, all 60,000 training images: no
 validation split), same step count; the two run one after the other, never at once.
-Prints one JSON line: both training and evaluation images/s, their ratios, both test accuracies,
-and dlforge's achieved GFLOP/s against a measured fp32 matmul peak.
+The two run interleaved, reference then dlforge, --pairs times (benchmarks/pairs.py), the fp32 matmul peak
+measured before each pair. Prints one JSON line: training and evaluation images/s of both, the ratio of each
+pair as median (min–max), each side's share of that pair's matmul peak (FLOPs counted by FlopCounterMode),
+and the test accuracies.
 
-    python -m benchmarks.cnn_vs_reference                 # one full epoch each (~15 min on 2 cores)
-    python -m benchmarks.cnn_vs_reference --max-steps 200 # a quick look
+    python -m benchmarks.cnn_vs_reference --save               # 3 pairs of 100-step runs (~12 min on 2 cores)
+    python -m benchmarks.cnn_vs_reference --max-steps 0 --pairs 1  # one full epoch each (~15 min)
 """
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from benchmarks.pairs import interleave, spread
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT.parent / "shared" / "peers"
@@ -71,40 +74,40 @@ def flops_per_image() -> tuple[float, float]:
     return train, fc.get_total_flops() / 8
 
 
-def matmul_peak() -> float:
-    import torch
-    from dlforge.perf import tune_allocator
-    tune_allocator()
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    a @ b
-    t = time.perf_counter()
-    for _ in range(5):
-        a @ b
-    return 5 * 2 * 2048 ** 3 / (time.perf_counter() - t) / 1e9
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--max-steps", type=int, default=0, help="cap training steps (0: full epochs)")
+    ap.add_argument("--max-steps", type=int, default=100, help="training steps per run (0: full epochs)")
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--pairs", type=int, default=3, help="reference/dlforge pairs, run A B A B (at least 3)")
+    ap.add_argument("--save", action="store_true", help="also write benchmarks/results/cnn-vs-reference.json")
     args = ap.parse_args()
-    peer = run_peer(args.max_steps, args.epochs)
-    ours = run_dlforge(args.max_steps, args.epochs)
-    train_flops, eval_flops = flops_per_image()
-    peak = matmul_peak()
     import torch
-    print(json.dumps({
+    train_flops, eval_flops = flops_per_image()
+    rows = interleave(("reference", lambda: run_peer(args.max_steps, args.epochs)),
+                      ("dlforge", lambda: run_dlforge(args.max_steps, args.epochs)), args.pairs,
+                      log=lambda m: print(m, file=sys.stderr))
+    share = {side: {kind: spread([100 * f * r[side][f"{kind}_img_per_s"] / 1e9 / r["peak_gflops"] for r in rows], 1)
+                    for kind, f in (("train", train_flops), ("eval", eval_flops))} for side in ("reference", "dlforge")}
+    result = {
         "benchmark": "cnn_vs_reference", "data": "fashion-mnist", "epochs": args.epochs, "max_steps": args.max_steps,
-        "reference_train_img_per_s": peer["train_img_per_s"], "dlforge_train_img_per_s": round(ours["train_img_per_s"], 1),
-        "train_speedup": round(ours["train_img_per_s"] / peer["train_img_per_s"], 2),
-        "reference_eval_img_per_s": peer["eval_img_per_s"], "dlforge_eval_img_per_s": round(ours["eval_img_per_s"], 1),
-        "eval_speedup": round(ours["eval_img_per_s"] / peer["eval_img_per_s"], 2),
-        "reference_test_acc": peer["test_acc"], "dlforge_test_acc": round(ours["test_acc"], 2),
-        "dlforge_train_gflops": round(train_flops * ours["train_img_per_s"] / 1e9, 1),
-        "dlforge_eval_gflops": round(eval_flops * ours["eval_img_per_s"] / 1e9, 1),
-        "fp32_matmul_peak_gflops": round(peak, 1), "cpu_bf16_native": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
-    }))
+        "pairs": args.pairs, "command": "python -m benchmarks.cnn_vs_reference " + " ".join(sys.argv[1:]),
+        "train_speedup": spread([r["dlforge"]["train_img_per_s"] / r["reference"]["train_img_per_s"] for r in rows], 2),
+        "eval_speedup": spread([r["dlforge"]["eval_img_per_s"] / r["reference"]["eval_img_per_s"] for r in rows], 2),
+        "reference_train_img_per_s": spread([r["reference"]["train_img_per_s"] for r in rows], 1),
+        "dlforge_train_img_per_s": spread([r["dlforge"]["train_img_per_s"] for r in rows], 1),
+        "reference_eval_img_per_s": spread([r["reference"]["eval_img_per_s"] for r in rows], 1),
+        "dlforge_eval_img_per_s": spread([r["dlforge"]["eval_img_per_s"] for r in rows], 1),
+        "fp32_matmul_peak_gflops": spread([r["peak_gflops"] for r in rows], 1),
+        "train_flops_per_image": train_flops, "eval_flops_per_image": eval_flops,
+        "percent_of_peak": share,
+        "reference_test_acc": [r["reference"]["test_acc"] for r in rows],
+        "dlforge_test_acc": [round(r["dlforge"]["test_acc"], 2) for r in rows],
+        "cpu_bf16_native": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "pairs_raw": rows,
+    }
+    print(json.dumps(result))
+    if args.save:
+        (ROOT / "benchmarks" / "results" / "cnn-vs-reference.json").write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -26,13 +26,10 @@ import torch
 
 from dlforge.recipes.language_model import generate_ids  # the handle's loop (dlforge.models.sampling)
 from dlforge.registry import create_model
+from benchmarks.pairs import spread
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = ("gpt-tiny", "gpt-small", "gpt")
-
-
-def _spread(xs: list[float]) -> dict:
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
 
 
 def _tokens_per_s(model, prompt, tokens: int, cache: bool) -> float:
@@ -54,9 +51,9 @@ def measure(label: str, model: torch.nn.Module, tokens: int, pairs: int) -> dict
     return {"model": label, "layers": len(model.blocks), "heads": b.n_heads, "width": b.q.in_features,
             "block_size": model.block_size, "parameters": sum(p.numel() for p in model.parameters()),
             "new_tokens": tokens, "pairs": pairs,
-            "cache_tokens_per_s": _spread(cached), "no_cache_tokens_per_s": _spread(uncached),
+            "cache_tokens_per_s": spread(cached), "no_cache_tokens_per_s": spread(uncached),
             "cache_ms_per_token": 1000 / statistics.median(cached),
-            "speedup": _spread([c / u for c, u in zip(cached, uncached)])}
+            "speedup": spread([c / u for c, u in zip(cached, uncached)])}
 
 
 def profile(label: str, model: torch.nn.Module, steps: int = 100) -> None:

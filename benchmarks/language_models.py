@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from benchmarks.pairs import train_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -43,23 +43,16 @@ def _recipe_kwargs(recipe: list[str]) -> tuple[str, dict, int, int]:
 
 
 def train(name: str, minutes: float, out: Path, extra: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "dlforge", "train", *RECIPES[name], *extra, "--data", "tinyshakespeare",
-           "--tokenizer", "char", "--max-time", str(minutes), "--epochs", "1000", "--out", str(out), "--json",
-           "--no-progress"]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode:
-        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    from dlforge.train.checkpoint import load_checkpoint
-    meta = load_checkpoint(out / "checkpoints" / "last.safetensors")[1]
+    argv = [*RECIPES[name], *extra, "--data", "tinyshakespeare", "--tokenizer", "char", "--max-time", str(minutes),
+            "--epochs", "1000"]
+    report, meta, wall = train_cli(argv, out)
     model, kw, batch, block = _recipe_kwargs(RECIPES[name])
     tokens = meta["step"] * batch * block
-    return {"benchmark": f"{name} char-level tinyshakespeare, {minutes} min", "command": "dlforge " + " ".join(cmd[3:]),
+    return {"benchmark": f"{name} char-level tinyshakespeare, {minutes} min", "command": "dlforge train " + " ".join(argv),
             "best_val_loss_full_validation": report["loss"], "val_perplexity": report["perplexity"],
             "val_bpc": report["bpc"], "best_val_loss_during_training": report["best_val_loss_during_training"],
             "steps": meta["step"], "train_tokens": tokens, "train_seconds": meta["elapsed"],
-            "train_tokens_per_s": tokens / meta["elapsed"], "wall_seconds": time.perf_counter() - t0,
+            "train_tokens_per_s": tokens / meta["elapsed"], "wall_seconds": wall,
             "run": str(out), "sample": _sample(out)}
 
 

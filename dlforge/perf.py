@@ -27,3 +27,21 @@ def tune_allocator() -> None:
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
     libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
     libc.mallopt(M_TRIM_THRESHOLD, 1 << 31)
+
+
+def matmul_peak(n: int = 2048, reps: int = 5) -> float:
+    """GFLOP/s of an n×n fp32 matmul on the threads torch uses: the best of `reps` timed products after one
+    warm-up. The ceiling that benchmarks state efficiency against, and how the budget table
+    (recipes/budgets.json) converts minutes on this machine into minutes on the one it was fitted on."""
+    import time
+
+    import torch
+    tune_allocator()
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9

@@ -1,0 +1,62 @@
+"""What every side-by-side benchmark shares: runs interleaved A B A B, the median with its spread, and the
+fp32 matmul peak measured in the same run.
+
+One-off ratios do not hold on a shared machine: the same CNN benchmark gave 2.18x, 1.37x and 1.54x on three
+days, and the 2048² matmul 179, 101.7 and 149.4 GFLOP/s. So a benchmark runs its peer and dlforge one after
+the other, several pairs of shorter runs, measures the matmul peak before each pair, and reports the ratio of
+each pair and the share of that pair's peak, as median (min–max). Drift of the machine falls on both sides.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def spread(xs: list[float], digits: int = 3) -> dict:
+    """{"median", "min", "max", "values"} of a list of measurements."""
+    return {"median": round(statistics.median(xs), digits), "min": round(min(xs), digits),
+            "max": round(max(xs), digits), "values": [round(x, digits) for x in xs]}
+
+
+def matmul_peak() -> float:
+    """dlforge.perf.matmul_peak, best of 10: the 2048² fp32 matmul GFLOP/s that 'share of peak' is measured against."""
+    from dlforge.perf import matmul_peak as peak
+    return peak(2048, 10)
+
+
+def interleave(first: tuple[str, Callable[[], dict]], second: tuple[str, Callable[[], dict]], pairs: int,
+               log: Callable[[str], None] = print) -> list[dict]:
+    """Run first, second, first, second, ... `pairs` times, the matmul peak measured before each pair.
+    -> one dict per pair: {"peak_gflops": ..., <first name>: its result, <second name>: its result}."""
+    if pairs < 1:
+        raise SystemExit("--pairs: expected 1 or more")
+    out = []
+    for i in range(pairs):
+        row = {"peak_gflops": round(matmul_peak(), 1)}
+        for name, run in (first, second):
+            t = time.perf_counter()
+            row[name] = run()
+            log(f"pair {i + 1}/{pairs}: {name} done in {time.perf_counter() - t:.0f} s: {row[name]}")
+        out.append(row)
+    return out
+
+
+def train_cli(argv: list[str], out: Path) -> tuple[dict, dict, float]:
+    """`dlforge train ARGV --out OUT --json --no-progress` in a subprocess, as a user runs it.
+    -> (its JSON report, the last checkpoint's metadata: step, elapsed, ...), wall seconds); a failure exits
+    with the command and the end of its stderr."""
+    from dlforge.train.checkpoint import load_checkpoint
+    cmd = [sys.executable, "-m", "dlforge", "train", *argv, "--out", str(out), "--json", "--no-progress"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    meta = load_checkpoint(out / "checkpoints" / "last.safetensors")[1]
+    return json.loads(proc.stdout.strip().splitlines()[-1]), meta, time.perf_counter() - t0
