@@ -29,7 +29,7 @@ TRAIN_OPTIONS = tuple(f.name for f in fields(TrainConfig))
 BUDGET = ("epochs", "max_steps", "max_time")  # on --resume: given together or kept together
 
 
-NEGATIVE_FLAGS = {"channels_last": "--no-channels-last", "tie_weights": "--no-tie-weights",
+NEGATIVE_FLAGS = {"channels_last": "--no-channels-last", "tie_weights": "--no-tie-weights", "bias": "--no-bias",
                   "progress": "--no-progress"}  # options whose flag turns them off
 
 
@@ -153,6 +153,10 @@ class Recipe:
         return handle.evaluate(quiet=False)
 
     # ---------------------------------------------------------------- options
+    def budget_options(self, model: str, options: dict) -> dict:
+        """A new run's options, completed for its budget where the task sizes models by time (default: as given)."""
+        return options
+
     def split_options(self, model: str, options: dict) -> tuple[dict, dict, dict, dict]:
         """-> (train, data, model kwargs, task) options. An option that does not apply to this model is an
         error that names it (before, `train cnn --layers 4` was silently ignored)."""
@@ -303,6 +307,8 @@ def train(model: str, data: Any = None, *, out: str | Path | None = None, resume
     if model == "diffusion":  # `dlforge train diffusion`: the default text-to-image denoiser
         model = "unet"
     recipe = recipe_for(get_entry(model).task)
+    if not resume:  # a resumed run keeps the recipe it was made with
+        options = recipe.budget_options(model, options)
     train_opts, data_opts, model_kw, task_opts = recipe.split_options(model, options)
     label = recipe.data_label(data, data_opts)
     out = out_dir(model, out, resume, label)

@@ -7,6 +7,7 @@ report.json and plots. Text given in memory is kept in the run directory (corpus
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import sys
 import time
@@ -108,6 +109,39 @@ def prepare(dc: TextDataConfig, tok: textdata.TextTokenizer | None = None, progr
     return TextData(tok, train, val, t.chars_from(len(train), tok), digest)
 
 
+BUDGETS = Path(__file__).with_name("budgets.json")
+SIZE_OPTIONS = ("layers", "heads", "width", "block_size", "batch_size")  # any of these given: no budget table
+
+
+def budget_recipe(model: str, minutes: float, peak_gflops: float | None = None) -> tuple[dict, float] | None:
+    """The budget table's row for `model` and a budget of `minutes` on a machine whose fp32 matmul peaks at
+    `peak_gflops` (None: as the machine the table was fitted on), and those minutes converted to the fitting
+    machine's: minutes · peak / the table's peak, the same compute. The row is that of the longest budget it was
+    fitted for that fits in them (the shortest below them all). A model sized for a shorter budget loses
+    little given more time; one sized for a longer budget stops half-trained. None: no rows for the model."""
+    table = json.loads(BUDGETS.read_text())
+    rows = sorted(table["recipes"].get(model, []), key=lambda r: r["minutes"])
+    if not rows:
+        return None
+    there = minutes * (peak_gflops / table["peak_gflops"] if peak_gflops else 1.0)
+    fits = [r for r in rows if r["minutes"] <= there * (1 + 1e-6)]
+    return (fits[-1] if fits else rows[0]), there
+
+
+def machine_peak() -> float:
+    """This machine's fp32 matmul GFLOP/s (dlforge.perf.matmul_peak: about half a second)."""
+    from dlforge.perf import matmul_peak
+    return matmul_peak()
+
+
+def flag_of(option: str, value) -> str:
+    """How the command line spells an option and its value: block_size=64 -> '--block-size 64', bias=False ->
+    '--no-bias'."""
+    from dlforge.recipes.base import flag
+    return flag(option) if isinstance(value, bool) else f"{flag(option)} {value:g}" if isinstance(value, float) \
+        else f"{flag(option)} {value}"
+
+
 def default_block_size(model: str) -> int:
     """The variant's own context (gpt-tiny 64, gpt 256, ...); 128 for recurrent models."""
     p = inspect.signature(get_entry(model).fn).parameters.get("block_size")
@@ -181,8 +215,27 @@ class LanguageModelRecipe(Recipe):
     default_data = "tinyshakespeare"
     data_options = ("data_file", "tokenizer", "vocab_size", "val_fraction", "block_size", "eval_tokens")
     model_options = {"layers": "n_layer", "heads": "n_head", "width": "d_model", "dropout": "dropout",
-                     "pos_encoding": "pos_encoding", "tie_weights": "tie_weights"}
+                     "pos_encoding": "pos_encoding", "tie_weights": "tie_weights",
+                     "bias": "bias"}
     artifacts = ("tokenizer.json",)
+
+    def budget_options(self, model: str, options: dict) -> dict:
+        """`--max-time M` without sizes: the recipe that the budget table (budgets.json, fitted by
+        benchmarks/budget_sweep.py) gives this model for M minutes of this machine's compute: width, depth,
+        context, batch, learning rate and schedule. Flags given still win, each one; any size flag given means
+        the user sizes the model and the table is not used."""
+        if options.get("max_time") is None or any(k in options for k in SIZE_OPTIONS):
+            return options
+        if not budget_recipe(model, 1.0):
+            return options
+        peak = machine_peak()
+        row, there = budget_recipe(model, options["max_time"], peak)
+        chosen = {**row["options"], **options}
+        shown = " ".join(f"{flag_of(k, v)}" for k, v in row["options"].items() if k not in options)
+        print(f"dlforge: {model} for --max-time {options['max_time']:g} min without sizes: this machine's fp32 matmul "
+              f"peak ({peak:.0f} GFLOP/s) makes that {there:.3g} min of the machine the budget table was fitted on; "
+              f"its {row['minutes']:g}-minute recipe: {shown} (flags given win)", file=sys.stderr)
+        return chosen
 
     def data_label(self, data, options: dict) -> str:
         """Text in memory is 'memory' (runs/MODEL-memory), not a directory named after the text."""

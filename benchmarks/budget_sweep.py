@@ -1,0 +1,177 @@
+"""Fit the budget table: which model, context, batch and learning rate train the best char-level language
+model on tinyshakespeare in M minutes on this machine (a small compute-optimal sweep, as in Chinchilla's
+first approach: several sizes trained to each budget, the best one kept).
+
+    flock /tmp/dlforge-cpu.lock python -m benchmarks.budget_sweep --save          # gpt and lstm, 3/10/30 min
+    python -m benchmarks.budget_sweep --models gpt --budgets 3 --candidates gpt-s gpt-m
+    python -m benchmarks.budget_sweep --fit-only --save     # the table and plot from the runs already made
+
+Every (budget, candidate) is one real `dlforge train MODEL --max-time M` with the candidate's flags and a
+cosine schedule that ends with the budget; its full-validation loss is read from the run's report. Runs are
+kept in benchmarks/results/budget-sweep.json as they finish, and a run already there is not run again
+(--rerun to redo them), so a sweep can be stopped and continued. With --save the table
+dlforge/recipes/budgets.json (what `dlforge train gpt --max-time M` uses when no size is given) is rewritten
+from the sweep: at each budget, the candidate with the lowest loss. The plot,
+benchmarks/results/budget-sweep.png, shows the loss of every candidate against the budget.
+Run it alone on the machine: the budgets are wall-clock minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks.pairs import train_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+SWEEP = RESULTS / "budget-sweep.json"
+TABLE = ROOT / "dlforge" / "recipes" / "budgets.json"
+
+# What every candidate shares: AdamW, warm-up then a cosine to lr/10 at the budget's end, β2 0.99, clip 1.
+COMMON = {"lr_schedule": "cosine", "beta2": 0.99, "weight_decay": 0.0, "grad_clip": 1.0}
+# Candidates from small to large. gpt: nanoGPT's shapes without biases; dropout once a budget means many epochs
+# of a 1 MB corpus.
+CANDIDATES = {
+    "gpt": {
+        "gpt-s": {"layers": 4, "heads": 4, "width": 128, "block_size": 64, "batch_size": 32, "lr": 2e-3,
+                  "warmup_steps": 50, "dropout": 0.0, "bias": False, "eval_every": 250},
+        "gpt-m": {"layers": 4, "heads": 4, "width": 192, "block_size": 128, "batch_size": 32, "lr": 2e-3,
+                  "warmup_steps": 50, "dropout": 0.0, "bias": False, "eval_every": 250},
+        "gpt-m-drop": {"layers": 4, "heads": 4, "width": 192, "block_size": 128, "batch_size": 32, "lr": 2e-3,
+                       "warmup_steps": 50, "dropout": 0.1, "bias": False, "eval_every": 250},
+        "gpt-l": {"layers": 6, "heads": 6, "width": 240, "block_size": 128, "batch_size": 32, "lr": 1.5e-3,
+                  "warmup_steps": 100, "dropout": 0.1, "bias": False, "eval_every": 250},
+    },
+    "lstm": {
+        "lstm-s": {"layers": 1, "width": 384, "block_size": 64, "batch_size": 64, "lr": 3e-3, "warmup_steps": 20,
+                   "eval_every": 100},
+        "lstm-m": {"layers": 1, "width": 512, "block_size": 64, "batch_size": 128, "lr": 3e-3, "warmup_steps": 20,
+                   "eval_every": 100},
+        "lstm-l": {"layers": 2, "width": 512, "block_size": 64, "batch_size": 128, "lr": 2e-3, "warmup_steps": 20,
+                   "dropout": 0.1, "eval_every": 100},
+    },
+}
+DEFAULT_GRID = {  # which candidates each budget tries: the neighbours of the expected optimum, not all of them
+    "gpt": {3: ["gpt-s", "gpt-m"], 10: ["gpt-s", "gpt-m"], 30: ["gpt-m-drop"]},
+    "lstm": {3: ["lstm-s", "lstm-m"], 10: ["lstm-s", "lstm-m"], 30: ["lstm-m", "lstm-l"]},
+}
+
+
+def flags(options: dict) -> list[str]:
+    from dlforge.recipes.base import flag
+    out = []
+    for k, v in options.items():
+        out += [flag(k)] if isinstance(v, bool) else [flag(k), f"{v:g}" if isinstance(v, float) else str(v)]
+    return out
+
+
+def run(model: str, name: str, minutes: float, work: Path) -> dict:
+    options = {**COMMON, **CANDIDATES[model][name]}
+    out = work / f"{name}-{minutes:g}"
+    argv = [model, *flags(options), "--data", "tinyshakespeare", "--tokenizer", "char", "--max-time", f"{minutes:g}",
+            "--eval-tokens", "32768"]
+    from dlforge.perf import matmul_peak
+    peak = matmul_peak(2048, 10)  # this run's machine speed: the table converts minutes by it
+    report, meta, wall = train_cli(argv, out)
+    params = sum(p.numel() for p in __import__("dlforge").load(out).model.parameters())
+    return {"model": model, "candidate": name, "minutes": minutes, "options": options,
+            "val_loss": report["loss"], "steps": meta["step"], "parameters": params,
+            "tokens": meta["step"] * options["batch_size"] * options["block_size"],
+            "wall_s": round(wall, 1), "peak_gflops": round(peak, 1), "command": "dlforge train " + " ".join(argv)}
+
+
+def table(sweep: list[dict]) -> dict:
+    """At each (model, budget): the candidate with the lowest full-validation loss; and the fitting machine's
+    fp32 matmul peak (the median of the runs'), by which a slower or faster machine's minutes are converted."""
+    peaks = [r["peak_gflops"] for r in sweep if r.get("peak_gflops")]
+    best: dict[tuple, dict] = {}
+    for r in sweep:
+        key = (r["model"], r["minutes"])
+        if key not in best or r["val_loss"] < best[key]["val_loss"]:
+            best[key] = r
+    recipes: dict[str, list] = {}
+    for (model, minutes), r in sorted(best.items()):
+        recipes.setdefault(model, []).append({"minutes": minutes, "candidate": r["candidate"],
+                                              "options": r["options"], "val_loss": round(r["val_loss"], 4),
+                                              "steps": r["steps"], "parameters": r["parameters"]})
+    return {"about": "dlforge train gpt|lstm --max-time M without sizes converts M minutes into minutes of the "
+                     "machine below (M x its fp32 matmul peak / peak_gflops) and uses the row of the longest "
+                     "budget that fits (the shortest below them all). Fitted on tinyshakespeare (char) by the "
+                     "command below; the losses are those measured in the sweep.",
+            "command": "flock /tmp/dlforge-cpu.lock python -m benchmarks.budget_sweep --save",
+            "machine": _cpu(), "peak_gflops": statistics.median(peaks) if peaks else None, "recipes": recipes}
+
+
+def _cpu() -> str:
+    try:
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        return f"{len(names)} × {names[0]}"
+    except (OSError, IndexError):
+        return platform.processor() or platform.machine()
+
+
+def plot(sweep: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+    models = sorted({r["model"] for r in sweep})
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        for name in CANDIDATES[model]:
+            pts = sorted((r["minutes"], r["val_loss"]) for r in sweep if r["model"] == model and r["candidate"] == name)
+            if pts:
+                ax.plot(*zip(*pts), "o-", label=name)
+        ax.set_xscale("log")
+        budgets = sorted({r["minutes"] for r in sweep if r["model"] == model})
+        ax.set_xticks(budgets, [f"{b:g}" for b in budgets])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xlabel(f"training budget (minutes on {_cpu()})", fontsize=8)
+        ax.set_ylabel("full-validation loss (nats/char)")
+        ax.set_title(f"{model}: tinyshakespeare, char level")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["gpt", "lstm"], choices=sorted(CANDIDATES))
+    ap.add_argument("--budgets", nargs="+", type=float, help="minutes (default: each model's grid, 3 10 30)")
+    ap.add_argument("--candidates", nargs="+", help="only these candidates (default: each budget's grid)")
+    ap.add_argument("--rerun", action="store_true", help="run again what the sweep file already holds")
+    ap.add_argument("--save", action="store_true", help="rewrite dlforge/recipes/budgets.json and the plot")
+    ap.add_argument("--fit-only", action="store_true", help="run nothing: refit the table from the sweep file")
+    args = ap.parse_args()
+    sweep = json.loads(SWEEP.read_text())["runs"] if SWEEP.exists() else []
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.fit_only:
+            args.models = []
+        for model in args.models:
+            grid = DEFAULT_GRID[model]
+            for minutes in args.budgets or sorted(grid):
+                names = args.candidates or grid.get(minutes) or list(CANDIDATES[model])
+                for name in names:
+                    if name not in CANDIDATES[model]:
+                        sys.exit(f"--candidates: {name!r} is not a {model} candidate ({', '.join(CANDIDATES[model])})")
+                    done = [r for r in sweep if (r["model"], r["candidate"], r["minutes"]) == (model, name, minutes)]
+                    if done and not args.rerun:
+                        continue
+                    r = run(model, name, minutes, Path(tmp))
+                    print(json.dumps(r), file=sys.stderr)
+                    sweep = [s for s in sweep if s not in done] + [r]
+                    SWEEP.write_text(json.dumps({"runs": sweep}, indent=1) + "\n")
+    if args.save:
+        TABLE.write_text(json.dumps(table(sweep), indent=1) + "\n")
+        plot(sweep, RESULTS / "budget-sweep.png")
+    print(json.dumps(table(sweep)["recipes"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""`dlforge train gpt|lstm --max-time M` without sizes takes its recipe from the budget table
+(dlforge/recipes/budgets.json, fitted by benchmarks/budget_sweep.py); flags given win; --no-bias."""
+import json
+
+import pytest
+
+from dlforge.cli import main
+from dlforge.recipes import language_model as lm
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize("model, budgets", [("gpt", {3, 10, 30}), ("lstm", {3, 10})])
+def test_the_shipped_table_covers_the_budgets_it_was_fitted_for(model, budgets):
+    table = json.loads(lm.BUDGETS.read_text())
+    assert "budget_sweep" in table["command"]
+    rows = table["recipes"][model]
+    assert [r["minutes"] for r in rows] == sorted(r["minutes"] for r in rows)
+    assert budgets <= {r["minutes"] for r in rows}
+    for r in rows:  # every row was measured, and builds a valid run configuration
+        assert 0 < r["val_loss"] < 3 and r["steps"] > 0
+        lm.LanguageModelRecipe().split_options(model, {**r["options"], "max_time": r["minutes"]})
+
+
+@pytest.fixture
+def table(tmp_path, monkeypatch):
+    rows = {"gpt-tiny": [
+        {"minutes": 1, "options": {"layers": 1, "heads": 2, "width": 32, "block_size": 16, "batch_size": 8,
+                                   "lr": 3e-3, "bias": False}, "val_loss": 2.0, "steps": 1},
+        {"minutes": 10, "options": {"layers": 2, "heads": 2, "width": 48, "block_size": 32, "batch_size": 16,
+                                    "lr": 2e-3}, "val_loss": 1.5, "steps": 1}]}
+    p = tmp_path / "budgets.json"
+    p.write_text(json.dumps({"command": "test", "peak_gflops": 400.0, "recipes": rows}))
+    monkeypatch.setattr(lm, "BUDGETS", p)
+    monkeypatch.setattr(lm, "machine_peak", lambda: 400.0)  # as fast as the fitting machine
+    return rows
+
+
+@pytest.mark.parametrize("minutes, row", [(0.5, 0), (1, 0), (9.9, 0), (10, 1), (45, 1)])
+def test_the_longest_budget_that_fits_is_chosen(table, minutes, row):
+    assert lm.budget_recipe("gpt-tiny", minutes) == (table["gpt-tiny"][row], minutes)
+    assert lm.budget_recipe("rnn", minutes) is None  # no rows: the model's own defaults
+
+
+def test_minutes_on_a_slower_machine_buy_a_shorter_budgets_recipe(table, monkeypatch, capsys):
+    """The table holds minutes of the machine it was fitted on: 12 minutes at half its matmul speed are 6
+    minutes there, so the 1-minute recipe, not the 10-minute one."""
+    assert lm.budget_recipe("gpt-tiny", 12, peak_gflops=200.0) == (table["gpt-tiny"][0], 6.0)
+    assert lm.budget_recipe("gpt-tiny", 12, peak_gflops=800.0) == (table["gpt-tiny"][1], 24.0)
+    monkeypatch.setattr(lm, "machine_peak", lambda: 200.0)
+    assert lm.LanguageModelRecipe().budget_options("gpt-tiny", {"max_time": 12})["width"] == 32
+    assert "(200 GFLOP/s) makes that 6 min" in capsys.readouterr().err
+
+
+def test_flags_given_win_and_a_size_flag_turns_the_table_off(table, capsys):
+    r = lm.LanguageModelRecipe()
+    assert r.budget_options("gpt-tiny", {"max_time": 12, "lr": 1e-3}) == {
+        **table["gpt-tiny"][1]["options"], "max_time": 12, "lr": 1e-3}
+    assert "its 10-minute recipe: --layers 2" in capsys.readouterr().err
+    given = {"max_time": 12, "width": 64}
+    assert r.budget_options("gpt-tiny", given) == given  # the user sizes the model
+    assert r.budget_options("gpt-tiny", {"epochs": 1}) == {"epochs": 1}  # no time budget
+
+
+def test_a_timed_run_without_sizes_trains_the_tables_model(table, tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on the mat.\n" * 200)
+    main(["train", "gpt-tiny", "--data-file", str(text), "--max-time", "1", "--max-steps", "3", "--no-progress",
+          "--eval-tokens", "0", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert "--layers 1 --heads 2 --width 32 --block-size 16 --batch-size 8 --lr 0.003 --no-bias" in err
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["model"]["kwargs"] == {"vocab_size": cfg["model"]["kwargs"]["vocab_size"], "block_size": 16,
+                                      "n_layer": 1, "n_head": 2, "d_model": 32, "bias": False}
+    assert cfg["train"]["batch_size"] == 8 and cfg["train"]["lr"] == 3e-3
+    from dlforge.train.checkpoint import load_checkpoint
+    tensors = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")[0]
+    assert not [k for k in tensors if k.endswith(".bias")]  # --no-bias: no bias anywhere in the model
+    # resuming keeps the recipe the run was made with, with or without the table
+    main(["train", "gpt-tiny", "--resume", "--out", str(tmp_path / "run"), "--max-steps", "4", "--no-progress"])
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"] == cfg["model"]
