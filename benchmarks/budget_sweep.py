@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.pairs import train_cli
+from dlforge.recipes.base import option_argv
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -62,18 +63,10 @@ DEFAULT_GRID = {  # which candidates each budget tries: the neighbours of the ex
 }
 
 
-def flags(options: dict) -> list[str]:
-    from dlforge.recipes.base import flag
-    out = []
-    for k, v in options.items():
-        out += [flag(k)] if isinstance(v, bool) else [flag(k), f"{v:g}" if isinstance(v, float) else str(v)]
-    return out
-
-
 def run(model: str, name: str, minutes: float, work: Path) -> dict:
     options = {**COMMON, **CANDIDATES[model][name]}
     out = work / f"{name}-{minutes:g}"
-    argv = [model, *flags(options), "--data", "tinyshakespeare", "--tokenizer", "char", "--max-time", f"{minutes:g}",
+    argv = [model, *option_argv(options), "--data", "tinyshakespeare", "--tokenizer", "char", "--max-time", f"{minutes:g}",
             "--eval-tokens", "32768"]
     from dlforge.perf import matmul_peak
     peak = matmul_peak(2048, 10)  # this run's machine speed: the table converts minutes by it

@@ -38,6 +38,15 @@ def flag(option: str) -> str:
     return NEGATIVE_FLAGS.get(option, "--" + option.replace("_", "-"))
 
 
+def option_argv(options: dict) -> list[str]:
+    """Options as the command line takes them: {"block_size": 64, "lr": 0.002, "bias": False} ->
+    ['--block-size', '64', '--lr', '0.002', '--no-bias'] (a switch is its flag alone)."""
+    argv = []
+    for k, v in options.items():
+        argv += [flag(k)] if isinstance(v, bool) else [flag(k), f"{v:g}" if isinstance(v, float) else str(v)]
+    return argv
+
+
 class Handle:
     """A trained run, loaded once: `.model` (eval mode, on `.device`), `.config` (RunConfig), `.path`, and the
     family's methods. What `dlforge.load(path)` returns; the CLI, the server and the exporter all use it."""

@@ -6,6 +6,7 @@ report.json and plots. Text given in memory is kept in the run directory (corpus
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import math
@@ -23,7 +24,7 @@ from dlforge.data.loader import TokenLoader
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import metrics, plots
 from dlforge.models.sampling import filter_logits, generate_ids  # noqa: F401 (this module's API)
-from dlforge.recipes.base import Handle, Recipe, is_file
+from dlforge.recipes.base import Handle, Recipe, is_file, option_argv
 from dlforge.registry import get_entry
 from dlforge.runs import Run, RunConfig, atomic_write_json
 from dlforge.train.tasks import LanguageModelTask
@@ -119,7 +120,7 @@ def budget_recipe(model: str, minutes: float, peak_gflops: float | None = None) 
     machine's: minutes · peak / the table's peak, the same compute. The row is that of the longest budget it was
     fitted for that fits in them (the shortest below them all). A model sized for a shorter budget loses
     little given more time; one sized for a longer budget stops half-trained. None: no rows for the model."""
-    table = json.loads(BUDGETS.read_text())
+    table = _budget_table(BUDGETS)
     rows = sorted(table["recipes"].get(model, []), key=lambda r: r["minutes"])
     if not rows:
         return None
@@ -128,18 +129,15 @@ def budget_recipe(model: str, minutes: float, peak_gflops: float | None = None) 
     return (fits[-1] if fits else rows[0]), there
 
 
+@functools.lru_cache(maxsize=4)
+def _budget_table(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
 def machine_peak() -> float:
     """This machine's fp32 matmul GFLOP/s (dlforge.perf.matmul_peak: about half a second)."""
     from dlforge.perf import matmul_peak
     return matmul_peak()
-
-
-def flag_of(option: str, value) -> str:
-    """How the command line spells an option and its value: block_size=64 -> '--block-size 64', bias=False ->
-    '--no-bias'."""
-    from dlforge.recipes.base import flag
-    return flag(option) if isinstance(value, bool) else f"{flag(option)} {value:g}" if isinstance(value, float) \
-        else f"{flag(option)} {value}"
 
 
 def default_block_size(model: str) -> int:
@@ -226,12 +224,12 @@ class LanguageModelRecipe(Recipe):
         the user sizes the model and the table is not used."""
         if options.get("max_time") is None or any(k in options for k in SIZE_OPTIONS):
             return options
-        if not budget_recipe(model, 1.0):
+        if not _budget_table(BUDGETS)["recipes"].get(model):  # no rows for this model: its own defaults
             return options
         peak = machine_peak()
         row, there = budget_recipe(model, options["max_time"], peak)
         chosen = {**row["options"], **options}
-        shown = " ".join(f"{flag_of(k, v)}" for k, v in row["options"].items() if k not in options)
+        shown = " ".join(option_argv({k: v for k, v in row["options"].items() if k not in options}))
         print(f"dlforge: {model} for --max-time {options['max_time']:g} min without sizes: this machine's fp32 matmul "
               f"peak ({peak:.0f} GFLOP/s) makes that {there:.3g} min of the machine the budget table was fitted on; "
               f"its {row['minutes']:g}-minute recipe: {shown} (flags given win)", file=sys.stderr)
