@@ -39,9 +39,12 @@ def pick(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: flo
     """(B, V) logits of the last position -> (B, 1) next tokens; temperature 0 is greedy."""
     if temperature == 0:
         return logits.argmax(-1, keepdim=True)
-    logits = logits.float() if temperature == 1 else logits.float() / temperature
+    if logits.dtype != torch.float32 or temperature != 1:
+        logits = logits.float() / temperature
     if top_k or (top_p is not None and top_p < 1.0):
         logits = filter_logits(logits, top_k, top_p)
+    if logits.device.type == "cpu":  # every call counts at batch 1: no no-op .cpu() and .to() per token
+        return draw(logits.softmax(-1), gen)
     return draw(logits.softmax(-1).cpu(), gen).to(logits.device)
 
 
@@ -70,16 +73,21 @@ def generate_ids(model: torch.nn.Module, ids: torch.Tensor, max_new_tokens: int,
     seq[:, :T0] = ids
     decoder = model.decoder() if use_cache else None
     logits = decoder(ids[:, -bs:]) if decoder else model(ids[:, -bs:])[0]
+    since = T0  # the cached steps write seq[:, since:] only when a restart reads it
+    new: list[int] = []
     for n in range(T0, T0 + max_new_tokens):
         nxt = pick(logits[:, -1], temperature, top_k, top_p, gen)  # (1, 1)
-        yield int(nxt)
+        new.append(int(nxt))
+        yield new[-1]
         if n + 1 == T0 + max_new_tokens:
             break
-        seq[:, n:n + 1] = nxt
         if decoder is None:
+            seq[:, n:n + 1] = nxt
             logits, _ = model(seq[:, max(0, n + 1 - bs):n + 1])
-        elif decoder.length == bs:
+        elif decoder.length < bs:
+            logits = decoder(nxt)
+        else:
+            seq[0, since:n + 1] = torch.tensor(new[since - T0:], dtype=torch.long)
+            since = n + 1
             decoder.reset()
             logits = decoder(seq[:, n + 1 - max(1, bs // 2):n + 1])
-        else:
-            logits = decoder(nxt)

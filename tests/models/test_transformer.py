@@ -68,6 +68,22 @@ def test_the_decoder_takes_a_batch():
         torch.testing.assert_close(got, m(idx)[0], rtol=1e-5, atol=1e-5)
 
 
+def test_the_single_token_road_follows_the_cache_when_it_remakes_its_buffers():
+    """One token of one row takes GPTDecoder._step, with views of the cache's buffers; after a batch of 3
+    (new buffers) and back to one row (new again), its steps still give the uncached logits."""
+    m = _gpt()
+    dec, calls = m.decoder(), []
+    step = dec._step
+    dec._step = lambda *a: (calls.append(1), step(*a))[1]
+    with torch.inference_mode():
+        for rows in (1, 3, 1):
+            idx = torch.randint(V, (rows, 8))
+            dec.reset()
+            got = torch.cat([dec(idx[:, :2])] + [dec(idx[:, t:t + 1]) for t in range(2, 8)], 1)
+            torch.testing.assert_close(got, m(idx)[0], rtol=1e-5, atol=1e-5)
+    assert len(calls) == 12          # the two one-row passes' six single steps each; the batch never
+
+
 def test_the_decoder_restarts_past_the_window_with_the_uncached_logits_of_its_context():
     """Past block_size the cache restarts from the last block_size/2 tokens, as generate_ids does: each
     step's logits are then the uncached model's over exactly those tokens since the restart."""
@@ -104,7 +120,8 @@ def test_the_static_cache_writes_in_place_and_refuses_to_overflow():
 
 
 def test_cached_generation_steps_call_no_module():
-    """Modules run only while the decoder is made (the position table), not per token; uncached, every step."""
+    """Modules run only while the decoder's weights are prepared (the position table), once for these
+    parameters, not per token; uncached, every step."""
     m = _gpt()
     calls = []
     hooks = [mod.register_forward_hook(lambda *a: calls.append(1)) for mod in m.modules()]
@@ -115,7 +132,30 @@ def test_cached_generation_steps_call_no_module():
         counts.append(len(calls))
     for h in hooks:
         h.remove()
-    assert counts[0] == counts[1] and counts[3] == 3 * counts[2] > 0
+    assert counts[0] > 0 and counts[1] == 0 and counts[3] == 3 * counts[2] > 0
+
+
+def test_the_decoder_sees_the_weights_as_they_are_now():
+    """The prepared weights are kept on the model, and made again after an optimiser step or a load."""
+    m = _gpt()
+    idx = torch.randint(V, (1, 6))
+
+    def cached_last():
+        dec = m.decoder()
+        with torch.inference_mode():
+            dec(idx[:, :5])
+            return dec(idx[:, 5:])[0, -1]
+    first = cached_last()
+    assert m.decoder().fast is m.decoder().fast                                    # kept, not rebuilt
+    opt = torch.optim.SGD(m.parameters(), lr=0.5)
+    m(idx)[0].square().mean().backward()
+    opt.step()
+    after_step = cached_last()
+    assert not torch.allclose(first, after_step)
+    with torch.inference_mode():
+        torch.testing.assert_close(after_step, m(idx)[0][0, -1], rtol=1e-5, atol=1e-5)
+    m.load_state_dict(_gpt().state_dict())
+    torch.testing.assert_close(cached_last(), first, rtol=0, atol=0)
 
 
 def test_future_tokens_do_not_change_past_logits():
