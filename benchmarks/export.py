@@ -4,7 +4,8 @@
                         and 256; test accuracy fp32 / int8 (static, what --int8 writes for classifiers) / int8
                         dynamic (for comparison)
   gpt-small:            greedy generation tokens/s with the KV cache (decoder_with_past.onnx against the model
-                        with its KVCache), batch 1 and 256; validation loss fp32 / int8 (logits.onnx)
+                        with its KVCache, and against GPTDecoder, what `dlforge generate` runs), batch 1 and 256;
+                        validation loss fp32 / int8 (logits.onnx)
 
     python -m benchmarks.export --cnn RUN --gpt RUN [--seconds 3] [--out benchmarks/results/export.json]
 """
@@ -88,6 +89,13 @@ def bench_gpt(run: str, seconds: float, new_tokens: int = 64) -> dict:
         for _ in range(new_tokens):
             logits, _ = model(logits[:, -1:].argmax(-1), cache)
 
+    @torch.inference_mode()
+    def decoder_generate(B: int) -> None:  # what `dlforge generate` runs: GPTDecoder (one row: its _step)
+        dec = model.decoder()
+        logits = dec(prompt.repeat(B, 1))
+        for _ in range(new_tokens):
+            logits = dec(logits[:, -1:].argmax(-1))
+
     def ort_generate(s: ort.InferenceSession, B: int) -> None:
         past = {f"past.{i}.{kv}": np.zeros((B, H, 0, hd), np.float32) for i in range(L) for kv in ("key", "value")}
         ids = np.repeat(prompt.numpy()[None], B, 0)
@@ -115,6 +123,9 @@ def bench_gpt(run: str, seconds: float, new_tokens: int = 64) -> dict:
                           for B in (1, 256)}
     out["torch_eager"]["val_loss"] = torch_loss
     print("torch_eager", out["torch_eager"], flush=True)
+    out["torch_decoder"] = {f"tokens_per_s_batch_{B}": rate(lambda B=B: decoder_generate(B), B * new_tokens, seconds)
+                            for B in (1, 256)}
+    print("torch_decoder", out["torch_decoder"], flush=True)
     for q in ("fp32", "int8"):
         suffix = "" if q == "fp32" else ".int8"
         step, logits = session(folder / f"decoder_with_past{suffix}.onnx"), session(folder / f"logits{suffix}.onnx")
@@ -134,6 +145,8 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/export.json")
     a = ap.parse_args()
     result = {"torch": torch.__version__, "onnxruntime": ort.__version__, "threads": torch.get_num_threads()}
+    if Path(a.out).is_file():  # a family not measured this time keeps its last figures
+        result = {**json.loads(Path(a.out).read_text()), **result}
     if a.cnn:
         result["cnn"] = bench_cnn(a.cnn, a.seconds)
     if a.gpt:
@@ -143,6 +156,9 @@ def main() -> None:
             r, unit = result[fam], "images_per_s" if fam == "cnn" else "tokens_per_s"
             result[fam]["speedup_vs_torch"] = {f"{k}_batch_{b}": r[k][f"{unit}_batch_{b}"] / r["torch_eager"][
                 f"{unit}_batch_{b}"] for k in ("onnxruntime_fp32", "onnxruntime_int8") for b in (1, 256)}
+            if "torch_decoder" in r:  # against what `dlforge generate` runs
+                r["speedup_vs_torch_decoder"] = {f"{k}_batch_{b}": r[k][f"tokens_per_s_batch_{b}"] / r["torch_decoder"][
+                    f"tokens_per_s_batch_{b}"] for k in ("onnxruntime_fp32", "onnxruntime_int8") for b in (1, 256)}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({f: result[f]["speedup_vs_torch"] for f in ("cnn", "gpt") if f in result}, indent=1))

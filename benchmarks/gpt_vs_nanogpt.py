@@ -7,6 +7,7 @@ dropout, no biases (nanoGPT's default bias=False; dlforge's --no-bias), fp32 on 
 
     python -m benchmarks.gpt_vs_nanogpt steps --save     # training step time, 3 interleaved pairs of 100 steps
     python -m benchmarks.gpt_vs_nanogpt quality --save   # 1,574 steps: nanoGPT, then dlforge seeds 0 and 1
+    python -m benchmarks.gpt_vs_nanogpt quality --seeds --nanogpt-seeds 1 --save   # another nanoGPT seed, kept beside
 
 steps: nanoGPT then dlforge, --pairs times (benchmarks/pairs.py), the fp32 matmul peak measured before each
 pair. Step time: nanoGPT's own per-iteration log without its first 10 steps, dlforge's training clock over all
@@ -70,6 +71,23 @@ def nanogpt_tree(work: Path) -> Path:
         (data / "input.txt").write_bytes(named_corpus_file("tinyshakespeare").read_bytes())
         subprocess.run([sys.executable, "prepare.py"], cwd=data, check=True, capture_output=True)
     return tree
+
+
+def nanogpt_seeded(tree: Path, seed: int) -> Path:
+    """nanoGPT seeds torch with 1337 (+ the DDP rank) in train.py, not from its config: seed s > 0 runs a copy
+    whose train.py seeds 1337 + s (its initialisation and its batches both follow that seed)."""
+    if seed == 0:
+        return tree
+    copy = tree.with_name(f"{tree.name}-seed{seed}")
+    if not copy.exists():
+        subprocess.run(["cp", "-r", str(tree), str(copy)], check=True)
+        train = copy / "train.py"
+        text = train.read_text()
+        line = "torch.manual_seed(1337 + seed_offset)"
+        if line not in text:
+            sys.exit(f"nanoGPT's train.py no longer has {line!r}: cannot set its seed")
+        train.write_text(text.replace(line, f"torch.manual_seed(1337 + {seed} + seed_offset)"))
+    return copy
 
 
 def run_nanogpt(tree: Path, steps: int, out: Path, eval_iters: int = 20) -> dict:
@@ -169,11 +187,11 @@ def steps_benchmark(args, work: Path) -> dict:
 def quality_benchmark(args, work: Path) -> dict:
     out = {"benchmark": "gpt_vs_nanogpt quality", "steps": args.steps,
            "command": "python -m benchmarks.gpt_vs_nanogpt quality " + " ".join(sys.argv[2:]), "runs": []}
-    if not args.skip_nanogpt:
-        tree = nanogpt_tree(work)
-        r = run_nanogpt(tree, args.steps, work / "nanogpt")
+    for seed in [] if args.skip_nanogpt else args.nanogpt_seeds:
+        tree = nanogpt_seeded(nanogpt_tree(work), seed)
+        r = run_nanogpt(tree, args.steps, work / f"nanogpt-seed{seed}")
         r["full_val_loss"] = nanogpt_val_loss(tree, Path(r["checkpoint"]))["loss"]
-        out["runs"].append({"who": "nanogpt", **r})
+        out["runs"].append({"who": "nanogpt", "seed": seed, **r})
         print(json.dumps(out["runs"][-1]), file=sys.stderr)
     for seed in args.seeds:
         run = work / f"dlforge-seed{seed}"
@@ -191,6 +209,8 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=3, help="steps: nanoGPT/dlforge pairs, run A B A B")
     ap.add_argument("--steps", type=int, help="training steps per run (steps: 100; quality: 1574)")
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1], help="quality: dlforge's seeds (none: nanoGPT only)")
+    ap.add_argument("--nanogpt-seeds", type=int, nargs="*", default=[0],
+                    help="quality: nanoGPT's seeds (s: torch.manual_seed(1337 + s) in its train.py)")
     ap.add_argument("--skip-nanogpt", action="store_true", help="quality: dlforge's runs only")
     ap.add_argument("--work", type=Path, help="keep the runs here (default: a temporary folder)")
     ap.add_argument("--save", action="store_true", help="also write benchmarks/results/gpt-vs-nanogpt-WHAT.json")
@@ -202,7 +222,13 @@ def main() -> None:
         result = (steps_benchmark if args.what == "steps" else quality_benchmark)(args, work)
     print(json.dumps(result))
     if args.save:
-        (RESULTS / f"gpt-vs-nanogpt-{args.what}.json").write_text(json.dumps(result, indent=1) + "\n")
+        path = RESULTS / f"gpt-vs-nanogpt-{args.what}.json"
+        runs = [{**r, "command_of_benchmark": result["command"]} for r in result.get("runs", [])]
+        if args.what == "quality" and path.is_file():  # the runs already there (other seeds, other code) are kept
+            old = json.loads(path.read_text())
+            if old.get("steps") == result["steps"]:
+                result = {**old, "runs": old["runs"] + runs}
+        path.write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -568,8 +568,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dlforge.perf import tune_allocator
+    from dlforge.perf import flush_denormals, flushing_denormals, tune_allocator
     tune_allocator()
+    was = flushing_denormals()
+    flush_denormals()  # before torch makes its worker threads, which inherit it (dlforge/perf.py)
     args = parser().parse_args(argv)
     try:
         args.fn(args)
@@ -581,4 +583,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dlforge: interrupted", file=sys.stderr)
         return 130
+    finally:
+        flush_denormals(was)  # as it was, for a program that calls main() itself
     return 0
