@@ -11,6 +11,8 @@ Writes benchmarks/results/diffusion-quality-<data>-<model>.json.
 
     python -m benchmarks.diffusion_quality --data fashion-mnist --minutes 40
     python -m benchmarks.diffusion_quality --data digits --minutes 5 --n 360 --n-ddpm 100
+    python -m benchmarks.diffusion_quality --data fashion-mnist --minutes 40 --model unet-fast \
+        --guidance-sweep 3 5 8 --sweep-only      # prompt accuracy and Fréchet distance against the guidance
 """
 from __future__ import annotations
 
@@ -48,6 +50,12 @@ def main() -> None:
     ap.add_argument("--also-eta", type=float, nargs="*", default=[], metavar="ETA",
                     help="also evaluate DDIM-50 with these η on --n and --n-ddpm images "
                          "(ddim50_eta<η> in the results)")
+    ap.add_argument("--guidance-sweep", type=float, nargs="*", default=[], metavar="G",
+                    help="also DDIM-50 at each guidance G with η = 0 and η = 1 on --sweep-n images "
+                         "(guidance_sweep in the results)")
+    ap.add_argument("--sweep-n", type=int, default=500)
+    ap.add_argument("--sweep-only", action="store_true",
+                    help="after training, only the guidance sweep: writes diffusion-guidance-<data>-<model>.json")
     ap.add_argument("--out", default="runs/bench-diffusion")
     ap.add_argument("--recipe", default="--batch-size 128 --lr 2e-3 --lr-schedule cosine --warmup-steps 200 "
                                         "--min-lr-ratio 0.05 --eval-every 1000 --grad-clip 1",
@@ -71,6 +79,18 @@ def main() -> None:
     res["train_seconds"] = max(m.get("time", 0) for m in metrics)
     res["train_steps"] = max(m.get("step", 0) for m in metrics)
     res["val_loss"] = [(m["step"], round(m["val_loss"], 5)) for m in metrics if "val_loss" in m]
+    sweep = [dlforge("eval", str(dif), "--n", str(args.sweep_n), "--sampler", "ddim", "--steps", "50", "--eta",
+                     str(eta), "--classifier", str(cls), "--guidance", str(g), "--json", "--seed", "0")
+             for g in args.guidance_sweep for eta in (0.0, 1.0)]
+    if sweep:
+        res["guidance_sweep"] = [{k: r[k] for k in ("guidance", "eta", "images", "prompt_accuracy", "per_class_accuracy",
+                                                    "frechet", "frechet_real", "kid", "kid_std", "images_per_s")}
+                                 for r in sweep]
+    if args.sweep_only:
+        path = RESULTS / f"diffusion-guidance-{args.data}-{args.model}.json"
+        path.write_text(json.dumps(res, indent=1) + "\n")
+        print(f"wrote {path}", file=sys.stderr)
+        return
     common = ["--classifier", str(cls), "--guidance", str(args.guidance), "--json", "--seed", "0"]
     ddim = lambda n, eta: dlforge("eval", str(dif), "--n", str(n), "--sampler", "ddim", "--steps", "50",  # noqa: E731
                                   "--eta", str(eta), *common)

@@ -80,7 +80,7 @@ def bench_gpt(run: str, seconds: float, new_tokens: int = 64) -> dict:
     meta = json.loads((folder / "model.json").read_text())
     model, L, H, hd = lm.model, meta["layers"], meta["heads"], meta["head_dim"]
     data = prepare(TextDataConfig(**lm.config.data), lm.tokenizer)
-    prompt = data.val[:16]
+    prompt = data.val[:16].long()  # token files hold uint16 or int32 ids (dlforge/data/text.py)
 
     @torch.inference_mode()
     def torch_generate(B: int) -> None:
@@ -106,7 +106,7 @@ def bench_gpt(run: str, seconds: float, new_tokens: int = 64) -> dict:
     # validation loss on the first 32,768 validation tokens in windows of block_size
     T = meta["block_size"]
     n = min(len(data.val) - 1, 32768) // T
-    xs, ys = data.val[:n * T].view(n, T), data.val[1:n * T + 1].view(n, T).numpy()
+    xs, ys = data.val[:n * T].long().view(n, T), data.val[1:n * T + 1].long().view(n, T).numpy()
 
     def loss(logits_fn) -> float:
         total = 0.0
