@@ -568,11 +568,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dlforge.perf import flush_denormals, flushing_denormals, tune_allocator
+    from dlforge.perf import denormals_flushed, tune_allocator
     tune_allocator()
-    was = flushing_denormals()
-    flush_denormals()  # before torch makes its worker threads, which inherit it (dlforge/perf.py)
-    args = parser().parse_args(argv)
+    # subnormals as zero before torch makes its worker threads, which inherit it (dlforge/perf.py); as they
+    # were on return, for a program that calls main() itself
+    with denormals_flushed():
+        return _run(parser().parse_args(argv))
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         args.fn(args)
     except DlforgeError as e:
@@ -583,6 +587,4 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dlforge: interrupted", file=sys.stderr)
         return 130
-    finally:
-        flush_denormals(was)  # as it was, for a program that calls main() itself
     return 0

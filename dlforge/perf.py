@@ -2,8 +2,10 @@
 (results unchanged except where a value would fall below 1.2e-38)."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import sys
+from typing import Iterator
 
 import torch
 
@@ -28,6 +30,17 @@ def flush_denormals(on: bool = True) -> bool:
     none yet: from Python, call this before any torch work to have it everywhere. -> False where the CPU has no
     such mode (then nothing changes)."""
     return torch.set_flush_denormal(on)
+
+
+@contextlib.contextmanager
+def denormals_flushed() -> Iterator[None]:
+    """flush_denormals() for the time of a with-block, then this thread's mode as it was (cli.main, Trainer.fit)."""
+    was = flushing_denormals()
+    flush_denormals()
+    try:
+        yield
+    finally:
+        flush_denormals(was)
 
 
 def tune_allocator() -> None:
@@ -58,7 +71,6 @@ def matmul_peak(n: int = 2048, reps: int = 5) -> float:
     (recipes/budgets.json) converts minutes on this machine into minutes on the one it was fitted on."""
     import time
 
-    import torch
     tune_allocator()
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b

@@ -225,14 +225,17 @@ def _decoder_weights(model: GPT) -> dict:
             qkv_w = torch.cat([d(a.q.weight), d(a.kv.weight)])                     # (3C, C): q, then k and v
             qkv_b = None if a.q.bias is None else torch.cat([d(a.q.bias), d(a.kv.bias)])
             ln1, ln2 = (d(b.ln1.weight), d(b.ln1.bias), b.ln1.eps), (d(b.ln2.weight), d(b.ln2.bias), b.ln2.eps)
-            layers.append((ln1, qkv_w, qkv_b, d(a.proj.weight), d(a.proj.bias), ln2,
-                           d(fc1.weight), d(fc1.bias), d(fc2.weight), d(fc2.bias)))
-            bias = lambda m: zero(m.weight.shape[0]) if m.bias is None else d(m.bias)  # noqa: E731  +0 is exact
-            fast.append((ln1, t(qkv_w) * scale, (zero(3 * C) if qkv_b is None else qkv_b) * scale,
-                         torch.cat([t(d(a.proj.weight)), bias(a.proj)[None]]),               # (C + 1, C)
-                         t(d(fc1.weight)), bias(fc1), torch.cat([t(d(fc2.weight)) * 0.5, bias(fc2)[None]]),  # (4C + 1, C)
+            layer = (ln1, qkv_w, qkv_b, d(a.proj.weight), d(a.proj.bias), ln2,
+                     d(fc1.weight), d(fc1.bias), d(fc2.weight), d(fc2.bias))
+            layers.append(layer)
+            _, _, _, w_o, b_o, _, w_1, b_1, w_2, b_2 = layer
+            bias = lambda b, n: zero(n) if b is None else b  # noqa: E731  +0 is exact
+            fast.append((ln1, t(qkv_w) * scale, bias(qkv_b, 3 * C) * scale,
+                         torch.cat([t(w_o), bias(b_o, C)[None]]),                                     # (C + 1, C)
+                         t(w_1), bias(b_1, w_1.shape[0]), torch.cat([t(w_2) * 0.5, bias(b_2, C)[None]]),  # (4C + 1, C)
                          ln2))
-        w = {"tok": tok, "pos": pos, "head": d(model.head.weight), "head_t": t(d(model.head.weight)),
+        head = d(model.head.weight)
+        w = {"tok": tok, "pos": pos, "head": head, "head_t": t(head),
              "ln_f": (d(model.ln_f.weight), d(model.ln_f.bias), model.ln_f.eps), "layers": layers, "fast": fast,
              "inv_sqrt2": tok.new_tensor(0.5 ** 0.5)}  # a tensor: a Python float is cast on every call
     model.__dict__["_decoder_kept"] = (key, w)

@@ -17,7 +17,7 @@ import torch
 
 from dlforge.data.loader import BatchLoader
 from dlforge.errors import DlforgeError
-from dlforge.perf import flush_denormals, flushing_denormals, tune_allocator
+from dlforge.perf import denormals_flushed, tune_allocator
 from dlforge.runs import Run, atomic_duplicate
 from dlforge.train import checkpoint as ckpt
 from dlforge.train import distributed, interrupt
@@ -395,13 +395,9 @@ class Trainer:
         """Train until the epochs, --max-steps or --max-time run out, or a callback stops the run.
         -> the last epoch's record. Ctrl-C or SIGTERM: a checkpoint after the current step, then
         TrainingInterrupted (train/interrupt.py)."""
-        was = flushing_denormals()
-        flush_denormals()  # subnormals as zero while training (dlforge/perf.py), as it was afterwards
-        try:
-            with interrupt.StopOnSignal(announce=self.world.main) as self.signals:
-                return self._fit()
-        finally:
-            flush_denormals(was)
+        # subnormals as zero while training (dlforge/perf.py), as they were afterwards
+        with denormals_flushed(), interrupt.StopOnSignal(announce=self.world.main) as self.signals:
+            return self._fit()
 
     def _fit(self) -> dict:
         cfg, record = self.cfg, {}
