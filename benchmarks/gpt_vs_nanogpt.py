@@ -8,6 +8,8 @@ dropout, no biases (nanoGPT's default bias=False; dlforge's --no-bias), fp32 on 
     python -m benchmarks.gpt_vs_nanogpt steps --save     # training step time, 3 interleaved pairs of 100 steps
     python -m benchmarks.gpt_vs_nanogpt quality --save   # 1,574 steps: nanoGPT, then dlforge seeds 0 and 1
     python -m benchmarks.gpt_vs_nanogpt quality --seeds --nanogpt-seeds 1 --save   # another nanoGPT seed, kept beside
+    python -m benchmarks.gpt_vs_nanogpt lockstep --save  # both from nanoGPT's initial weights, on the same windows
+    python -m benchmarks.gpt_vs_nanogpt lockstep --steps 60 --match-warmup   # step by step: the same arithmetic?
 
 steps: nanoGPT then dlforge, --pairs times (benchmarks/pairs.py), the fp32 matmul peak measured before each
 pair. Step time: nanoGPT's own per-iteration log without its first 10 steps, dlforge's training clock over all
@@ -18,6 +20,14 @@ quality: both checkpoints after 1,574 steps scored by one evaluator, dlforge's f
 (lm_loss: non-overlapping windows of 128 over the whole last 10% of the text; nanoGPT's weights are loaded into
 dlforge's GPT, the same arithmetic), each on its own script's validation split (nanoGPT's is one character
 longer).
+
+lockstep: the two training programs with their randomness taken out. nanoGPT's train.py (a patched copy) saves
+its initial weights and reads its training windows from a file of offsets drawn once (--offset-seed);
+dlforge's `dlforge train` (through this module's _locked-dlforge entry, which replaces TokenLoader's windows
+with the same offsets and logs every training loss) starts from those weights with --init-from. Every
+step's training loss is compared, and both final checkpoints are scored as in quality. nanoGPT's warm-up is
+lr·(it+1)/(warmup+1), dlforge's lr·(step+1)/warmup: --match-warmup gives nanoGPT dlforge's, so that nothing
+but floating-point rounding differs.
 
 nanoGPT's code comes from $NANOGPT (a checkout), else from the snapshot the library's `fetch` leaves in
 /work/.mirror/karpathy+nanoGPT/repo; it is run as it is, from a copy in a temporary folder, by this Python.
@@ -90,25 +100,95 @@ def nanogpt_seeded(tree: Path, seed: int) -> Path:
     return copy
 
 
-def run_nanogpt(tree: Path, steps: int, out: Path, eval_iters: int = 20) -> dict:
+LOCKED = [  # (what nanoGPT's train.py has, what the lockstep copy has instead)
+    ("def get_batch(split):",
+     ("_OFFSETS = np.load(os.environ['DLFORGE_OFFSETS']); _NEXT = [0]  # dlforge lockstep: the training windows\n"
+      "def get_batch(split):")),
+    ("    ix = torch.randint(len(data) - block_size, (batch_size,))",
+     ("    if split == 'lock':\n"
+      "        data = np.memmap(os.path.join(data_dir, 'train.bin'), dtype=np.uint16, mode='r')\n"
+      "        ix = _OFFSETS[_NEXT[0]]; _NEXT[0] += 1\n"
+      "    else:\n"
+      "        ix = torch.randint(len(data) - block_size, (batch_size,))")),
+    ("X, Y = get_batch('train') # fetch the very first batch", "X, Y = get_batch('lock') # fetch the very first batch"),
+    ("        X, Y = get_batch('train')", "        X, Y = get_batch('lock')"),
+    ("    model = GPT(gptconf)\nelif init_from == 'resume':",
+     "    model = GPT(gptconf)\n    torch.save(model.state_dict(), os.environ['DLFORGE_INIT'])\nelif init_from == 'resume':"),
+    ("loss {lossf:.4f}", "loss {lossf:.6f}"),
+]
+MATCH_WARMUP = ("return learning_rate * (it + 1) / (warmup_iters + 1)", "return learning_rate * (it + 1) / warmup_iters")
+
+
+def nanogpt_locked(tree: Path, match_warmup: bool) -> Path:
+    """A copy of nanoGPT whose train.py saves its initial weights to $DLFORGE_INIT, reads its training windows
+    from $DLFORGE_OFFSETS (an .npy of (steps + 2, batch) offsets into train.bin) and prints every loss to 6
+    decimals; with match_warmup, its warm-up is dlforge's lr·(step+1)/warmup."""
+    copy = tree.with_name(f"{tree.name}-locked{'-warmup' if match_warmup else ''}")
+    if not copy.exists():
+        subprocess.run(["cp", "-r", str(tree), str(copy)], check=True)
+        text = (copy / "train.py").read_text()
+        for old, new in LOCKED + ([MATCH_WARMUP] if match_warmup else []):
+            if text.count(old) != 1:
+                sys.exit(f"nanoGPT's train.py no longer has {old!r} once: cannot make its lockstep copy")
+            text = text.replace(old, new)
+        (copy / "train.py").write_text(text)
+    return copy
+
+
+def locked_dlforge(argv: list[str]) -> int:
+    """`python -m benchmarks.gpt_vs_nanogpt _locked-dlforge OFFSETS LOSSES train ...`: dlforge's CLI with the
+    training windows read from OFFSETS (the k-th batch of the run: row k) and every training loss appended to
+    LOSSES, one a line."""
+    import numpy as np
+    import torch
+    from dlforge.cli import main as cli
+    from dlforge.data.loader import TokenLoader
+    from dlforge.train.tasks import LanguageModelTask
+    offsets, log = np.load(argv[0]), open(argv[1], "w")
+
+    def epoch(self, epoch: int = 0, start: int = 0):
+        T = self.block_size
+        for i in range(start, len(self)):
+            chunk = torch.stack([self.ids[o:o + T + 1] for o in offsets[epoch * len(self) + i].tolist()]).long()
+            yield chunk[:, :-1], chunk[:, 1:], torch.tensor(i == 0)
+
+    step = LanguageModelTask.step
+
+    def logged(self, model, batch):
+        loss, stats = step(self, model, batch)
+        if model.training:
+            log.write(f"{loss.item():.6f}\n")
+        return loss, stats
+
+    TokenLoader.epoch, LanguageModelTask.step = epoch, logged
+    try:
+        return cli(argv[2:])
+    finally:
+        log.close()
+
+
+def run_nanogpt(tree: Path, steps: int, out: Path, eval_iters: int = 20, env: dict | None = None) -> dict:
     """nanoGPT's train.py for `steps` updates; -> its per-iteration times and loss, the checkpoint path."""
     cmd = [sys.executable, "train.py", *NANOGPT, f"--max_iters={steps}", f"--lr_decay_iters={steps}",
            f"--eval_interval={steps}", f"--eval_iters={eval_iters}", f"--out_dir={out}"]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=tree, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=tree, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if proc.returncode:
         sys.exit(f"nanoGPT failed:\n{proc.stderr[-3000:]}")
-    iters = [(int(i), float(ms)) for i, ms in re.findall(r"iter (\d+): loss [\d.]+, time ([\d.]+)ms", proc.stdout)]
+    iters = [(int(i), float(loss), float(ms))
+             for i, loss, ms in re.findall(r"iter (\d+): loss ([\d.]+), time ([\d.]+)ms", proc.stdout)]
     # iteration 0 carries the first evaluation, and the last one the final evaluation: left out
-    times = [ms for i, ms in iters if 10 <= i < steps]
+    times = [ms for i, _, ms in iters if 10 <= i < steps]
     return {"ms_per_step": sum(times) / len(times), "steps": steps, "wall_s": time.perf_counter() - t0,
-            "checkpoint": str(out / "ckpt.pt"), "command": "python train.py " + " ".join(cmd[2:])}
+            "checkpoint": str(out / "ckpt.pt"), "command": "python train.py " + " ".join(cmd[2:]),
+            "losses": [loss for i, loss, _ in iters if i < steps]}
 
 
-def run_dlforge(steps: int, out: Path, seed: int = 0, eval_every: int = 100) -> dict:
+def run_dlforge(steps: int, out: Path, seed: int = 0, eval_every: int = 100, extra: tuple = (),
+                entry: tuple = ()) -> dict:
     argv = [*DLFORGE, "--max-steps", str(steps), "--seed", str(seed), "--eval-every", str(eval_every),
-            "--eval-tokens", "32768"]
-    report, meta, wall = train_cli(argv, out)
+            "--eval-tokens", "32768", *extra]
+    report, meta, wall = train_cli(argv, out, entry)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     last = max((r for r in rows if "time" in r), key=lambda r: r["step"])  # the training clock at the last step
     return {"ms_per_step": 1000 * last["time"] / last["step"], "steps": steps, "wall_s": wall, "report": report,
@@ -128,14 +208,9 @@ def step_flops() -> float:
     return fc.get_total_flops()
 
 
-def nanogpt_val_loss(tree: Path, ckpt: Path) -> dict:
-    """nanoGPT's checkpoint in dlforge's GPT (the same arithmetic, weights renamed), scored by lm_loss over
-    nanoGPT's own val.bin."""
-    import numpy as np
-    import torch
-    from dlforge.recipes.language_model import lm_loss
-    from dlforge.registry import create_model
-    sd = torch.load(ckpt, map_location="cpu", weights_only=True)["model"]
+def dlforge_names(sd: dict) -> dict:
+    """nanoGPT's state dict (bias=False) under dlforge's GPT names: c_attn's q, k, v rows split into q and kv,
+    the tied head given its own entry."""
     sd = {k.removeprefix("_orig_mod.").removeprefix("transformer."): v for k, v in sd.items()}
     C = SHAPE["d_model"]
     ours = {"tok.weight": sd["wte.weight"], "head.weight": sd["wte.weight"], "pos.emb.weight": sd["wpe.weight"],
@@ -147,9 +222,20 @@ def nanogpt_val_loss(tree: Path, ckpt: Path) -> dict:
                  b + "attn.kv.weight": sd[h + "attn.c_attn.weight"][C:],
                  b + "attn.proj.weight": sd[h + "attn.c_proj.weight"],
                  b + "mlp.0.weight": sd[h + "mlp.c_fc.weight"], b + "mlp.2.weight": sd[h + "mlp.c_proj.weight"]}
-    vocab = sd["wte.weight"].shape[0]
-    model = create_model("gpt-small", vocab_size=vocab, bias=False)
-    model.load_state_dict(ours, strict=True)
+    return ours
+
+
+def nanogpt_val_loss(tree: Path, ckpt: Path | None = None, model=None) -> dict:
+    """nanoGPT's checkpoint in dlforge's GPT (the same arithmetic, weights renamed), or a dlforge GPT `model`,
+    scored by lm_loss over nanoGPT's own val.bin (the same characters as dlforge's split, one more at its start)."""
+    import numpy as np
+    import torch
+    from dlforge.recipes.language_model import lm_loss
+    from dlforge.registry import create_model
+    if model is None:
+        ours = dlforge_names(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
+        model = create_model("gpt-small", vocab_size=ours["tok.weight"].shape[0], bias=False)
+        model.load_state_dict(ours, strict=True)
     val = torch.from_numpy(np.fromfile(tree / "data" / "shakespeare_char" / "val.bin", dtype=np.uint16).astype(np.int64))
     return lm_loss(model, val, SHAPE["block_size"], torch.device("cpu"))
 
@@ -203,9 +289,52 @@ def quality_benchmark(args, work: Path) -> dict:
     return out
 
 
+def lockstep_benchmark(args, work: Path) -> dict:
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+    tree = nanogpt_locked(nanogpt_tree(work), args.match_warmup)
+    n_train = len(np.memmap(tree / "data" / "shakespeare_char" / "train.bin", dtype=np.uint16, mode="r"))
+    g = torch.Generator().manual_seed(args.offset_seed)
+    # nanoGPT makes one update more than max_iters (after its last checkpoint) and fetches a batch ahead
+    offsets = torch.randint(n_train - SHAPE["block_size"], (args.steps + 2, SHAPE["batch"]), generator=g)
+    files = {k: work / f"lockstep-{k}" for k in ("offsets.npy", "init.pt", "init.safetensors", "losses.txt")}
+    np.save(files["offsets.npy"], offsets.numpy())
+    nano = run_nanogpt(tree, args.steps, work / "lockstep-nanogpt", eval_iters=1,
+                       env={"DLFORGE_OFFSETS": str(files["offsets.npy"]), "DLFORGE_INIT": str(files["init.pt"])})
+    nano["full_val_loss"] = nanogpt_val_loss(tree, Path(nano["checkpoint"]))["loss"]
+    init = dlforge_names(torch.load(files["init.pt"], weights_only=True))
+    save_file({k: v.clone().contiguous() for k, v in init.items()}, files["init.safetensors"])
+    run = work / "lockstep-dlforge"
+    ours = run_dlforge(args.steps, run, eval_every=10 ** 6, extra=("--init-from", str(files["init.safetensors"])),
+                       entry=("-m", "benchmarks.gpt_vs_nanogpt", "_locked-dlforge", str(files["offsets.npy"]),
+                              str(files["losses.txt"])))
+    ours["full_val_loss"] = dlforge_val_loss(run, "last")["loss"]
+    import dlforge
+    # both checkpoints on one split for this comparison: the same characters, the same windows
+    ours["full_val_loss_on_nanogpt_split"] = nanogpt_val_loss(tree, model=dlforge.load(run).model)["loss"]
+    ours["losses"] = [float(x) for x in files["losses.txt"].read_text().split()]
+    a, b = nano.pop("losses"), ours.pop("losses")
+    ours.pop("report")
+    diff = [abs(x - y) for x, y in zip(a, b)]
+    tail = min(100, len(a))
+    return {"benchmark": "gpt_vs_nanogpt lockstep", "steps": args.steps, "offset_seed": args.offset_seed,
+            "match_warmup": args.match_warmup,
+            "command": "python -m benchmarks.gpt_vs_nanogpt lockstep " + " ".join(sys.argv[2:]),
+            "nanogpt": nano, "dlforge": ours,
+            "max_abs_loss_diff_first_50_steps": round(max(diff[:50]), 6),
+            "first_step_diff_over_1e-3": next((i for i, d in enumerate(diff) if d > 1e-3), None),
+            f"mean_train_loss_last_{tail}_steps": {"nanogpt": round(sum(a[-tail:]) / tail, 4),
+                                                     "dlforge": round(sum(b[-tail:]) / tail, 4)},
+            "train_loss_every_50_steps": {"nanogpt": [round(x, 4) for x in a[::50]],
+                                          "dlforge": [round(x, 4) for x in b[::50]]}}
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["_locked-dlforge"]:
+        sys.exit(locked_dlforge(sys.argv[2:]))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("steps", "quality"))
+    ap.add_argument("what", choices=("steps", "quality", "lockstep"))
     ap.add_argument("--pairs", type=int, default=3, help="steps: nanoGPT/dlforge pairs, run A B A B")
     ap.add_argument("--steps", type=int, help="training steps per run (steps: 100; quality: 1574)")
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1], help="quality: dlforge's seeds (none: nanoGPT only)")
@@ -213,16 +342,19 @@ def main() -> None:
                     help="quality: nanoGPT's seeds (s: torch.manual_seed(1337 + s) in its train.py)")
     ap.add_argument("--skip-nanogpt", action="store_true", help="quality: dlforge's runs only")
     ap.add_argument("--work", type=Path, help="keep the runs here (default: a temporary folder)")
+    ap.add_argument("--match-warmup", action="store_true", help="lockstep: nanoGPT's warm-up made dlforge's")
+    ap.add_argument("--offset-seed", type=int, default=12345, help="lockstep: the seed the training windows are drawn with")
     ap.add_argument("--save", action="store_true", help="also write benchmarks/results/gpt-vs-nanogpt-WHAT.json")
     args = ap.parse_args()
     args.steps = args.steps or (100 if args.what == "steps" else 1574)
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        result = (steps_benchmark if args.what == "steps" else quality_benchmark)(args, work)
+        result = {"steps": steps_benchmark, "quality": quality_benchmark,
+                  "lockstep": lockstep_benchmark}[args.what](args, work)
     print(json.dumps(result))
     if args.save:
-        path = RESULTS / f"gpt-vs-nanogpt-{args.what}.json"
+        path = RESULTS / f"gpt-vs-nanogpt-{args.what}{'-warmup-matched' if args.match_warmup else ''}.json"
         runs = [{**r, "command_of_benchmark": result["command"]} for r in result.get("runs", [])]
         if args.what == "quality" and path.is_file():  # the runs already there (other seeds, other code) are kept
             old = json.loads(path.read_text())

@@ -48,12 +48,13 @@ def interleave(first: tuple[str, Callable[[], dict]], second: tuple[str, Callabl
     return out
 
 
-def train_cli(argv: list[str], out: Path) -> tuple[dict, dict, float]:
-    """`dlforge train ARGV --out OUT --json --no-progress` in a subprocess, as a user runs it.
+def train_cli(argv: list[str], out: Path, entry: tuple = ("-m", "dlforge")) -> tuple[dict, dict, float]:
+    """`dlforge train ARGV --out OUT --json --no-progress` in a subprocess, as a user runs it (entry: how
+    Python starts dlforge's CLI: a benchmark may pass a module of its own that patches dlforge first).
     -> (its JSON report, the last checkpoint's metadata: step, elapsed, ...), wall seconds); a failure exits
     with the command and the end of its stderr."""
     from dlforge.train.checkpoint import load_checkpoint
-    cmd = [sys.executable, "-m", "dlforge", "train", *argv, "--out", str(out), "--json", "--no-progress"]
+    cmd = [sys.executable, *(entry or ("-m", "dlforge")), "train", *argv, "--out", str(out), "--json", "--no-progress"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode:
