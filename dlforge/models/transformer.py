@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlforge.errors import DlforgeError
+from dlforge.models.dropout import Dropout
 from dlforge.models.layers import FeedForward, KVCache, MultiHeadAttention, StaticKVCache, positional_encoding
 from dlforge.registry import register_model
 
@@ -40,7 +41,7 @@ class Block(nn.Module):
         self.attn = MultiHeadAttention(d_model, n_head, dropout, causal=True, bias=bias)
         self.ln2 = nn.LayerNorm(d_model, bias=bias)
         self.mlp = FeedForward(d_model, dropout, bias)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None, i: int) -> torch.Tensor:  # (B, T, C)
         x = x + self.drop(self.attn(self.ln1(x), cache=cache, layer=i))
@@ -58,7 +59,7 @@ class GPT(nn.Module):
         self.block_size = block_size
         self.tok = nn.Embedding(vocab_size, d_model)
         self.pos = positional_encoding(pos_encoding, block_size, d_model)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.blocks = nn.ModuleList(Block(d_model, n_head, dropout, bias) for _ in range(n_layer))
         self.ln_f = nn.LayerNorm(d_model, bias=bias)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
@@ -269,7 +270,7 @@ class EncoderBlock(nn.Module):
         self.attn = MultiHeadAttention(d_model, n_head, dropout, causal=False)
         self.ln2 = nn.LayerNorm(d_model)
         self.mlp = FeedForward(d_model, dropout, mult=mult)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:  # (B, S, C), (B, S)
         x = x + self.drop(self.attn(self.ln1(x), key_mask=src_mask))
@@ -285,7 +286,7 @@ class DecoderBlock(nn.Module):
         self.cross = MultiHeadAttention(d_model, n_head, dropout, causal=False)
         self.ln3 = nn.LayerNorm(d_model)
         self.mlp = FeedForward(d_model, dropout, mult=mult)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, y: torch.Tensor, memory_kv: tuple[torch.Tensor, torch.Tensor], src_mask: torch.Tensor,
                 cache: KVCache | None, i: int) -> torch.Tensor:  # (B, T, C)
@@ -322,7 +323,7 @@ class EncoderDecoder(nn.Module):
         self.src_tok = nn.Embedding(src_vocab_size, d_model)
         self.tgt_tok = self.src_tok if self.shared_vocab else nn.Embedding(tgt_vocab_size, d_model)
         self.pos = positional_encoding("sinusoidal", max_len, d_model)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.encoder = nn.ModuleList(EncoderBlock(d_model, n_head, dropout, ff_mult) for _ in range(n_enc_layer))
         self.ln_enc = nn.LayerNorm(d_model)
         self.decoder = nn.ModuleList(DecoderBlock(d_model, n_head, dropout, ff_mult) for _ in range(n_dec_layer))
