@@ -150,6 +150,20 @@ def test_windows_are_seeded_and_replayable():
     assert torch.equal(a[0][1], a[0][0] + 1) and not torch.equal(a[0][0], list(loader.epoch(3))[0][0])
 
 
+def test_windows_never_repeat_across_epochs_and_batches():
+    """Every (epoch, batch) draws its own windows: the seeds' hash used to give consecutive batches consecutive
+    seeds and overlap the epochs, so 42% of a language model's batches were repeats (issue 20, part 1)."""
+    ids = torch.arange(200_000)
+    loader = TokenLoader(ids, batch_size=8, block_size=16, mode="windows", seed=0)  # 1,562 batches an epoch
+    offsets = torch.cat([x[:, 0] for e in range(3) for x, _, _ in loader.epoch(e)])
+    n, space = len(offsets), len(ids) - 16
+    expected = space * (1 - (1 - 1 / space) ** n)  # distinct values among n independent uniform draws
+    assert abs(len(offsets.unique()) - expected) < 5 * expected ** 0.5
+    from dlforge.data.loader import _seeded
+    low = {_seeded(s, e, i).initial_seed() & 0xFFFFFFFF for s in range(3) for e in range(200) for i in range(100)}
+    assert len(low) >= 60_000 - 2  # torch keeps 32 bits of a seed: those must differ (birthday: ~0.4 collisions)
+
+
 @pytest.mark.parametrize("kind", ["char", "word", "bpe"])
 def test_streamed_pieces_join_to_the_decoded_text(kind):
     """decode_stream decodes only the tokens not yet shown; its pieces still join to decode(all): bpe ids
