@@ -110,7 +110,7 @@ def _tsv(path: Path, n: int = 400) -> Path:
 def test_tsv_corpus_char_tokenizer_with_bleu(tmp_path, capsys):
     out = tmp_path / "tsv"
     assert main(["train", "transformer-tiny", "--data-file", str(_tsv(tmp_path / "p.tsv")), "--tokenizer", "char",
-                 "--separate-vocab", *FAST, "--max-steps", "160", "--epochs", "100", "--out", str(out)]) == 0
+                 "--separate-vocab", *FAST, "--max-steps", "240", "--epochs", "100", "--out", str(out)]) == 0  # 160: 0.58-0.79 over 4 seeds
     losses = _val(out, "val_loss")
     assert losses[-1] < 0.7 * losses[0]
     capsys.readouterr()
