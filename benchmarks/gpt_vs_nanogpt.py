@@ -309,12 +309,12 @@ def lockstep_benchmark(args, work: Path) -> dict:
     ours = run_dlforge(args.steps, run, eval_every=10 ** 6, extra=("--init-from", str(files["init.safetensors"])),
                        entry=("-m", "benchmarks.gpt_vs_nanogpt", "_locked-dlforge", str(files["offsets.npy"]),
                               str(files["losses.txt"])))
-    ours["full_val_loss"] = dlforge_val_loss(run, "last")["loss"]
     import dlforge
+    handle = dlforge.load(run, which="last")  # loaded once, scored on both splits
+    ours["full_val_loss"] = handle.evaluate()["loss"]
     # both checkpoints on one split for this comparison: the same characters, the same windows
-    ours["full_val_loss_on_nanogpt_split"] = nanogpt_val_loss(tree, model=dlforge.load(run).model)["loss"]
-    ours["losses"] = [float(x) for x in files["losses.txt"].read_text().split()]
-    a, b = nano.pop("losses"), ours.pop("losses")
+    ours["full_val_loss_on_nanogpt_split"] = nanogpt_val_loss(tree, model=handle.model)["loss"]
+    a, b = nano.pop("losses"), [float(x) for x in files["losses.txt"].read_text().split()]
     ours.pop("report")
     diff = [abs(x - y) for x, y in zip(a, b)]
     tail = min(100, len(a))

@@ -28,7 +28,7 @@ def _seeded(*parts: int) -> torch.Generator:
     generator keeps only the low 32 bits of a seed, so those must differ between the counters: the hash-combine
     used before left consecutive batches at consecutive seeds and overlapped the epochs' ranges. 1,715 batches of
     7 epochs drew from only 991 seeds, so a language model's windows repeated (31,219 distinct of 50,368 in
-    1,574 batches, against ~49,100 for independent draws), and it ended 0.02 nats worse than nanoGPT."""
+    1,574 batches, against ~49,100 for independent draws): a third of its 0.02-nat gap to nanoGPT."""
     s = 0
     for p in parts:
         s = _splitmix64(s ^ (p & _M64))
