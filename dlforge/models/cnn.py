@@ -2,6 +2,15 @@
 
 conv1 C->32 k3 p1 -> ReLU -> conv2 32->64 k3 p1 -> ReLU -> maxpool 2 -> conv3 64->128 k3 p1 -> ReLU
 -> maxpool 2 -> flatten (128·(S/4)²) -> dropout 0.5 -> fc1 -> 512 -> ReLU -> dropout 0.5 -> fc2 -> logits.
+
+Computed in an order that does the same arithmetic with less memory traffic (benchmarks/peak_ceiling.py):
+- each max-pool runs before its ReLU. relu(max(x)) is max(relu(x)) exactly, and so is the gradient (it reaches
+  the window's largest element when that is positive, else nothing), but the ReLU and its backward then touch
+  a quarter of the elements: conv2's 64 × 48² output is the largest tensor of the step;
+- while training channels-last, the gradient that reaches pool2 from the flatten is made channels-last too: it
+  comes back in the flatten's (channel-major) order, and max_pool2d's backward would then copy its saved
+  input (4× larger) into that order and its result back;
+- dropout draws the cheap CPU mask of dlforge.models.dropout.
 """
 from __future__ import annotations
 
@@ -10,7 +19,20 @@ from torch import nn
 import torch.nn.functional as F
 
 from dlforge.errors import DlforgeError
+from dlforge.models.dropout import Dropout
 from dlforge.registry import register_model
+
+
+class _ChannelsLastGrad(torch.autograd.Function):
+    """The identity, whose backward hands the gradient on in channels-last order."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
+        return g.contiguous(memory_format=torch.channels_last)
 
 
 class MyNet(nn.Module):
@@ -27,11 +49,14 @@ class MyNet(nn.Module):
         side = img_size // 2 // 2
         self.fc1 = nn.Linear(4 * width * side * side, fc_width)
         self.fc2 = nn.Linear(fc_width, num_classes)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, S, S) -> (B, num_classes)
-        x = self.pool1(F.relu(self.conv2(F.relu(self.conv1(x), inplace=True)), inplace=True))  # (B, 64, S/2, S/2)
-        x = self.pool2(F.relu(self.conv3(x), inplace=True))                                   # (B, 128, S/4, S/4)
+        x = F.relu(self.pool1(self.conv2(F.relu(self.conv1(x), inplace=True))), inplace=True)  # (B, 64, S/2, S/2)
+        x = F.relu(self.pool2(self.conv3(x)), inplace=True)                                   # (B, 128, S/4, S/4)
+        if self.training and x.requires_grad and x.is_contiguous(memory_format=torch.channels_last) \
+                and not x.is_contiguous():
+            x = _ChannelsLastGrad.apply(x)
         x = self.dropout(torch.flatten(x, 1))
         x = self.dropout(F.relu(self.fc1(x), inplace=True))
         return self.fc2(x)

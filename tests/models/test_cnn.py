@@ -35,3 +35,33 @@ def test_no_softmax_in_the_model():
     m = create_model("cnn", img_size=16).eval()
     out = m(torch.randn(3, 3, 16, 16))
     assert not torch.allclose(out.sum(1), torch.ones(3))  # raw logits
+
+
+def _reference_order(m: MyNet, x: torch.Tensor) -> torch.Tensor:
+    """MY_NET as the reference writes it: each ReLU before its max-pool, nn.Dropout, no gradient reordering."""
+    import torch.nn.functional as F
+    x = m.pool1(F.relu(m.conv2(F.relu(m.conv1(x)))))
+    x = m.pool2(F.relu(m.conv3(x)))
+    x = torch.flatten(x, 1)
+    return m.fc2(F.relu(m.fc1(x)))
+
+
+def test_pool_before_relu_is_the_same_arithmetic_forward_and_backward():
+    """The model pools before each ReLU and reorders pool2's gradient: outputs and every gradient must equal
+    the reference's order exactly, contiguous and channels-last, with ReLU's zeros and the pools' ties in play."""
+    torch.manual_seed(0)
+    for channels_last in (False, True):
+        m = create_model("cnn", img_size=16, dropout=0.0).train()
+        x = torch.randn(4, 3, 16, 16)
+        x[0] = 0.0  # whole windows of zeros and of equal values
+        if channels_last:
+            m, x = m.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+        out = {}
+        for name, fn in (("ours", m), ("reference", lambda t: _reference_order(m, t))):
+            xi = x.clone().requires_grad_(True)
+            y = fn(xi)
+            grads = torch.autograd.grad(y.square().sum(), [xi, *m.parameters()])
+            out[name] = (y, grads)
+        assert torch.equal(out["ours"][0], out["reference"][0])
+        for a, b in zip(out["ours"][1], out["reference"][1]):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
