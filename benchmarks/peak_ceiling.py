@@ -1,0 +1,174 @@
+"""How near the matmul peak can a training step get here? The share of the fp32 matmul peak that each kind of
+kernel reaches inside dlforge's real training steps, and the share of the step's time each kind takes.
+
+    flock /tmp/dlforge-cpu.lock python -m benchmarks.peak_ceiling --save     # cnn and gpt-small, ~2 minutes
+
+Issue 20 part 3 asks for CNN training at >= 85% of the 2048² fp32 matmul peak, CNN evaluation at >= 90% and the
+GPT training step at >= 80%. A step is FLOPs / seconds; its FLOPs are almost all in convolutions and matrix
+products, and those are oneDNN's and MKL's kernels, not dlforge's. So a step cannot beat the share its own
+kernels reach on its own shapes, and every other op (ReLU, pooling, dropout, LayerNorm, softmax, GELU, the
+optimiser) only adds time. This benchmark measures both inside the step:
+
+- FLOPs by aten op: torch.utils.flop_counter.FlopCounterMode over one step;
+- time by aten op: torch.profiler over `--steps` steps (self CPU time), after 3 warm-up steps;
+- for each FLOP-counted op: its GFLOP/s and share of the peak (the kernel's ceiling on these shapes);
+- the whole step without the profiler, timed alone: its share of the peak, as the side-by-side benchmarks
+  measure it; and the step's share if everything but the FLOP-counted kernels took no time at all.
+
+The steps are the recipes' own: `cnn` (MY_NET) on 3 × 48 × 48 channels-last images, batch 64, Adam (fused), the
+dropout of the reference; `gpt-small` (4 × 4 × 192, no biases) on 32 windows of 128, AdamW (fused), clip 1; and
+the cnn's evaluation forward at batch 256 under inference mode. Data are random tensors of the recipes' shapes:
+kernel speed does not depend on the values. The matmul peak is measured before each model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.pairs import matmul_peak
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def cnn_step() -> tuple[Callable[[], None], str]:
+    from dlforge.registry import create_model
+    model = create_model("cnn", in_channels=3, img_size=48, num_classes=10).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), 1e-3, weight_decay=1e-4, fused=True)
+    x = torch.randn(64, 3, 48, 48).to(memory_format=torch.channels_last)
+    y = torch.randint(10, (64,))
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return step, "cnn train: batch 64, 3 x 48 x 48, channels-last, Adam"
+
+
+def cnn_eval() -> tuple[Callable[[], None], str]:
+    from dlforge.registry import create_model
+    model = create_model("cnn", in_channels=3, img_size=48, num_classes=10).to(memory_format=torch.channels_last)
+    model.eval()
+    x = torch.randn(256, 3, 48, 48).to(memory_format=torch.channels_last)
+
+    def step() -> None:
+        with torch.inference_mode():
+            model(x)
+    return step, "cnn eval: batch 256, 3 x 48 x 48, channels-last, inference mode"
+
+
+def gpt_step() -> tuple[Callable[[], None], str]:
+    from dlforge.registry import create_model
+    model = create_model("gpt-small", vocab_size=65, block_size=128, bias=False)
+    opt = torch.optim.AdamW(model.parameters(), 2e-3, betas=(0.9, 0.99), weight_decay=0.0, fused=True)
+    x = torch.randint(65, (32, 128))
+    y = torch.randint(65, (32, 128))
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x)[0].flatten(0, 1), y.flatten()).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    return step, "gpt-small train: 4 x 4 x 192, batch 32 x 128, AdamW, clip 1"
+
+
+def flops_by_op(step: Callable[[], None]) -> dict[str, float]:
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as fc:
+        step()
+    return {str(op).removeprefix("aten."): float(n) for op, n in fc.get_flop_counts()["Global"].items()}
+
+
+def time_by_op(step: Callable[[], None], steps: int) -> dict[str, float]:
+    """Self CPU seconds per step of each aten op (top-level and nested), over `steps` profiled steps."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    out: dict[str, float] = defaultdict(float)
+    for e in prof.key_averages():
+        out[e.key.removeprefix("aten::")] += e.self_cpu_time_total / 1e6 / steps
+    return dict(out)
+
+
+def kernel_of(flop_op: str, times: dict[str, float]) -> list[str]:
+    """The profiler's names for the kernels behind one of FlopCounterMode's ops: the op itself, and what
+    its CPU implementation dispatches to (oneDNN convolutions, SDPA's flash kernel)."""
+    names = {"convolution": ["mkldnn_convolution", "convolution", "_convolution", "conv2d"],
+             "convolution_backward": ["convolution_backward", "mkldnn_convolution_backward"],
+             "_scaled_dot_product_flash_attention_for_cpu": ["_scaled_dot_product_flash_attention_for_cpu"],
+             "_scaled_dot_product_flash_attention_for_cpu_backward":
+                 ["_scaled_dot_product_flash_attention_for_cpu_backward"]}.get(flop_op, [flop_op])
+    return [n for n in names if n in times]
+
+
+def measure(name: str, make: Callable[[], tuple[Callable[[], None], str]], steps: int) -> dict:
+    torch.manual_seed(0)
+    step, what = make()
+    for _ in range(3):
+        step()
+    peak = matmul_peak()
+    flops = flops_by_op(step)
+    total_flops = sum(flops.values())
+    # the step alone, no profiler: best of 3 means of `steps` steps
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        best = min(best, (time.perf_counter() - t) / steps)
+    times = time_by_op(step, steps)
+    profiled = sum(times.values())
+    kernels, kernel_s = {}, 0.0
+    for op, n in sorted(flops.items(), key=lambda kv: -kv[1]):
+        t = sum(times[k] for k in kernel_of(op, times))
+        if t <= 0:
+            continue
+        kernel_s += t
+        kernels[op] = {"gflop": round(n / 1e9, 3), "ms": round(1e3 * t, 2),
+                       "percent_of_peak": round(100 * n / t / 1e9 / peak, 1),
+                       "percent_of_step_time": round(100 * t / profiled, 1)}
+    others = sorted(((k, v) for k, v in times.items() if v > 0), key=lambda kv: -kv[1])
+    counted = {k for op in flops for k in kernel_of(op, times)}
+    rest = [(k, round(1e3 * v, 2)) for k, v in others if k not in counted]
+    return {"model": name, "what": what, "steps": steps, "fp32_matmul_peak_gflops": round(peak, 1),
+            "gflop_per_step": round(total_flops / 1e9, 3), "ms_per_step": round(1e3 * best, 2),
+            "percent_of_peak": round(100 * total_flops / best / 1e9 / peak, 1),
+            "percent_of_peak_if_only_the_kernels_took_time": round(100 * total_flops / kernel_s / 1e9 / peak, 1),
+            "kernels_share_of_profiled_time": round(100 * kernel_s / profiled, 1),
+            "kernels": kernels,
+            "largest_other_ops_ms": dict(rest[:12])}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=20, help="steps per timing (default 20)")
+    ap.add_argument("--models", nargs="+", default=["cnn-train", "cnn-eval", "gpt-train"],
+                    choices=["cnn-train", "cnn-eval", "gpt-train"])
+    ap.add_argument("--save", action="store_true", help="also write benchmarks/results/peak-ceiling.json")
+    args = ap.parse_args()
+    if args.steps < 1:
+        sys.exit("--steps: expected 1 or more")
+    torch.set_num_threads(torch.get_num_threads())
+    makers = {"cnn-train": cnn_step, "cnn-eval": cnn_eval, "gpt-train": gpt_step}
+    rows = []
+    for name in args.models:
+        rows.append(measure(name, makers[name], args.steps))
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    result = {"benchmark": "peak_ceiling", "command": "python -m benchmarks.peak_ceiling " + " ".join(sys.argv[1:]),
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}
+    print(json.dumps(result, indent=1))
+    if args.save:
+        (RESULTS / "peak-ceiling.json").write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
