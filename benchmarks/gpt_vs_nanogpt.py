@@ -276,6 +276,7 @@ def quality_benchmark(args, work: Path) -> dict:
     for seed in [] if args.skip_nanogpt else args.nanogpt_seeds:
         tree = nanogpt_seeded(nanogpt_tree(work), seed)
         r = run_nanogpt(tree, args.steps, work / f"nanogpt-seed{seed}")
+        r.pop("losses")  # per-step losses are for lockstep's comparison, not kept here
         r["full_val_loss"] = nanogpt_val_loss(tree, Path(r["checkpoint"]))["loss"]
         out["runs"].append({"who": "nanogpt", "seed": seed, **r})
         print(json.dumps(out["runs"][-1]), file=sys.stderr)

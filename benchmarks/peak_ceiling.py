@@ -100,13 +100,10 @@ def time_by_op(step: Callable[[], None], steps: int) -> dict[str, float]:
 
 
 def kernel_of(flop_op: str, times: dict[str, float]) -> list[str]:
-    """The profiler's names for the kernels behind one of FlopCounterMode's ops: the op itself, and what
-    its CPU implementation dispatches to (oneDNN convolutions, SDPA's flash kernel)."""
+    """The profiler's names for the kernels behind one of FlopCounterMode's ops: the op itself, and for a
+    convolution what its CPU implementation dispatches to (oneDNN)."""
     names = {"convolution": ["mkldnn_convolution", "convolution", "_convolution", "conv2d"],
-             "convolution_backward": ["convolution_backward", "mkldnn_convolution_backward"],
-             "_scaled_dot_product_flash_attention_for_cpu": ["_scaled_dot_product_flash_attention_for_cpu"],
-             "_scaled_dot_product_flash_attention_for_cpu_backward":
-                 ["_scaled_dot_product_flash_attention_for_cpu_backward"]}.get(flop_op, [flop_op])
+             "convolution_backward": ["convolution_backward", "mkldnn_convolution_backward"]}.get(flop_op, [flop_op])
     return [n for n in names if n in times]
 
 
@@ -157,7 +154,6 @@ def main() -> None:
     args = ap.parse_args()
     if args.steps < 1:
         sys.exit("--steps: expected 1 or more")
-    torch.set_num_threads(torch.get_num_threads())
     makers = {"cnn-train": cnn_step, "cnn-eval": cnn_eval, "gpt-train": gpt_step}
     rows = []
     for name in args.models:
