@@ -11,7 +11,8 @@ cosine schedule that ends with the budget; its full-validation loss is read from
 kept in benchmarks/results/budget-sweep.json as they finish, and a run already there is not run again
 (--rerun to redo them), so a sweep can be stopped and continued. With --save the table
 dlforge/recipes/budgets.json (what `dlforge train gpt --max-time M` uses when no size is given) is rewritten
-from the sweep: at each budget, the candidate with the lowest loss. The plot,
+from the sweep: at each budget, the candidate with the lowest loss, and the shortfall cost by which a budget
+between rows picks one (dlforge.recipes.language_model.budget_recipe). The plot,
 benchmarks/results/budget-sweep.png, shows the loss of every candidate against the budget.
 Run it alone on the machine: the budgets are wall-clock minutes.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import sys
@@ -92,12 +94,35 @@ def table(sweep: list[dict]) -> dict:
         recipes.setdefault(model, []).append({"minutes": minutes, "candidate": r["candidate"],
                                               "options": r["options"], "val_loss": round(r["val_loss"], 4),
                                               "steps": r["steps"], "parameters": r["parameters"]})
+    short, long = mismatch_costs(sweep, best)
     return {"about": "dlforge train gpt|lstm --max-time M without sizes converts M minutes into minutes of the "
-                     "machine below (M x its fp32 matmul peak / peak_gflops) and uses the row of the longest "
-                     "budget that fits (the shortest below them all). Fitted on tinyshakespeare (char) by the "
-                     "command below; the losses are those measured in the sweep.",
+                     "machine below (M x its fp32 matmul peak / peak_gflops) and uses the row of least cost: "
+                     "ln(t/b) for a row of b minutes given t > b, shortfall_cost x ln(b/t) given t < b "
+                     "(shortfall_cost: measured, see mismatch; null: the longest budget that fits). Fitted on "
+                     "tinyshakespeare (char) by the command below; the losses are those measured in the sweep.",
             "command": "flock /tmp/dlforge-cpu.lock python -m benchmarks.budget_sweep --save",
-            "machine": _cpu(), "peak_gflops": statistics.median(peaks) if peaks else None, "recipes": recipes}
+            "machine": _cpu(), "peak_gflops": statistics.median(peaks) if peaks else None,
+            "shortfall_cost": round(statistics.mean(short) / statistics.mean(long), 2) if short and long else None,
+            "mismatch": {"shorter_budget_than_sized": [round(c, 4) for c in short],
+                         "longer_budget_than_sized": [round(c, 4) for c in long],
+                         "unit": "loss above the budget's best, per unit of |ln(budget / the budget it won)|"},
+            "recipes": recipes}
+
+
+def mismatch_costs(sweep: list[dict], best: dict[tuple, dict]) -> tuple[list[float], list[float]]:
+    """What a kept candidate loses at a budget it was not kept for, per unit of log budget ratio, against that
+    budget's best: (run for less time than its row's, run for more). Only candidates kept at one budget and
+    beaten at the other count: one that wins both says nothing about the cost of a mismatch."""
+    short, long = [], []
+    for r in sweep:
+        here = best.get((r["model"], r["minutes"]))
+        if here is None or here["candidate"] == r["candidate"]:
+            continue
+        for (model, minutes), kept in best.items():
+            if model == r["model"] and kept["candidate"] == r["candidate"] and minutes != r["minutes"]:
+                cost = (r["val_loss"] - here["val_loss"]) / abs(math.log(r["minutes"] / minutes))
+                (short if r["minutes"] < minutes else long).append(cost)
+    return short, long
 
 
 def _cpu() -> str:

@@ -42,6 +42,34 @@ def test_the_longest_budget_that_fits_is_chosen(table, minutes, row):
     assert lm.budget_recipe("rnn", minutes) is None  # no rows: the model's own defaults
 
 
+@pytest.mark.parametrize("minutes, row", [(0.5, 0), (4.5, 0), (4.7, 1), (9, 1), (45, 1)])
+def test_with_a_measured_shortfall_cost_the_row_of_least_cost_is_chosen(table, monkeypatch, minutes, row):
+    """k = 2: a row of b minutes given t costs ln(t/b) for t > b and 2·ln(b/t) for t < b, so between the 1- and
+    10-minute rows the 10-minute one wins from 10^(2/3) = 4.64 minutes on, and 9 minutes (a machine 10% slower
+    than the fitting one, given 10) keep the 10-minute row instead of dropping to the 1-minute one."""
+    p = lm.BUDGETS
+    p.write_text(json.dumps({**json.loads(p.read_text()), "shortfall_cost": 2.0}))
+    lm._budget_table.cache_clear()
+    assert lm.budget_recipe("gpt-tiny", minutes) == (table["gpt-tiny"][row], minutes)
+
+
+def test_the_sweep_fits_the_shortfall_cost_from_candidates_run_off_their_budget():
+    """Candidate a wins 1 minute and b 10; a at 10 loses 0.1 to b, b at 1 loses 0.3 to a: per unit of ln 10,
+    0.1/ln 10 and 0.3/ln 10, so k = 3. A candidate that wins at both budgets says nothing, and is left out."""
+    from benchmarks.budget_sweep import table as fit
+
+    def run(model, candidate, minutes, loss):
+        return {"model": model, "candidate": candidate, "minutes": minutes, "val_loss": loss, "options": {},
+                "steps": 1, "parameters": 1, "peak_gflops": 100.0}
+    sweep = [run("gpt", "a", 1, 2.0), run("gpt", "b", 1, 2.3), run("gpt", "a", 10, 1.6), run("gpt", "b", 10, 1.5),
+             run("lstm", "c", 1, 2.0), run("lstm", "c", 10, 1.5), run("lstm", "d", 10, 1.7)]
+    t = fit(sweep)
+    assert t["shortfall_cost"] == 3.0
+    assert t["mismatch"]["shorter_budget_than_sized"] == [round(0.3 / 2.302585, 4)]
+    assert [r["candidate"] for r in t["recipes"]["gpt"]] == ["a", "b"]
+    assert fit(sweep[4:])["shortfall_cost"] is None  # no mismatch measured: the longest budget that fits
+
+
 def test_minutes_on_a_slower_machine_buy_a_shorter_budgets_recipe(table, monkeypatch, capsys):
     """The table holds minutes of the machine it was fitted on: 12 minutes at half its matmul speed are 6
     minutes there, so the 1-minute recipe, not the 10-minute one."""

@@ -117,16 +117,28 @@ SIZE_OPTIONS = ("layers", "heads", "width", "block_size", "batch_size")  # any o
 def budget_recipe(model: str, minutes: float, peak_gflops: float | None = None) -> tuple[dict, float] | None:
     """The budget table's row for `model` and a budget of `minutes` on a machine whose fp32 matmul peaks at
     `peak_gflops` (None: as the machine the table was fitted on), and those minutes converted to the fitting
-    machine's: minutes · peak / the table's peak, the same compute. The row is that of the longest budget it was
-    fitted for that fits in them (the shortest below them all). A model sized for a shorter budget loses
-    little given more time; one sized for a longer budget stops half-trained. None: no rows for the model."""
+    machine's: minutes · peak / the table's peak, the same compute. None: no rows for the model.
+
+    A row sized for b minutes and given t costs about ln(t/b) units of loss when t > b (a model sized for a
+    shorter budget, given more time) and k·ln(b/t) when t < b (sized for a longer one, stopped early); the row
+    of least cost is taken. k, the table's `shortfall_cost`, is fitted by benchmarks/budget_sweep.py from the
+    candidates it ran at budgets other than the one they won. Without it (k infinite) the row is that of the
+    longest budget that fits in t (the shortest below them all). A finite k keeps a slightly slower machine on
+    the row its budget was meant for: with k = 2.2, 27 minutes take the 30-minute row, not the 10-minute one."""
     table = _budget_table(BUDGETS)
     rows = sorted(table["recipes"].get(model, []), key=lambda r: r["minutes"])
     if not rows:
         return None
     there = minutes * (peak_gflops / table["peak_gflops"] if peak_gflops else 1.0)
-    fits = [r for r in rows if r["minutes"] <= there * (1 + 1e-6)]
-    return (fits[-1] if fits else rows[0]), there
+    k = table.get("shortfall_cost")
+    if k is None:
+        fits = [r for r in rows if r["minutes"] <= there * (1 + 1e-6)]
+        return (fits[-1] if fits else rows[0]), there
+
+    def cost(r: dict) -> float:
+        ratio = math.log(max(there, 1e-9) / r["minutes"])
+        return ratio if ratio >= 0 else -k * ratio
+    return min(rows, key=cost), there  # min keeps the first (shorter) row of equal cost
 
 
 @functools.lru_cache(maxsize=4)
