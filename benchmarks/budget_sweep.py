@@ -34,6 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SWEEP = RESULTS / "budget-sweep.json"
 TABLE = ROOT / "dlforge" / "recipes" / "budgets.json"
+# Earlier sweeps, on other machines: their budgets' bests are not this table's, but what a candidate lost at a
+# budget it was not kept for is a measurement of the shortfall cost all the same.
+ARCHIVES = [RESULTS / "budget-sweep-sapphire-rapids.json"]
 
 # What every candidate shares: AdamW, warm-up then a cosine to lr/10 at the budget's end, β2 0.99, clip 1.
 COMMON = {"lr_schedule": "cosine", "beta2": 0.99, "weight_decay": 0.0, "grad_clip": 1.0}
@@ -77,36 +80,63 @@ def run(model: str, name: str, minutes: float, work: Path) -> dict:
     return {"model": model, "candidate": name, "minutes": minutes, "options": options,
             "val_loss": report["loss"], "steps": meta["step"], "parameters": params,
             "tokens": meta["step"] * options["batch_size"] * options["block_size"],
-            "wall_s": round(wall, 1), "peak_gflops": round(peak, 1), "command": "dlforge train " + " ".join(argv)}
+            "wall_s": round(wall, 1), "peak_gflops": round(peak, 1), "machine": _cpu(),
+            "command": "dlforge train " + " ".join(argv)}
 
 
-def table(sweep: list[dict]) -> dict:
-    """At each (model, budget): the candidate with the lowest full-validation loss; and the fitting machine's
-    fp32 matmul peak (the median of the runs'), by which a slower or faster machine's minutes are converted."""
+def table(sweep: list[dict], archives: list[list[dict]] = ()) -> dict:
+    """At each (model, budget): the candidate with the lowest full-validation loss, with the fp32 matmul peak
+    of its run's machine, by which a slower or faster machine's minutes are converted (rows may come from
+    different machines or days); and the shortfall cost by which a budget between rows picks one. A machine's
+    peak is the median of its runs' (one measurement before a run moves by ±10% and more). archives: earlier
+    sweeps (other machines or days), which add their mismatch measurements to the shortfall cost only."""
     peaks = [r["peak_gflops"] for r in sweep if r.get("peak_gflops")]
-    best: dict[tuple, dict] = {}
-    for r in sweep:
-        key = (r["model"], r["minutes"])
-        if key not in best or r["val_loss"] < best[key]["val_loss"]:
-            best[key] = r
+    sweep = _machine_peaks(sweep)
+    best = _best(sweep)
     recipes: dict[str, list] = {}
     for (model, minutes), r in sorted(best.items()):
         recipes.setdefault(model, []).append({"minutes": minutes, "candidate": r["candidate"],
                                               "options": r["options"], "val_loss": round(r["val_loss"], 4),
-                                              "steps": r["steps"], "parameters": r["parameters"]})
+                                              "steps": r["steps"], "parameters": r["parameters"],
+                                              "peak_gflops": r.get("peak_gflops"), "machine": r.get("machine")})
     short, long = mismatch_costs(sweep, best)
-    return {"about": "dlforge train gpt|lstm --max-time M without sizes converts M minutes into minutes of the "
-                     "machine below (M x its fp32 matmul peak / peak_gflops) and uses the row of least cost: "
-                     "ln(t/b) for a row of b minutes given t > b, shortfall_cost x ln(b/t) given t < b "
-                     "(shortfall_cost: measured, see mismatch; null: the longest budget that fits). Fitted on "
-                     "tinyshakespeare (char) by the command below; the losses are those measured in the sweep.",
+    for runs in archives:
+        runs = _machine_peaks(runs)
+        s, lg = mismatch_costs(runs, _best(runs))
+        short, long = short + s, long + lg
+    return {"about": "dlforge train gpt|lstm --max-time M without sizes converts M minutes into t minutes of "
+                     "each row's machine (M x this machine's fp32 matmul peak / the row's peak_gflops) and uses "
+                     "the row of least cost: ln(t/b) for a row of b minutes given t > b, shortfall_cost x ln(b/t) "
+                     "given t < b (shortfall_cost: measured, see mismatch; null: the longest budget that fits). "
+                     "Fitted on tinyshakespeare (char) by the command below; the losses are those measured in "
+                     "the sweep. peak_gflops at the top: the median of the runs', for rows without their own.",
             "command": "flock /tmp/dlforge-cpu.lock python -m benchmarks.budget_sweep --save",
-            "machine": _cpu(), "peak_gflops": statistics.median(peaks) if peaks else None,
+            "peak_gflops": statistics.median(peaks) if peaks else None,
             "shortfall_cost": round(statistics.mean(short) / statistics.mean(long), 2) if short and long else None,
             "mismatch": {"shorter_budget_than_sized": [round(c, 4) for c in short],
                          "longer_budget_than_sized": [round(c, 4) for c in long],
                          "unit": "loss above the budget's best, per unit of |ln(budget / the budget it won)|"},
             "recipes": recipes}
+
+
+def _machine_peaks(sweep: list[dict]) -> list[dict]:
+    """The runs with each one's peak replaced by the median of its machine's runs'."""
+    by_machine: dict[str, list] = {}
+    for r in sweep:
+        if r.get("peak_gflops") and r.get("machine"):
+            by_machine.setdefault(r["machine"], []).append(r["peak_gflops"])
+    return [{**r, "peak_gflops": round(statistics.median(by_machine[r["machine"]]), 1)}
+            if r.get("machine") in by_machine else r for r in sweep]
+
+
+def _best(sweep: list[dict]) -> dict[tuple, dict]:
+    """(model, minutes) -> the run of lowest full-validation loss."""
+    best: dict[tuple, dict] = {}
+    for r in sweep:
+        key = (r["model"], r["minutes"])
+        if key not in best or r["val_loss"] < best[key]["val_loss"]:
+            best[key] = r
+    return best
 
 
 def mismatch_costs(sweep: list[dict], best: dict[tuple, dict]) -> tuple[list[float], list[float]]:
@@ -120,9 +150,18 @@ def mismatch_costs(sweep: list[dict], best: dict[tuple, dict]) -> tuple[list[flo
             continue
         for (model, minutes), kept in best.items():
             if model == r["model"] and kept["candidate"] == r["candidate"] and minutes != r["minutes"]:
-                cost = (r["val_loss"] - here["val_loss"]) / abs(math.log(r["minutes"] / minutes))
-                (short if r["minutes"] < minutes else long).append(cost)
+                ratio = compute(r, kept) / compute(kept, r)  # runs on different days differ by their peaks too
+                cost = (r["val_loss"] - here["val_loss"]) / abs(math.log(ratio))
+                (short if ratio < 1 else long).append(cost)
     return short, long
+
+
+def compute(r: dict, other: dict | None = None) -> float:
+    """A run's budget as minutes × its machine's matmul peak (GFLOP/s·min); its minutes alone if it, or the
+    run it is compared with, has no peak."""
+    if not r.get("peak_gflops") or (other is not None and not other.get("peak_gflops")):
+        return r["minutes"]
+    return r["minutes"] * r["peak_gflops"]
 
 
 def _cpu() -> str:
@@ -133,23 +172,34 @@ def _cpu() -> str:
         return platform.processor() or platform.machine()
 
 
+REFERENCE_PEAK = 179.0  # GFLOP/s: the CI machine's Zen 3; the plot's budgets are minutes at this peak
+
+
 def plot(sweep: list[dict], path: Path) -> None:
+    """Loss against budget, each run placed at its minutes × its machine's peak / REFERENCE_PEAK (runs of
+    different days are comparable by compute) and labelled with its wall-clock minutes and peak."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
+    sweep = _machine_peaks(sweep)
     models = sorted({r["model"] for r in sweep})
-    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.4), squeeze=False)
     for ax, model in zip(axes[0], models):
         for name in CANDIDATES[model]:
-            pts = sorted((r["minutes"], r["val_loss"]) for r in sweep if r["model"] == model and r["candidate"] == name)
-            if pts:
-                ax.plot(*zip(*pts), "o-", label=name)
+            runs = sorted((r for r in sweep if r["model"] == model and r["candidate"] == name), key=compute)
+            if not runs:
+                continue
+            xs = [compute(r) / REFERENCE_PEAK if r.get("peak_gflops") else r["minutes"] for r in runs]
+            ax.plot(xs, [r["val_loss"] for r in runs], "o-", label=name)
+            for x, r in zip(xs, runs):
+                ax.annotate(f"{r['minutes']:g} min @ {r.get('peak_gflops') or 0:.0f}", (x, r["val_loss"]),
+                            textcoords="offset points", xytext=(4, 4), fontsize=6, color="0.35")
         ax.set_xscale("log")
-        budgets = sorted({r["minutes"] for r in sweep if r["model"] == model})
-        ax.set_xticks(budgets, [f"{b:g}" for b in budgets])
+        ax.set_xticks([1, 2, 3, 5, 10, 20, 30, 60, 100], ["1", "2", "3", "5", "10", "20", "30", "60", "100"])
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-        ax.set_xlabel(f"training budget (minutes on {_cpu()})", fontsize=8)
+        ax.set_xlabel(f"budget in minutes at a {REFERENCE_PEAK:.0f} GFLOP/s matmul peak\n(minutes × the "
+                      f"machine's peak / {REFERENCE_PEAK:.0f}; labels: minutes @ that peak)", fontsize=8)
         ax.set_ylabel("full-validation loss (nats/char)")
         ax.set_title(f"{model}: tinyshakespeare, char level")
         ax.grid(alpha=0.3)
@@ -185,10 +235,11 @@ def main() -> None:
                     print(json.dumps(r), file=sys.stderr)
                     sweep = [s for s in sweep if s not in done] + [r]
                     SWEEP.write_text(json.dumps({"runs": sweep}, indent=1) + "\n")
+    archives = [json.loads(p.read_text())["runs"] for p in ARCHIVES if p.exists()]
     if args.save:
-        TABLE.write_text(json.dumps(table(sweep), indent=1) + "\n")
+        TABLE.write_text(json.dumps(table(sweep, archives), indent=1) + "\n")
         plot(sweep, RESULTS / "budget-sweep.png")
-    print(json.dumps(table(sweep)["recipes"]))
+    print(json.dumps(table(sweep, archives)["recipes"]))
 
 
 if __name__ == "__main__":

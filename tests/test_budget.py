@@ -68,6 +68,8 @@ def test_the_sweep_fits_the_shortfall_cost_from_candidates_run_off_their_budget(
     assert t["mismatch"]["shorter_budget_than_sized"] == [round(0.3 / 2.302585, 4)]
     assert [r["candidate"] for r in t["recipes"]["gpt"]] == ["a", "b"]
     assert fit(sweep[4:])["shortfall_cost"] is None  # no mismatch measured: the longest budget that fits
+    archived = fit(sweep[4:], archives=[sweep[:4]])  # an earlier sweep's mismatches count; its rows do not
+    assert archived["shortfall_cost"] == 3.0 and list(archived["recipes"]) == ["lstm"]
 
 
 def test_minutes_on_a_slower_machine_buy_a_shorter_budgets_recipe(table, monkeypatch, capsys):
@@ -80,11 +82,28 @@ def test_minutes_on_a_slower_machine_buy_a_shorter_budgets_recipe(table, monkeyp
     assert "(200 GFLOP/s) makes that 6 min" in capsys.readouterr().err
 
 
+def test_each_row_converts_by_the_peak_of_the_machine_it_was_measured_on(table):
+    """Rows measured on different machines: the 1-minute row at 100 GFLOP/s, the 10-minute one at 400. 12
+    minutes at 200 GFLOP/s are 24 minutes of the first row's machine and 6 of the second's. Longest that fits:
+    the 1-minute row; with k = 2 the 10-minute row (2·ln(10/6) = 1.02 against ln(24/1) = 3.18)."""
+    p = lm.BUDGETS
+    t = json.loads(p.read_text())
+    t["recipes"]["gpt-tiny"][0]["peak_gflops"], t["recipes"]["gpt-tiny"][1]["peak_gflops"] = 100.0, 400.0
+    p.write_text(json.dumps(t))
+    lm._budget_table.cache_clear()
+    rows = t["recipes"]["gpt-tiny"]
+    assert lm.budget_recipe("gpt-tiny", 12, peak_gflops=200.0) == (rows[0], 24.0)
+    p.write_text(json.dumps({**t, "shortfall_cost": 2.0}))
+    lm._budget_table.cache_clear()
+    assert lm.budget_recipe("gpt-tiny", 12, peak_gflops=200.0) == (rows[1], 6.0)
+    assert lm.budget_recipe("gpt-tiny", 12, peak_gflops=800.0) == (rows[1], 24.0)
+
+
 def test_flags_given_win_and_a_size_flag_turns_the_table_off(table, capsys):
     r = lm.LanguageModelRecipe()
     assert r.budget_options("gpt-tiny", {"max_time": 12, "lr": 1e-3}) == {
         **table["gpt-tiny"][1]["options"], "max_time": 12, "lr": 1e-3}
-    assert "its 10-minute recipe: --layers 2" in capsys.readouterr().err
+    assert "10-minute recipe was measured on; that recipe: --layers 2" in capsys.readouterr().err
     given = {"max_time": 12, "width": 64}
     assert r.budget_options("gpt-tiny", given) == given  # the user sizes the model
     assert r.budget_options("gpt-tiny", {"epochs": 1}) == {"epochs": 1}  # no time budget

@@ -116,29 +116,38 @@ SIZE_OPTIONS = ("layers", "heads", "width", "block_size", "batch_size")  # any o
 
 def budget_recipe(model: str, minutes: float, peak_gflops: float | None = None) -> tuple[dict, float] | None:
     """The budget table's row for `model` and a budget of `minutes` on a machine whose fp32 matmul peaks at
-    `peak_gflops` (None: as the machine the table was fitted on), and those minutes converted to the fitting
-    machine's: minutes · peak / the table's peak, the same compute. None: no rows for the model.
+    `peak_gflops`, and those minutes converted to minutes of the machine that row was measured on: minutes ·
+    peak / the row's peak, the same compute. Each row keeps the peak of its own run (the table's rows may come
+    from different machines or days); a row without one, or peak_gflops None, takes the minutes as they are.
+    None: no rows for the model.
 
-    A row sized for b minutes and given t costs about ln(t/b) units of loss when t > b (a model sized for a
-    shorter budget, given more time) and k·ln(b/t) when t < b (sized for a longer one, stopped early); the row
-    of least cost is taken. k, the table's `shortfall_cost`, is fitted by benchmarks/budget_sweep.py from the
-    candidates it ran at budgets other than the one they won. Without it (k infinite) the row is that of the
-    longest budget that fits in t (the shortest below them all). A finite k keeps a slightly slower machine on
-    the row its budget was meant for: with k = 2.2, 27 minutes take the 30-minute row, not the 10-minute one."""
+    A row sized for b minutes and given t (both in its machine's minutes) costs about ln(t/b) units of loss when
+    t > b (a model sized for a shorter budget, given more time) and k·ln(b/t) when t < b (sized for a longer
+    one, stopped early); the row of least cost is taken. k, the table's `shortfall_cost`, is fitted by
+    benchmarks/budget_sweep.py from the candidates it ran at budgets other than the one they won. Without it
+    (k infinite) the row is that of the longest budget that fits (the shortest below them all). A finite k
+    keeps a slightly slower machine on the row its budget was meant for: with k = 2.2, 27 minutes of the
+    30-minute row's machine take that row, not the 10-minute one."""
     table = _budget_table(BUDGETS)
-    rows = sorted(table["recipes"].get(model, []), key=lambda r: r["minutes"])
+    rows = sorted(table["recipes"].get(model, []), key=lambda r: r["minutes"] * (r.get("peak_gflops") or 1.0))
     if not rows:
         return None
-    there = minutes * (peak_gflops / table["peak_gflops"] if peak_gflops else 1.0)
+
+    def there(r: dict) -> float:  # the budget in minutes of r's machine
+        row_peak = r.get("peak_gflops") or table.get("peak_gflops")
+        return minutes * (peak_gflops / row_peak if peak_gflops and row_peak else 1.0)
+
     k = table.get("shortfall_cost")
     if k is None:
-        fits = [r for r in rows if r["minutes"] <= there * (1 + 1e-6)]
-        return (fits[-1] if fits else rows[0]), there
+        fits = [r for r in rows if r["minutes"] <= there(r) * (1 + 1e-6)]
+        row = fits[-1] if fits else rows[0]
+        return row, there(row)
 
     def cost(r: dict) -> float:
-        ratio = math.log(max(there, 1e-9) / r["minutes"])
+        ratio = math.log(max(there(r), 1e-9) / r["minutes"])
         return ratio if ratio >= 0 else -k * ratio
-    return min(rows, key=cost), there  # min keeps the first (shorter) row of equal cost
+    row = min(rows, key=cost)  # min keeps the first (smaller) row of equal cost
+    return row, there(row)
 
 
 @functools.lru_cache(maxsize=4)
@@ -242,9 +251,11 @@ class LanguageModelRecipe(Recipe):
         row, there = budget_recipe(model, options["max_time"], peak)
         chosen = {**row["options"], **options}
         shown = " ".join(option_argv({k: v for k, v in row["options"].items() if k not in options}))
+        fitted = f" ({row['peak_gflops']:.0f} GFLOP/s)" if row.get("peak_gflops") else ""
         print(f"dlforge: {model} for --max-time {options['max_time']:g} min without sizes: this machine's fp32 matmul "
-              f"peak ({peak:.0f} GFLOP/s) makes that {there:.3g} min of the machine the budget table was fitted on; "
-              f"its {row['minutes']:g}-minute recipe: {shown} (flags given win)", file=sys.stderr)
+              f"peak ({peak:.0f} GFLOP/s) makes that {there:.3g} min of the machine{fitted} the budget table's "
+              f"{row['minutes']:g}-minute recipe was measured on; that recipe: {shown} (flags given win)",
+              file=sys.stderr)
         return chosen
 
     def data_label(self, data, options: dict) -> str:
