@@ -1,0 +1,56 @@
+"""The same fp32 product through torch's two CPU GEMM libraries: torch.mm (MKL's sgemm, the "matmul peak" that
+dlforge.perf.matmul_peak measures and the benchmarks state efficiency against) and a 1×1 convolution over an
+(1, n, 1, n) input, which oneDNN computes as the same n×n×n GEMM. On an AMD EPYC with AVX-512 oneDNN was
+twice as fast (benchmarks/results/gemm-backends.json), so a step whose products run in oneDNN (the CNN's
+convolutions) can exceed 100% of the torch.mm peak there.
+
+    flock /tmp/dlforge-cpu.lock python -m benchmarks.gemm_backends [--n 2048] [--reps 10] [--save]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.budget_sweep import _cpu
+from dlforge.perf import matmul_peak
+
+RESULT = Path(__file__).resolve().parent / "results" / "gemm-backends.json"
+
+
+def best_gflops(fn, flops: float, reps: int) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return flops / best / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=2048)
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--save", action="store_true", help=f"also write {RESULT.relative_to(RESULT.parents[2])}")
+    args = ap.parse_args()
+    n, flops = args.n, 2.0 * args.n ** 3
+    x, w = torch.randn(1, n, 1, n), torch.randn(n, n, 1, 1)
+    xc, wc = (t.contiguous(memory_format=torch.channels_last) for t in (x, w))
+    result = {"benchmark": "gemm_backends", "machine": _cpu(), "n": n, "threads": torch.get_num_threads(),
+              "torch": torch.__version__,
+              "torch_mm_gflops": round(matmul_peak(n, args.reps), 1),
+              "onednn_conv1x1_gflops": round(best_gflops(lambda: torch.nn.functional.conv2d(x, w), flops, args.reps), 1),
+              "onednn_conv1x1_channels_last_gflops": round(
+                  best_gflops(lambda: torch.nn.functional.conv2d(xc, wc), flops, args.reps), 1),
+              "command": "python -m benchmarks.gemm_backends"}
+    print(json.dumps(result))
+    if args.save:
+        RESULT.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
