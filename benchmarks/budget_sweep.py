@@ -56,6 +56,8 @@ CANDIDATES = {
     "lstm": {
         "lstm-s": {"layers": 1, "width": 384, "block_size": 64, "batch_size": 64, "lr": 3e-3, "warmup_steps": 20,
                    "eval_every": 100},
+        "lstm-s-drop": {"layers": 1, "width": 384, "block_size": 64, "batch_size": 64, "lr": 3e-3, "warmup_steps": 20,
+                        "dropout": 0.1, "eval_every": 100},
         "lstm-m": {"layers": 1, "width": 512, "block_size": 64, "batch_size": 128, "lr": 3e-3, "warmup_steps": 20,
                    "eval_every": 100},
         "lstm-l": {"layers": 2, "width": 512, "block_size": 64, "batch_size": 128, "lr": 2e-3, "warmup_steps": 20,
@@ -64,7 +66,7 @@ CANDIDATES = {
 }
 DEFAULT_GRID = {  # which candidates each budget tries: the neighbours of the expected optimum, not all of them
     "gpt": {3: ["gpt-s", "gpt-m"], 10: ["gpt-s", "gpt-m"], 30: ["gpt-m-drop"]},
-    "lstm": {3: ["lstm-s", "lstm-m"], 10: ["lstm-s", "lstm-m"], 30: ["lstm-m", "lstm-l"]},
+    "lstm": {3: ["lstm-s", "lstm-m"], 10: ["lstm-s", "lstm-s-drop", "lstm-m"], 30: ["lstm-m", "lstm-l"]},
 }
 
 
