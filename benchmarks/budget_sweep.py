@@ -21,13 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.pairs import train_cli
+from benchmarks.pairs import cpu_name, train_cli
 from dlforge.recipes.base import option_argv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +81,7 @@ def run(model: str, name: str, minutes: float, work: Path) -> dict:
     return {"model": model, "candidate": name, "minutes": minutes, "options": options,
             "val_loss": report["loss"], "steps": meta["step"], "parameters": params,
             "tokens": meta["step"] * options["batch_size"] * options["block_size"],
-            "wall_s": round(wall, 1), "peak_gflops": round(peak, 1), "machine": _cpu(),
+            "wall_s": round(wall, 1), "peak_gflops": round(peak, 1), "machine": cpu_name(),
             "command": "dlforge train " + " ".join(argv)}
 
 
@@ -166,14 +165,6 @@ def compute(r: dict, other: dict | None = None) -> float:
     return r["minutes"] * r["peak_gflops"]
 
 
-def _cpu() -> str:
-    try:
-        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
-        return f"{len(names)} × {names[0]}"
-    except (OSError, IndexError):
-        return platform.processor() or platform.machine()
-
-
 REFERENCE_PEAK = 179.0  # GFLOP/s: the CI machine's Zen 3; the plot's budgets are minutes at this peak
 
 
@@ -237,11 +228,11 @@ def main() -> None:
                     print(json.dumps(r), file=sys.stderr)
                     sweep = [s for s in sweep if s not in done] + [r]
                     SWEEP.write_text(json.dumps({"runs": sweep}, indent=1) + "\n")
-    archives = [json.loads(p.read_text())["runs"] for p in ARCHIVES if p.exists()]
+    fitted = table(sweep, [json.loads(p.read_text())["runs"] for p in ARCHIVES if p.exists()])
     if args.save:
-        TABLE.write_text(json.dumps(table(sweep, archives), indent=1) + "\n")
+        TABLE.write_text(json.dumps(fitted, indent=1) + "\n")
         plot(sweep, RESULTS / "budget-sweep.png")
-    print(json.dumps(table(sweep, archives)["recipes"]))
+    print(json.dumps(fitted["recipes"]))
 
 
 if __name__ == "__main__":

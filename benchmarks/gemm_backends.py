@@ -10,25 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.budget_sweep import _cpu
-from dlforge.perf import matmul_peak
+from benchmarks.pairs import cpu_name
+from dlforge.perf import best_gflops, matmul_peak
 
 RESULT = Path(__file__).resolve().parent / "results" / "gemm-backends.json"
-
-
-def best_gflops(fn, flops: float, reps: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return flops / best / 1e9
 
 
 def main() -> None:
@@ -40,7 +29,7 @@ def main() -> None:
     n, flops = args.n, 2.0 * args.n ** 3
     x, w = torch.randn(1, n, 1, n), torch.randn(n, n, 1, 1)
     xc, wc = (t.contiguous(memory_format=torch.channels_last) for t in (x, w))
-    result = {"benchmark": "gemm_backends", "machine": _cpu(), "n": n, "threads": torch.get_num_threads(),
+    result = {"benchmark": "gemm_backends", "machine": cpu_name(), "n": n, "threads": torch.get_num_threads(),
               "torch": torch.__version__,
               "torch_mm_gflops": round(matmul_peak(n, args.reps), 1),
               "onednn_conv1x1_gflops": round(best_gflops(lambda: torch.nn.functional.conv2d(x, w), flops, args.reps), 1),

@@ -9,6 +9,7 @@ each pair and the share of that pair's peak, as median (min–max). Drift of the
 from __future__ import annotations
 
 import json
+import platform
 import statistics
 import subprocess
 import sys
@@ -17,6 +18,15 @@ from pathlib import Path
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def cpu_name() -> str:
+    """'<vCPUs> × <model name>' from /proc/cpuinfo (else what platform knows): which machine a result is from."""
+    try:
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        return f"{len(names)} × {names[0]}"
+    except (OSError, IndexError):
+        return platform.processor() or platform.machine()
 
 
 def spread(xs: list[float], digits: int = 3) -> dict:

@@ -65,18 +65,24 @@ def tune_allocator() -> None:
     libc.mallopt(M_TRIM_THRESHOLD, 1 << 31)
 
 
-def matmul_peak(n: int = 2048, reps: int = 5) -> float:
-    """GFLOP/s of an n×n fp32 matmul on the threads torch uses: the best of `reps` timed products after one
-    warm-up. The ceiling that benchmarks state efficiency against, and how the budget table
-    (recipes/budgets.json) converts minutes on this machine into minutes on the one it was fitted on."""
+def best_gflops(fn, flops: float, reps: int) -> float:
+    """GFLOP/s of fn(), which does `flops` floating-point operations: the best of `reps` timed calls after one
+    warm-up."""
     import time
 
-    tune_allocator()
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
+    fn()
     best = float("inf")
     for _ in range(reps):
         t = time.perf_counter()
-        a @ b
+        fn()
         best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e9
+    return flops / best / 1e9
+
+
+def matmul_peak(n: int = 2048, reps: int = 5) -> float:
+    """GFLOP/s of an n×n fp32 matmul on the threads torch uses: the best of `reps` timed products after one
+    warm-up. The ceiling that benchmarks state efficiency against, and how the budget table
+    (recipes/budgets.json) converts minutes on this machine into minutes on the machine of each row."""
+    tune_allocator()
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return best_gflops(lambda: a @ b, 2 * n ** 3, reps)

@@ -118,7 +118,8 @@ def budget_recipe(model: str, minutes: float, peak_gflops: float | None = None) 
     """The budget table's row for `model` and a budget of `minutes` on a machine whose fp32 matmul peaks at
     `peak_gflops`, and those minutes converted to minutes of the machine that row was measured on: minutes ·
     peak / the row's peak, the same compute. Each row keeps the peak of its own run (the table's rows may come
-    from different machines or days); a row without one, or peak_gflops None, takes the minutes as they are.
+    from different machines or days); a row without one takes the table's top-level peak_gflops, and
+    peak_gflops None (or no peak at all) takes the minutes as they are.
     None: no rows for the model.
 
     A row sized for b minutes and given t (both in its machine's minutes) costs about ln(t/b) units of loss when
