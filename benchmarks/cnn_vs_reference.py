@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.pairs import interleave, spread
+from benchmarks.pairs import cpu_name, interleave, spread
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT.parent / "shared" / "peers"
@@ -79,7 +79,8 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=100, help="training steps per run (0: full epochs)")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--pairs", type=int, default=3, help="reference/dlforge pairs, run A B A B (at least 3)")
-    ap.add_argument("--save", action="store_true", help="also write benchmarks/results/cnn-vs-reference.json")
+    ap.add_argument("--save", action="store_true", help="also write the JSON to --out")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cnn-vs-reference.json")
     args = ap.parse_args()
     import torch
     train_flops, eval_flops = flops_per_image()
@@ -89,7 +90,7 @@ def main() -> None:
     share = {side: {kind: spread([100 * f * r[side][f"{kind}_img_per_s"] / 1e9 / r["peak_gflops"] for r in rows], 1)
                     for kind, f in (("train", train_flops), ("eval", eval_flops))} for side in ("reference", "dlforge")}
     result = {
-        "benchmark": "cnn_vs_reference", "data": "fashion-mnist", "epochs": args.epochs, "max_steps": args.max_steps,
+        "benchmark": "cnn_vs_reference", "machine": cpu_name(), "data": "fashion-mnist", "epochs": args.epochs, "max_steps": args.max_steps,
         "pairs": args.pairs, "command": "python -m benchmarks.cnn_vs_reference " + " ".join(sys.argv[1:]),
         "train_speedup": spread([r["dlforge"]["train_img_per_s"] / r["reference"]["train_img_per_s"] for r in rows], 2),
         "eval_speedup": spread([r["dlforge"]["eval_img_per_s"] / r["reference"]["eval_img_per_s"] for r in rows], 2),
@@ -107,7 +108,7 @@ def main() -> None:
     }
     print(json.dumps(result))
     if args.save:
-        (ROOT / "benchmarks" / "results" / "cnn-vs-reference.json").write_text(json.dumps(result, indent=1) + "\n")
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 
 from dlforge.recipes.language_model import generate_ids  # the handle's loop (dlforge.models.sampling)
 from dlforge.registry import create_model
-from benchmarks.pairs import spread
+from benchmarks.pairs import cpu_name, spread
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = ("gpt-tiny", "gpt-small", "gpt")
@@ -80,13 +79,6 @@ def profile(label: str, model: torch.nn.Module, steps: int = 100) -> None:
     print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
-def _cpu() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def _load_run(run: Path) -> tuple[str, torch.nn.Module]:
     import dlforge
     return f"{run} (trained)", dlforge.load(run).model
@@ -118,7 +110,7 @@ def main() -> None:
                            f"--tokens {args.tokens}" if args.tokens != 500 else "",
                            f"--pairs {args.pairs}" if args.pairs != 3 else "") if a),
            "weights": "trained" if args.run else "random (seed 0): speed does not depend on the weights",
-           "machine": {"cpu": _cpu(), "cores": os.cpu_count(),
+           "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
                        "threads": torch.get_num_threads(), "torch": torch.__version__, "load_average_1min": load},
            "results": [measure(label, model, args.tokens, max(1, args.pairs)) for label, model in models]}
     print(json.dumps(res, indent=2))

@@ -21,10 +21,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cpu_name() -> str:
-    """'<vCPUs> × <model name>' from /proc/cpuinfo (else what platform knows): which machine a result is from."""
+    """'<vCPUs> × <model name>, <widest vector ISA>' from /proc/cpuinfo (else what platform knows): which machine
+    a result is from. A cloud CPU's name can hide its generation ('AMD EPYC' is a Zen 3 with AVX2 on one machine
+    and a Zen 4 with AVX-512 on another, and their GEMM speeds differ by up to 2×), so the ISA is part of it."""
     try:
-        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
-        return f"{len(names)} × {names[0]}"
+        lines = open("/proc/cpuinfo").read().splitlines()
+        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+        flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+        isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
+        return f"{len(names)} × {names[0]}" + (f", {isa}" if isa else "")
     except (OSError, IndexError):
         return platform.processor() or platform.machine()
 

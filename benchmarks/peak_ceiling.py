@@ -33,7 +33,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from benchmarks.pairs import matmul_peak
+from benchmarks.pairs import cpu_name, matmul_peak
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -150,7 +150,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="steps per timing (default 20)")
     ap.add_argument("--models", nargs="+", default=["cnn-train", "cnn-eval", "gpt-train"],
                     choices=["cnn-train", "cnn-eval", "gpt-train"])
-    ap.add_argument("--save", action="store_true", help="also write benchmarks/results/peak-ceiling.json")
+    ap.add_argument("--save", action="store_true", help="also write the JSON to --out")
+    ap.add_argument("--out", type=Path, default=RESULTS / "peak-ceiling.json")
     args = ap.parse_args()
     if args.steps < 1:
         sys.exit("--steps: expected 1 or more")
@@ -160,10 +161,10 @@ def main() -> None:
         rows.append(measure(name, makers[name], args.steps))
         print(json.dumps(rows[-1]), file=sys.stderr)
     result = {"benchmark": "peak_ceiling", "command": "python -m benchmarks.peak_ceiling " + " ".join(sys.argv[1:]),
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}
+              "machine": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}
     print(json.dumps(result, indent=1))
     if args.save:
-        (RESULTS / "peak-ceiling.json").write_text(json.dumps(result, indent=1) + "\n")
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":
