@@ -35,7 +35,7 @@ SWEEP = RESULTS / "budget-sweep.json"
 TABLE = ROOT / "dlforge" / "recipes" / "budgets.json"
 # Earlier sweeps, on other machines: their budgets' bests are not this table's, but what a candidate lost at a
 # budget it was not kept for is a measurement of the shortfall cost all the same.
-ARCHIVES = [RESULTS / "budget-sweep-sapphire-rapids.json"]
+ARCHIVES = [RESULTS / "budget-sweep-sapphire-rapids.json", RESULTS / "budget-sweep-epyc-avx512.json"]
 
 # What every candidate shares: AdamW, warm-up then a cosine to lr/10 at the budget's end, β2 0.99, clip 1.
 COMMON = {"lr_schedule": "cosine", "beta2": 0.99, "weight_decay": 0.0, "grad_clip": 1.0}
@@ -53,19 +53,27 @@ CANDIDATES = {
                   "warmup_steps": 100, "dropout": 0.1, "bias": False, "eval_every": 250},
     },
     "lstm": {
+        "lstm-xs": {"layers": 1, "width": 256, "block_size": 64, "batch_size": 64, "lr": 3e-3, "warmup_steps": 20,
+                    "eval_every": 100},
         "lstm-s": {"layers": 1, "width": 384, "block_size": 64, "batch_size": 64, "lr": 3e-3, "warmup_steps": 20,
                    "eval_every": 100},
         "lstm-s-drop": {"layers": 1, "width": 384, "block_size": 64, "batch_size": 64, "lr": 3e-3, "warmup_steps": 20,
                         "dropout": 0.1, "eval_every": 100},
         "lstm-m": {"layers": 1, "width": 512, "block_size": 64, "batch_size": 128, "lr": 3e-3, "warmup_steps": 20,
                    "eval_every": 100},
+        "lstm-m-drop": {"layers": 1, "width": 512, "block_size": 64, "batch_size": 128, "lr": 3e-3,
+                        "warmup_steps": 20, "dropout": 0.25, "eval_every": 100},
         "lstm-l": {"layers": 2, "width": 512, "block_size": 64, "batch_size": 128, "lr": 2e-3, "warmup_steps": 20,
                    "dropout": 0.1, "eval_every": 100},
     },
 }
+# The speed each model's minutes are converted by (dlforge.recipes.language_model.SPEEDS): the GPT's products run
+# in MKL, the fp32 matmul peak's library; the LSTM's in oneDNN's RNN kernels, 2.5-3.5x slower on an AVX2 EPYC than on
+# an AVX-512 one at nearly the same matmul peak.
+SPEED = {"gpt": "peak_gflops", "lstm": "lstm_gflops"}
 DEFAULT_GRID = {  # which candidates each budget tries: the neighbours of the expected optimum, not all of them
     "gpt": {3: ["gpt-s", "gpt-m"], 10: ["gpt-s", "gpt-m"], 30: ["gpt-m-drop"]},
-    "lstm": {3: ["lstm-s", "lstm-m"], 10: ["lstm-s", "lstm-s-drop", "lstm-m"], 30: ["lstm-m", "lstm-l"]},
+    "lstm": {3: ["lstm-xs", "lstm-s"], 10: ["lstm-xs", "lstm-s", "lstm-s-drop"], 30: ["lstm-s-drop", "lstm-m-drop"]},
 }
 
 
@@ -74,14 +82,15 @@ def run(model: str, name: str, minutes: float, work: Path) -> dict:
     out = work / f"{name}-{minutes:g}"
     argv = [model, *option_argv(options), "--data", "tinyshakespeare", "--tokenizer", "char", "--max-time", f"{minutes:g}",
             "--eval-tokens", "32768"]
-    from dlforge.perf import matmul_peak
+    from dlforge.perf import lstm_gflops, matmul_peak
     peak = matmul_peak(2048, 10)  # this run's machine speed: the table converts minutes by it
+    speeds = {"lstm_gflops": round(lstm_gflops(), 1)} if SPEED.get(model) == "lstm_gflops" else {}
     report, meta, wall = train_cli(argv, out)
     params = sum(p.numel() for p in __import__("dlforge").load(out).model.parameters())
     return {"model": model, "candidate": name, "minutes": minutes, "options": options,
             "val_loss": report["loss"], "steps": meta["step"], "parameters": params,
             "tokens": meta["step"] * options["batch_size"] * options["block_size"],
-            "wall_s": round(wall, 1), "peak_gflops": round(peak, 1), "machine": cpu_name(),
+            "wall_s": round(wall, 1), "peak_gflops": round(peak, 1), **speeds, "machine": cpu_name(),
             "command": "dlforge train " + " ".join(argv)}
 
 
@@ -91,7 +100,8 @@ def table(sweep: list[dict], archives: list[list[dict]] = ()) -> dict:
     different machines or days); and the shortfall cost by which a budget between rows picks one. A machine's
     peak is the median of its runs' (one measurement before a run moves by ±10% and more). archives: earlier
     sweeps (other machines or days), which add their mismatch measurements to the shortfall cost only."""
-    peaks = [r["peak_gflops"] for r in sweep if r.get("peak_gflops")]
+    medians = {key: statistics.median(xs) for key in set(SPEED.values())
+               if (xs := [r[key] for r in sweep if r.get(key)])}
     sweep = _machine_peaks(sweep)
     best = _best(sweep)
     recipes: dict[str, list] = {}
@@ -99,20 +109,25 @@ def table(sweep: list[dict], archives: list[list[dict]] = ()) -> dict:
         recipes.setdefault(model, []).append({"minutes": minutes, "candidate": r["candidate"],
                                               "options": r["options"], "val_loss": round(r["val_loss"], 4),
                                               "steps": r["steps"], "parameters": r["parameters"],
-                                              "peak_gflops": r.get("peak_gflops"), "machine": r.get("machine")})
+                                              "peak_gflops": r.get("peak_gflops"),
+                                              **({k: r[k] for k in [SPEED.get(model)] if k and k in r}),
+                                              "machine": r.get("machine")})
     short, long = mismatch_costs(sweep, best)
     for runs in archives:
         runs = _machine_peaks(runs)
         s, lg = mismatch_costs(runs, _best(runs))
         short, long = short + s, long + lg
     return {"about": "dlforge train gpt|lstm --max-time M without sizes converts M minutes into t minutes of "
-                     "each row's machine (M x this machine's fp32 matmul peak / the row's peak_gflops) and uses "
+                     "each row's machine (M x this machine's speed / the row's: the fp32 matmul peak, peak_gflops, "
+                     "or for the models named in `speed` that measure, e.g. lstm_gflops, dlforge.perf's "
+                     "speed of an LSTM layer) and uses "
                      "the row of least cost: ln(t/b) for a row of b minutes given t > b, shortfall_cost x ln(b/t) "
                      "given t < b (shortfall_cost: measured, see mismatch; null: the longest budget that fits). "
                      "Fitted on tinyshakespeare (char) by the command below; the losses are those measured in "
-                     "the sweep. peak_gflops at the top: the median of the runs', for rows without their own.",
+                     "the sweep. The speeds at the top: the median of the runs', for rows without their own.",
             "command": "flock /tmp/dlforge-cpu.lock python -m benchmarks.budget_sweep --save",
-            "peak_gflops": statistics.median(peaks) if peaks else None,
+            "peak_gflops": medians.get("peak_gflops"), **{k: v for k, v in medians.items() if k != "peak_gflops"},
+            "speed": {m: k for m, k in SPEED.items() if k != "peak_gflops"},
             "shortfall_cost": round(statistics.mean(short) / statistics.mean(long), 2) if short and long else None,
             "mismatch": {"shorter_budget_than_sized": [round(c, 4) for c in short],
                          "longer_budget_than_sized": [round(c, 4) for c in long],
@@ -121,13 +136,15 @@ def table(sweep: list[dict], archives: list[list[dict]] = ()) -> dict:
 
 
 def _machine_peaks(sweep: list[dict]) -> list[dict]:
-    """The runs with each one's peak replaced by the median of its machine's runs'."""
-    by_machine: dict[str, list] = {}
+    """The runs with each one's speeds (matmul peak, LSTM speed) replaced by the median of its machine's runs':
+    a speed is the machine's, so a run made before the sweep measured one gets its machine's median too."""
+    by_machine: dict[tuple, list] = {}
     for r in sweep:
-        if r.get("peak_gflops") and r.get("machine"):
-            by_machine.setdefault(r["machine"], []).append(r["peak_gflops"])
-    return [{**r, "peak_gflops": round(statistics.median(by_machine[r["machine"]]), 1)}
-            if r.get("machine") in by_machine else r for r in sweep]
+        for key in set(SPEED.values()):
+            if r.get(key) and r.get("machine"):
+                by_machine.setdefault((r["machine"], key), []).append(r[key])
+    return [{**r, **{key: round(statistics.median(xs), 1) for (m, key), xs in by_machine.items()
+                     if m == r.get("machine")}} for r in sweep]
 
 
 def _best(sweep: list[dict]) -> dict[tuple, dict]:
@@ -158,19 +175,24 @@ def mismatch_costs(sweep: list[dict], best: dict[tuple, dict]) -> tuple[list[flo
 
 
 def compute(r: dict, other: dict | None = None) -> float:
-    """A run's budget as minutes × its machine's matmul peak (GFLOP/s·min); its minutes alone if it, or the
-    run it is compared with, has no peak."""
-    if not r.get("peak_gflops") or (other is not None and not other.get("peak_gflops")):
-        return r["minutes"]
-    return r["minutes"] * r["peak_gflops"]
+    """A run's budget as minutes × its machine's speed (GFLOP/s·min): its model's SPEED where it (and the run it
+    is compared with) has one, else the matmul peak, else its minutes alone."""
+    both = [r] if other is None else [r, other]
+    for key in (SPEED.get(r["model"]), "peak_gflops"):
+        if key and all(x.get(key) for x in both):
+            return r["minutes"] * r[key]
+    return r["minutes"]
 
 
-REFERENCE_PEAK = 179.0  # GFLOP/s: the CI machine's Zen 3; the plot's budgets are minutes at this peak
+LSTM_REFERENCE = 93.5  # GFLOP/s: dlforge.perf.lstm_gflops on the CI machine's kind (gemm-backends-epyc-avx2.json)
+# The CI machine's kind (a 2-vCPU EPYC Zen 3 with AVX2): the plot's budgets are minutes at these speeds.
+REFERENCE = {"peak_gflops": 179.0, "lstm_gflops": LSTM_REFERENCE}
+MEASURE = {"peak_gflops": "matmul peak", "lstm_gflops": "LSTM layer speed"}
 
 
 def plot(sweep: list[dict], path: Path) -> None:
-    """Loss against budget, each run placed at its minutes × its machine's peak / REFERENCE_PEAK (runs of
-    different days are comparable by compute) and labelled with its wall-clock minutes and peak."""
+    """Loss against budget, each run placed at its minutes × its machine's speed / REFERENCE's (runs of
+    different days are comparable by compute) and labelled with its wall-clock minutes and speed."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -179,20 +201,24 @@ def plot(sweep: list[dict], path: Path) -> None:
     models = sorted({r["model"] for r in sweep})
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.4), squeeze=False)
     for ax, model in zip(axes[0], models):
+        key = SPEED.get(model, "peak_gflops")
+        if not all(r.get(key) for r in sweep if r["model"] == model):
+            key = "peak_gflops"
         for name in CANDIDATES[model]:
             runs = sorted((r for r in sweep if r["model"] == model and r["candidate"] == name), key=compute)
             if not runs:
                 continue
-            xs = [compute(r) / REFERENCE_PEAK if r.get("peak_gflops") else r["minutes"] for r in runs]
+            xs = [r["minutes"] * r[key] / REFERENCE[key] if r.get(key) else r["minutes"] for r in runs]
             ax.plot(xs, [r["val_loss"] for r in runs], "o-", label=name)
             for x, r in zip(xs, runs):
-                ax.annotate(f"{r['minutes']:g} min @ {r.get('peak_gflops') or 0:.0f}", (x, r["val_loss"]),
+                ax.annotate(f"{r['minutes']:g} min @ {r.get(key) or 0:.0f}", (x, r["val_loss"]),
                             textcoords="offset points", xytext=(4, 4), fontsize=6, color="0.35")
         ax.set_xscale("log")
         ax.set_xticks([1, 2, 3, 5, 10, 20, 30, 60, 100], ["1", "2", "3", "5", "10", "20", "30", "60", "100"])
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-        ax.set_xlabel(f"budget in minutes at a {REFERENCE_PEAK:.0f} GFLOP/s matmul peak\n(minutes × the "
-                      f"machine's peak / {REFERENCE_PEAK:.0f}; labels: minutes @ that peak)", fontsize=8)
+        ref, what = REFERENCE[key], MEASURE[key]
+        ax.set_xlabel(f"budget in minutes on a machine whose {what} is {ref:.0f} GFLOP/s (the CI machine's)\n(minutes × the "
+                      f"machine's {what} / {ref:.0f}; labels: minutes @ that speed)", fontsize=8)
         ax.set_ylabel("full-validation loss (nats/char)")
         ax.set_title(f"{model}: tinyshakespeare, char level")
         ax.grid(alpha=0.3)

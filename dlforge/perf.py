@@ -86,3 +86,21 @@ def matmul_peak(n: int = 2048, reps: int = 5) -> float:
     tune_allocator()
     a, b = torch.randn(n, n), torch.randn(n, n)
     return best_gflops(lambda: a @ b, 2 * n ** 3, reps)
+
+
+def lstm_gflops(width: int = 256, batch: int = 64, steps: int = 64, reps: int = 3) -> float:
+    """GFLOP/s of one fp32 LSTM layer's forward and backward (width 256, batch 64, 64 time steps: ~13 GFLOP,
+    0.1-0.3 s here) on the threads torch uses, the best of `reps` after one warm-up. torch runs the layer in
+    oneDNN's RNN kernels, not in MKL's matmul, and the two libraries' speeds differ by CPU: on a 2-vCPU AMD EPYC
+    with AVX-512 oneDNN's GEMM ran at twice MKL's, on one with AVX2 at 0.9 of it, and the LSTM's step at 2.5–3.5×
+    the time (benchmarks/gemm_backends.py). So the budget table converts its recurrent rows' minutes by this,
+    not by matmul_peak."""
+    tune_allocator()
+    g = torch.Generator().manual_seed(0)
+    lstm = torch.nn.LSTM(width, width, batch_first=True)
+    x = torch.randn(batch, steps, width, generator=g, requires_grad=True)
+
+    def step() -> None:
+        lstm(x)[0].sum().backward()
+    # forward 2·(B·T)·4W·2W (input and hidden products), backward twice that
+    return best_gflops(step, 3 * 2 * batch * steps * 4 * width * 2 * width, reps)

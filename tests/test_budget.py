@@ -10,7 +10,7 @@ from dlforge.recipes import language_model as lm
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.mark.parametrize("model, budgets", [("gpt", {3, 10, 30}), ("lstm", {3, 10})])
+@pytest.mark.parametrize("model, budgets", [("gpt", {3, 10, 30}), ("lstm", {3, 10, 30})])
 def test_the_shipped_table_covers_the_budgets_it_was_fitted_for(model, budgets):
     table = json.loads(lm.BUDGETS.read_text())
     assert "budget_sweep" in table["command"]
@@ -75,8 +75,8 @@ def test_the_sweep_fits_the_shortfall_cost_from_candidates_run_off_their_budget(
 def test_minutes_on_a_slower_machine_buy_a_shorter_budgets_recipe(table, monkeypatch, capsys):
     """The table holds minutes of the machine it was fitted on: 12 minutes at half its matmul speed are 6
     minutes there, so the 1-minute recipe, not the 10-minute one."""
-    assert lm.budget_recipe("gpt-tiny", 12, peak_gflops=200.0) == (table["gpt-tiny"][0], 6.0)
-    assert lm.budget_recipe("gpt-tiny", 12, peak_gflops=800.0) == (table["gpt-tiny"][1], 24.0)
+    assert lm.budget_recipe("gpt-tiny", 12, speed=200.0) == (table["gpt-tiny"][0], 6.0)
+    assert lm.budget_recipe("gpt-tiny", 12, speed=800.0) == (table["gpt-tiny"][1], 24.0)
     monkeypatch.setattr(lm, "machine_peak", lambda: 200.0)
     assert lm.LanguageModelRecipe().budget_options("gpt-tiny", {"max_time": 12})["width"] == 32
     assert "(200 GFLOP/s) makes that 6 min" in capsys.readouterr().err
@@ -92,11 +92,39 @@ def test_each_row_converts_by_the_peak_of_the_machine_it_was_measured_on(table):
     p.write_text(json.dumps(t))
     lm._budget_table.cache_clear()
     rows = t["recipes"]["gpt-tiny"]
-    assert lm.budget_recipe("gpt-tiny", 12, peak_gflops=200.0) == (rows[0], 24.0)
+    assert lm.budget_recipe("gpt-tiny", 12, speed=200.0) == (rows[0], 24.0)
     p.write_text(json.dumps({**t, "shortfall_cost": 2.0}))
     lm._budget_table.cache_clear()
-    assert lm.budget_recipe("gpt-tiny", 12, peak_gflops=200.0) == (rows[1], 6.0)
-    assert lm.budget_recipe("gpt-tiny", 12, peak_gflops=800.0) == (rows[1], 24.0)
+    assert lm.budget_recipe("gpt-tiny", 12, speed=200.0) == (rows[1], 6.0)
+    assert lm.budget_recipe("gpt-tiny", 12, speed=800.0) == (rows[1], 24.0)
+
+
+def test_a_model_whose_table_names_another_speed_converts_by_it(table, monkeypatch, capsys):
+    """The LSTM's step runs in oneDNN's RNN kernels, whose speed the matmul peak does not predict across CPUs,
+    so the table converts its rows by lstm_gflops. Here the matmul peak equals the rows' machine's, but the
+    LSTM measure is half of theirs: 12 minutes are 6 there, the 1-minute row. A row without that measure (and
+    no median for it) turns it off: the matmul peak converts, 12 minutes stay 12, the 10-minute row."""
+    import dlforge.perf
+    p = lm.BUDGETS
+    t = json.loads(p.read_text())
+    for r in t["recipes"]["gpt-tiny"]:
+        r["lstm_gflops"] = 50.0
+    p.write_text(json.dumps({**t, "speed": {"gpt-tiny": "lstm_gflops"}}))
+    lm._budget_table.cache_clear()
+    monkeypatch.setattr(dlforge.perf, "lstm_gflops", lambda: 25.0)
+    assert lm.speed_measure("gpt-tiny") == "lstm_gflops"
+    assert lm.LanguageModelRecipe().budget_options("gpt-tiny", {"max_time": 12})["width"] == 32
+    assert "LSTM layer speed (25 GFLOP/s) makes that 6 min of the machine (50 GFLOP/s)" in capsys.readouterr().err
+    del t["recipes"]["gpt-tiny"][1]["lstm_gflops"]
+    p.write_text(json.dumps({**t, "speed": {"gpt-tiny": "lstm_gflops"}}))
+    lm._budget_table.cache_clear()
+    assert lm.speed_measure("gpt-tiny") == "peak_gflops"
+    assert lm.LanguageModelRecipe().budget_options("gpt-tiny", {"max_time": 12})["width"] == 48
+
+
+def test_the_lstm_speed_is_measured():
+    from dlforge.perf import lstm_gflops
+    assert 0.1 < lstm_gflops(width=32, batch=4, steps=8, reps=1) < 1e5
 
 
 def test_flags_given_win_and_a_size_flag_turns_the_table_off(table, capsys):

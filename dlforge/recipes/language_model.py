@@ -114,12 +114,26 @@ BUDGETS = Path(__file__).with_name("budgets.json")
 SIZE_OPTIONS = ("layers", "heads", "width", "block_size", "batch_size")  # any of these given: no budget table
 
 
-def budget_recipe(model: str, minutes: float, peak_gflops: float | None = None) -> tuple[dict, float] | None:
-    """The budget table's row for `model` and a budget of `minutes` on a machine whose fp32 matmul peaks at
-    `peak_gflops`, and those minutes converted to minutes of the machine that row was measured on: minutes ·
-    peak / the row's peak, the same compute. Each row keeps the peak of its own run (the table's rows may come
-    from different machines or days); a row without one takes the table's top-level peak_gflops, and
-    peak_gflops None (or no peak at all) takes the minutes as they are.
+# What a row's minutes are converted by: the row's field -> how this machine measures the same (dlforge.perf).
+SPEEDS = {"peak_gflops": "fp32 matmul peak", "lstm_gflops": "LSTM layer speed"}
+
+
+def speed_measure(model: str) -> str:
+    """The speed by which `model`'s rows convert minutes: the table's `speed` for that model (lstm: lstm_gflops,
+    the speed of the oneDNN RNN kernels its step runs in, which the matmul peak does not predict across CPUs)
+    where every row has it (its own or the table's median), else peak_gflops, the fp32 matmul peak."""
+    table = _budget_table(BUDGETS)
+    key = table.get("speed", {}).get(model, "peak_gflops")
+    rows = table["recipes"].get(model, [])
+    return key if key in SPEEDS and all(r.get(key) or table.get(key) for r in rows) else "peak_gflops"
+
+
+def budget_recipe(model: str, minutes: float, speed: float | None = None) -> tuple[dict, float] | None:
+    """The budget table's row for `model` and a budget of `minutes` on a machine of `speed` (GFLOP/s of the
+    model's speed_measure: the fp32 matmul peak, or for the LSTM its layer's speed), and those minutes converted
+    to minutes of the machine that row was measured on: minutes · speed / the row's, the same compute. Each row
+    keeps the speed of its own machine (the table's rows may come from different machines or days); a row
+    without one takes the table's top-level median, and speed None (or none known) takes the minutes as they are.
     None: no rows for the model.
 
     A row sized for b minutes and given t (both in its machine's minutes) costs about ln(t/b) units of loss when
@@ -130,13 +144,14 @@ def budget_recipe(model: str, minutes: float, peak_gflops: float | None = None) 
     keeps a slightly slower machine on the row its budget was meant for: with k = 2.2, 27 minutes of the
     30-minute row's machine take that row, not the 10-minute one."""
     table = _budget_table(BUDGETS)
-    rows = sorted(table["recipes"].get(model, []), key=lambda r: r["minutes"] * (r.get("peak_gflops") or 1.0))
+    key = speed_measure(model)
+    rows = sorted(table["recipes"].get(model, []), key=lambda r: r["minutes"] * (r.get(key) or 1.0))
     if not rows:
         return None
 
     def there(r: dict) -> float:  # the budget in minutes of r's machine
-        row_peak = r.get("peak_gflops") or table.get("peak_gflops")
-        return minutes * (peak_gflops / row_peak if peak_gflops and row_peak else 1.0)
+        row_speed = r.get(key) or table.get(key)
+        return minutes * (speed / row_speed if speed and row_speed else 1.0)
 
     k = table.get("shortfall_cost")
     if k is None:
@@ -160,6 +175,14 @@ def machine_peak() -> float:
     """This machine's fp32 matmul GFLOP/s (dlforge.perf.matmul_peak: about half a second)."""
     from dlforge.perf import matmul_peak
     return matmul_peak()
+
+
+def machine_speed(key: str) -> float:
+    """This machine's speed by the measure `key` of SPEEDS (under a second each)."""
+    if key == "lstm_gflops":
+        from dlforge.perf import lstm_gflops
+        return lstm_gflops()
+    return machine_peak()
 
 
 def default_block_size(model: str) -> int:
@@ -248,13 +271,14 @@ class LanguageModelRecipe(Recipe):
             return options
         if not _budget_table(BUDGETS)["recipes"].get(model):  # no rows for this model: its own defaults
             return options
-        peak = machine_peak()
-        row, there = budget_recipe(model, options["max_time"], peak)
+        key = speed_measure(model)
+        speed = machine_speed(key)
+        row, there = budget_recipe(model, options["max_time"], speed)
         chosen = {**row["options"], **options}
         shown = " ".join(option_argv({k: v for k, v in row["options"].items() if k not in options}))
-        fitted = f" ({row['peak_gflops']:.0f} GFLOP/s)" if row.get("peak_gflops") else ""
-        print(f"dlforge: {model} for --max-time {options['max_time']:g} min without sizes: this machine's fp32 matmul "
-              f"peak ({peak:.0f} GFLOP/s) makes that {there:.3g} min of the machine{fitted} the budget table's "
+        fitted = f" ({row[key]:.0f} GFLOP/s)" if row.get(key) else ""
+        print(f"dlforge: {model} for --max-time {options['max_time']:g} min without sizes: this machine's {SPEEDS[key]} "
+              f"({speed:.0f} GFLOP/s) makes that {there:.3g} min of the machine{fitted} the budget table's "
               f"{row['minutes']:g}-minute recipe was measured on; that recipe: {shown} (flags given win)",
               file=sys.stderr)
         return chosen
