@@ -28,6 +28,7 @@ from pathlib import Path
 
 from benchmarks.pairs import cpu_name, train_cli
 from dlforge.recipes.base import option_argv
+from dlforge.recipes.language_model import SPEEDS, machine_speed
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -82,9 +83,9 @@ def run(model: str, name: str, minutes: float, work: Path) -> dict:
     out = work / f"{name}-{minutes:g}"
     argv = [model, *option_argv(options), "--data", "tinyshakespeare", "--tokenizer", "char", "--max-time", f"{minutes:g}",
             "--eval-tokens", "32768"]
-    from dlforge.perf import lstm_gflops, matmul_peak
+    from dlforge.perf import matmul_peak
     peak = matmul_peak(2048, 10)  # this run's machine speed: the table converts minutes by it
-    speeds = {"lstm_gflops": round(lstm_gflops(), 1)} if SPEED.get(model) == "lstm_gflops" else {}
+    speeds = {k: round(machine_speed(k), 1) for k in [SPEED[model]] if k != "peak_gflops"}  # and its model's own
     report, meta, wall = train_cli(argv, out)
     params = sum(p.numel() for p in __import__("dlforge").load(out).model.parameters())
     return {"model": model, "candidate": name, "minutes": minutes, "options": options,
@@ -126,7 +127,7 @@ def table(sweep: list[dict], archives: list[list[dict]] = ()) -> dict:
                      "Fitted on tinyshakespeare (char) by the command below; the losses are those measured in "
                      "the sweep. The speeds at the top: the median of the runs', for rows without their own.",
             "command": "flock /tmp/dlforge-cpu.lock python -m benchmarks.budget_sweep --save",
-            "peak_gflops": medians.get("peak_gflops"), **{k: v for k, v in medians.items() if k != "peak_gflops"},
+            **{"peak_gflops": None, **medians},
             "speed": {m: k for m, k in SPEED.items() if k != "peak_gflops"},
             "shortfall_cost": round(statistics.mean(short) / statistics.mean(long), 2) if short and long else None,
             "mismatch": {"shorter_budget_than_sized": [round(c, 4) for c in short],
@@ -174,20 +175,25 @@ def mismatch_costs(sweep: list[dict], best: dict[tuple, dict]) -> tuple[list[flo
     return short, long
 
 
+def _speed_key(model: str, runs: list[dict]) -> str | None:
+    """The speed runs of `model` compare by: its SPEED where all of them have it, else the matmul peak where all
+    have that, else None (minutes alone)."""
+    for key in (SPEED.get(model), "peak_gflops"):
+        if key and all(r.get(key) for r in runs):
+            return key
+    return None
+
+
 def compute(r: dict, other: dict | None = None) -> float:
-    """A run's budget as minutes × its machine's speed (GFLOP/s·min): its model's SPEED where it (and the run it
-    is compared with) has one, else the matmul peak, else its minutes alone."""
-    both = [r] if other is None else [r, other]
-    for key in (SPEED.get(r["model"]), "peak_gflops"):
-        if key and all(x.get(key) for x in both):
-            return r["minutes"] * r[key]
-    return r["minutes"]
+    """A run's budget as minutes × its machine's speed (GFLOP/s·min), by the speed it and the run it is compared
+    with share (_speed_key); its minutes alone if none."""
+    key = _speed_key(r["model"], [r] if other is None else [r, other])
+    return r["minutes"] * r[key] if key else r["minutes"]
 
 
-LSTM_REFERENCE = 93.5  # GFLOP/s: dlforge.perf.lstm_gflops on the CI machine's kind (gemm-backends-epyc-avx2.json)
-# The CI machine's kind (a 2-vCPU EPYC Zen 3 with AVX2): the plot's budgets are minutes at these speeds.
-REFERENCE = {"peak_gflops": 179.0, "lstm_gflops": LSTM_REFERENCE}
-MEASURE = {"peak_gflops": "matmul peak", "lstm_gflops": "LSTM layer speed"}
+# The CI machine's kind (a 2-vCPU EPYC Zen 3 with AVX2): the plot's budgets are minutes at these speeds (the LSTM's:
+# dlforge.perf.lstm_gflops there, gemm-backends-epyc-avx2.json).
+REFERENCE = {"peak_gflops": 179.0, "lstm_gflops": 93.5}
 
 
 def plot(sweep: list[dict], path: Path) -> None:
@@ -201,14 +207,12 @@ def plot(sweep: list[dict], path: Path) -> None:
     models = sorted({r["model"] for r in sweep})
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.4), squeeze=False)
     for ax, model in zip(axes[0], models):
-        key = SPEED.get(model, "peak_gflops")
-        if not all(r.get(key) for r in sweep if r["model"] == model):
-            key = "peak_gflops"
+        key = _speed_key(model, [r for r in sweep if r["model"] == model])
         for name in CANDIDATES[model]:
             runs = sorted((r for r in sweep if r["model"] == model and r["candidate"] == name), key=compute)
             if not runs:
                 continue
-            xs = [r["minutes"] * r[key] / REFERENCE[key] if r.get(key) else r["minutes"] for r in runs]
+            xs = [r["minutes"] * r[key] / REFERENCE[key] if key else r["minutes"] for r in runs]
             ax.plot(xs, [r["val_loss"] for r in runs], "o-", label=name)
             for x, r in zip(xs, runs):
                 ax.annotate(f"{r['minutes']:g} min @ {r.get(key) or 0:.0f}", (x, r["val_loss"]),
@@ -216,7 +220,7 @@ def plot(sweep: list[dict], path: Path) -> None:
         ax.set_xscale("log")
         ax.set_xticks([1, 2, 3, 5, 10, 20, 30, 60, 100], ["1", "2", "3", "5", "10", "20", "30", "60", "100"])
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-        ref, what = REFERENCE[key], MEASURE[key]
+        ref, what = REFERENCE.get(key, 0.0), SPEEDS.get(key, "speed")
         ax.set_xlabel(f"budget in minutes on a machine whose {what} is {ref:.0f} GFLOP/s (the CI machine's)\n(minutes × the "
                       f"machine's {what} / {ref:.0f}; labels: minutes @ that speed)", fontsize=8)
         ax.set_ylabel("full-validation loss (nats/char)")
