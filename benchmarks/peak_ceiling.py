@@ -2,6 +2,8 @@
 kernel reaches inside dlforge's real training steps, and the share of the step's time each kind takes.
 
     flock /tmp/dlforge-cpu.lock python -m benchmarks.peak_ceiling --save     # cnn and gpt-small, ~2 minutes
+    python -m benchmarks.peak_ceiling --ab 5 --steps 10 --save --out X.json  # the cnn step, oneDNN's conv weight
+                                                                              # gradients against dlforge's
 
 Issue 20 part 3 asks for CNN training at >= 85% of the 2048² fp32 matmul peak, CNN evaluation at >= 90% and the
 GPT training step at >= 80%. A step is FLOPs / seconds; its FLOPs are almost all in convolutions and matrix
@@ -145,23 +147,70 @@ def measure(name: str, make: Callable[[], tuple[Callable[[], None], str]], steps
             "largest_other_ops_ms": dict(rest[:12])}
 
 
+def ab_conv_weight_grad(steps: int, rounds: int) -> dict:
+    """The cnn training step with conv2's and conv3's weight gradients from oneDNN and from dlforge's product
+    (dlforge.models.conv), alternated in one process: `rounds` pairs of `steps` steps, each pair's ratio."""
+    import statistics
+    import dlforge.models.conv as conv
+    torch.manual_seed(0)
+    step, what = cnn_step()
+    on = {"onednn": (1 << 30, lambda: False), "gemm": (conv.GEMM_MIN_CHANNELS, lambda: True)}
+    ms: dict[str, list[float]] = {k: [] for k in on}
+    peaks = []
+    for r in range(rounds + 1):  # the first round warms up both
+        peaks.append(matmul_peak())
+        for name, (channels, cpu) in on.items():
+            conv.GEMM_MIN_CHANNELS, conv.gemm_weight_grad = channels, cpu
+            t = time.perf_counter()
+            for _ in range(steps):
+                step()
+            if r:
+                ms[name].append(1e3 * (time.perf_counter() - t) / steps)
+    ratios = [a / b for a, b in zip(ms["onednn"], ms["gemm"])]
+    return {"model": "cnn-train", "what": what, "steps": steps, "rounds": rounds,
+            "fp32_matmul_peak_gflops": [round(p, 1) for p in peaks[1:]],
+            "ms_per_step": {k: [round(x, 1) for x in v] for k, v in ms.items()},
+            "median_ms_per_step": {k: round(statistics.median(v), 1) for k, v in ms.items()},
+            "speedup_of_gemm": {"median": round(statistics.median(ratios), 3), "min": round(min(ratios), 3),
+                                "max": round(max(ratios), 3)}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20, help="steps per timing (default 20)")
     ap.add_argument("--models", nargs="+", default=["cnn-train", "cnn-eval", "gpt-train"],
                     choices=["cnn-train", "cnn-eval", "gpt-train"])
+    ap.add_argument("--conv-weight-grad", choices=["gemm", "onednn"], default="gemm",
+                    help="the cnn's conv2/conv3 weight gradients: dlforge's im2col product (default, as trained) or "
+                         "oneDNN's, as before (dlforge.models.conv)")
     ap.add_argument("--save", action="store_true", help="also write the JSON to --out")
     ap.add_argument("--out", type=Path, default=RESULTS / "peak-ceiling.json")
+    ap.add_argument("--ab", type=int, metavar="ROUNDS", help="instead: the cnn training step with oneDNN's and "
+                    "dlforge's convolution weight gradients alternated, ROUNDS pairs of --steps steps")
     args = ap.parse_args()
     if args.steps < 1:
         sys.exit("--steps: expected 1 or more")
+    if args.ab is not None:
+        if args.ab < 1:
+            sys.exit("--ab: expected 1 or more rounds")
+        result = {"benchmark": "peak_ceiling --ab", "command": "python -m benchmarks.peak_ceiling " + " ".join(sys.argv[1:]),
+                  "machine": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                  "rows": [ab_conv_weight_grad(args.steps, args.ab)]}
+        print(json.dumps(result, indent=1))
+        if args.save:
+            args.out.write_text(json.dumps(result, indent=1) + "\n")
+        return
+    if args.conv_weight_grad == "onednn":
+        import dlforge.models.conv
+        dlforge.models.conv.GEMM_MIN_CHANNELS = 1 << 30  # every convolution falls back to torch's own
     makers = {"cnn-train": cnn_step, "cnn-eval": cnn_eval, "gpt-train": gpt_step}
     rows = []
     for name in args.models:
         rows.append(measure(name, makers[name], args.steps))
         print(json.dumps(rows[-1]), file=sys.stderr)
     result = {"benchmark": "peak_ceiling", "command": "python -m benchmarks.peak_ceiling " + " ".join(sys.argv[1:]),
-              "machine": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}
+              "machine": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "conv_weight_grad": args.conv_weight_grad, "rows": rows}
     print(json.dumps(result, indent=1))
     if args.save:
         args.out.write_text(json.dumps(result, indent=1) + "\n")

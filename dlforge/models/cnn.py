@@ -10,7 +10,8 @@ Computed in an order that does the same arithmetic with less memory traffic (ben
 - while training channels-last, the gradient that reaches pool2 from the flatten is made channels-last too: it
   comes back in the flatten's (channel-major) order, and max_pool2d's backward would then copy its saved
   input (4× larger) into that order and its result back;
-- dropout draws the cheap CPU mask of dlforge.models.dropout.
+- dropout draws the cheap CPU mask of dlforge.models.dropout;
+- conv2's and conv3's weight gradients are im2col matrix products on the CPU (dlforge.models.conv), not oneDNN's.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from dlforge.errors import DlforgeError
+from dlforge.models.conv import conv3x3
 from dlforge.models.dropout import Dropout
 from dlforge.registry import register_model
 
@@ -52,8 +54,9 @@ class MyNet(nn.Module):
         self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, S, S) -> (B, num_classes)
-        x = F.relu(self.pool1(self.conv2(F.relu(self.conv1(x), inplace=True))), inplace=True)  # (B, 64, S/2, S/2)
-        x = F.relu(self.pool2(self.conv3(x)), inplace=True)                                   # (B, 128, S/4, S/4)
+        x = F.relu(self.conv1(x), inplace=True)                                                # (B, 32, S, S)
+        x = F.relu(self.pool1(conv3x3(self.conv2, x)), inplace=True)                            # (B, 64, S/2, S/2)
+        x = F.relu(self.pool2(conv3x3(self.conv3, x)), inplace=True)                            # (B, 128, S/4, S/4)
         if self.training and x.requires_grad and x.is_contiguous(memory_format=torch.channels_last) \
                 and not x.is_contiguous():
             x = _ChannelsLastGrad.apply(x)

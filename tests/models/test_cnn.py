@@ -3,6 +3,7 @@ import torch.nn.functional as F
 
 from dlforge.cli import main
 from dlforge.models.cnn import MyNet
+from dlforge.models.conv import conv3x3
 from dlforge.recipes.classify import summary
 from dlforge.registry import create_model
 
@@ -39,9 +40,10 @@ def test_no_softmax_in_the_model():
 
 
 def _reference_order(m: MyNet, x: torch.Tensor) -> torch.Tensor:
-    """MY_NET as the reference writes it: each ReLU before its max-pool, no gradient reordering (no dropout: p = 0)."""
-    x = m.pool1(F.relu(m.conv2(F.relu(m.conv1(x)))))
-    x = m.pool2(F.relu(m.conv3(x)))
+    """MY_NET as the reference writes it: each ReLU before its max-pool, no gradient reordering (no dropout: p = 0).
+    The convolutions are the model's own (their weight gradients: tests/models/test_conv.py)."""
+    x = m.pool1(F.relu(conv3x3(m.conv2, F.relu(m.conv1(x)))))
+    x = m.pool2(F.relu(conv3x3(m.conv3, x)))
     x = torch.flatten(x, 1)
     return m.fc2(F.relu(m.fc1(x)))
 

@@ -3,7 +3,6 @@ finish the requests in flight, exit."""
 import json
 import signal
 import threading
-import time
 
 import httpx
 import pytest

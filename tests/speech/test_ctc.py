@@ -4,7 +4,6 @@ differ), shallow fusion with a character language model run."""
 import itertools
 import math
 
-import numpy as np
 import pytest
 import torch
 
