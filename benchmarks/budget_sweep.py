@@ -46,6 +46,10 @@ CANDIDATES = {
     "gpt": {
         "gpt-s": {"layers": 4, "heads": 4, "width": 128, "block_size": 64, "batch_size": 32, "lr": 2e-3,
                   "warmup_steps": 50, "dropout": 0.0, "bias": False, "eval_every": 250},
+        "gpt-s16": {"layers": 4, "heads": 4, "width": 128, "block_size": 64, "batch_size": 16, "lr": 2e-3,
+                    "warmup_steps": 100, "dropout": 0.0, "bias": False, "eval_every": 500},
+        "gpt-s16-lr3": {"layers": 4, "heads": 4, "width": 128, "block_size": 64, "batch_size": 16, "lr": 3e-3,
+                        "warmup_steps": 100, "dropout": 0.0, "bias": False, "eval_every": 500},
         "gpt-m": {"layers": 4, "heads": 4, "width": 192, "block_size": 128, "batch_size": 32, "lr": 2e-3,
                   "warmup_steps": 50, "dropout": 0.0, "bias": False, "eval_every": 250},
         "gpt-m-drop": {"layers": 4, "heads": 4, "width": 192, "block_size": 128, "batch_size": 32, "lr": 2e-3,
@@ -68,12 +72,13 @@ CANDIDATES = {
                    "dropout": 0.1, "eval_every": 100},
     },
 }
-# The speed each model's minutes are converted by (dlforge.recipes.language_model.SPEEDS): the GPT's products run
-# in MKL, the fp32 matmul peak's library; the LSTM's in oneDNN's RNN kernels, 2.5-3.5x slower on an AVX2 EPYC than on
-# an AVX-512 one at nearly the same matmul peak.
-SPEED = {"gpt": "peak_gflops", "lstm": "lstm_gflops"}
+# The speed each model's minutes are converted by (dlforge.recipes.language_model.SPEEDS), each its own step's: the
+# LSTM runs in oneDNN's RNN kernels, 2.5-3.5x slower on an AVX2 EPYC than on an AVX-512 one at nearly the same
+# matmul peak; a GPT step mixes MKL's products with attention, GELU and LayerNorm, 2x slower there at a peak
+# 20-33% lower.
+SPEED = {"gpt": "gpt_gflops", "lstm": "lstm_gflops"}
 DEFAULT_GRID = {  # which candidates each budget tries: the neighbours of the expected optimum, not all of them
-    "gpt": {3: ["gpt-s", "gpt-m"], 10: ["gpt-s", "gpt-m"], 30: ["gpt-m-drop"]},
+    "gpt": {3: ["gpt-s", "gpt-s16", "gpt-s16-lr3"], 10: ["gpt-s", "gpt-s16", "gpt-s16-lr3"], 30: ["gpt-s"]},
     "lstm": {3: ["lstm-xs", "lstm-s"], 10: ["lstm-xs", "lstm-s", "lstm-s-drop"], 30: ["lstm-s-drop", "lstm-m-drop"]},
 }
 
@@ -101,7 +106,7 @@ def table(sweep: list[dict], archives: list[list[dict]] = ()) -> dict:
     different machines or days); and the shortfall cost by which a budget between rows picks one. A machine's
     peak is the median of its runs' (one measurement before a run moves by ±10% and more). archives: earlier
     sweeps (other machines or days), which add their mismatch measurements to the shortfall cost only."""
-    medians = {key: statistics.median(xs) for key in set(SPEED.values())
+    medians = {key: statistics.median(xs) for key in sorted(set(SPEED.values()) | {"peak_gflops"})
                if (xs := [r[key] for r in sweep if r.get(key)])}
     sweep = _machine_peaks(sweep)
     best = _best(sweep)
@@ -120,8 +125,8 @@ def table(sweep: list[dict], archives: list[list[dict]] = ()) -> dict:
         short, long = short + s, long + lg
     return {"about": "dlforge train gpt|lstm --max-time M without sizes converts M minutes into t minutes of "
                      "each row's machine (M x this machine's speed / the row's: the fp32 matmul peak, peak_gflops, "
-                     "or for the models named in `speed` that measure, e.g. lstm_gflops, dlforge.perf's "
-                     "speed of an LSTM layer) and uses "
+                     "or for the models named in `speed` that measure: gpt_gflops or lstm_gflops, dlforge.perf's "
+                     "speed of a small GPT's step or of an LSTM layer) and uses "
                      "the row of least cost: ln(t/b) for a row of b minutes given t > b, shortfall_cost x ln(b/t) "
                      "given t < b (shortfall_cost: measured, see mismatch; null: the longest budget that fits). "
                      "Fitted on tinyshakespeare (char) by the command below; the losses are those measured in "
@@ -141,7 +146,7 @@ def _machine_peaks(sweep: list[dict]) -> list[dict]:
     a speed is the machine's, so a run made before the sweep measured one gets its machine's median too."""
     by_machine: dict[tuple, list] = {}
     for r in sweep:
-        for key in set(SPEED.values()):
+        for key in set(SPEED.values()) | {"peak_gflops"}:
             if r.get(key) and r.get("machine"):
                 by_machine.setdefault((r["machine"], key), []).append(r[key])
     return [{**r, **{key: round(statistics.median(xs), 1) for (m, key), xs in by_machine.items()
@@ -192,8 +197,8 @@ def compute(r: dict, other: dict | None = None) -> float:
 
 
 # The CI machine's kind (a 2-vCPU EPYC Zen 3 with AVX2): the plot's budgets are minutes at these speeds (the LSTM's:
-# dlforge.perf.lstm_gflops there, gemm-backends-epyc-avx2.json).
-REFERENCE = {"peak_gflops": 179.0, "lstm_gflops": 93.5}
+# dlforge.perf.lstm_gflops there, gemm-backends-epyc-avx2.json; the GPT's: the median of its sweep runs there).
+REFERENCE = {"peak_gflops": 179.0, "lstm_gflops": 93.5, "gpt_gflops": 71.3}
 
 
 def plot(sweep: list[dict], path: Path) -> None:

@@ -193,7 +193,8 @@ def main() -> None:
     if args.ab is not None:
         if args.ab < 1:
             sys.exit("--ab: expected 1 or more rounds")
-        result = {"benchmark": "peak_ceiling --ab", "command": "python -m benchmarks.peak_ceiling " + " ".join(sys.argv[1:]),
+        result = {"benchmark": "peak_ceiling --ab",
+                  "command": "python -m benchmarks.peak_ceiling " + " ".join(sys.argv[1:]),
                   "machine": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                   "rows": [ab_conv_weight_grad(args.steps, args.ab)]}
         print(json.dumps(result, indent=1))

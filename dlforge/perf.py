@@ -97,10 +97,36 @@ def lstm_gflops(width: int = 256, batch: int = 64, steps: int = 64, reps: int = 
     not by matmul_peak."""
     tune_allocator()
     g = torch.Generator().manual_seed(0)
-    lstm = torch.nn.LSTM(width, width, batch_first=True)
+    with torch.random.fork_rng():  # the caller's global seed stays as it was
+        torch.manual_seed(0)
+        lstm = torch.nn.LSTM(width, width, batch_first=True)
     x = torch.randn(batch, steps, width, generator=g, requires_grad=True)
 
     def step() -> None:
         lstm(x)[0].sum().backward()
     # forward 2·(B·T)·4W·2W (input and hidden products), backward twice that
     return best_gflops(step, 3 * 2 * batch * steps * 4 * width * 2 * width, reps)
+
+
+def gpt_gflops(width: int = 128, layers: int = 2, heads: int = 4, batch: int = 32, context: int = 64,
+               reps: int = 3) -> float:
+    """GFLOP/s of a small fp32 GPT's forward and backward (2 blocks of the budget table's gpt-s: width 128,
+    4 heads, 32 windows of 64 characters; 5.3 GFLOP, about 0.08 s here) on the threads torch uses, the best of
+    `reps` after one warm-up. The step mixes MKL's products with flash attention, GELU and LayerNorm, and the
+    matmul peak does not predict it across CPUs: at a 2048² peak 20-33% lower, a 2-vCPU EPYC with AVX2 (Zen 3)
+    made half the gpt-s steps in 10 minutes of one with AVX-512 (Zen 4). So the budget table converts its GPT rows'
+    minutes by this. FLOPs counted: the matrix products (6 per parameter of the blocks and the head, per
+    token) and the two attention products at full, not causal, size."""
+    from dlforge.models.transformer import GPT
+    tune_allocator()
+    g = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng():  # the caller's global seed stays as it was
+        torch.manual_seed(0)
+        model = GPT(65, context, n_layer=layers, n_head=heads, d_model=width, bias=False)
+    x = torch.randint(65, (batch, context), generator=g)
+
+    def step() -> None:
+        model(x)[0].float().pow(2).mean().backward()
+    tokens = batch * context
+    products = 2 * tokens * (layers * 12 * width * width + width * 65) + layers * 2 * 2 * batch * context ** 2 * width
+    return best_gflops(step, 3 * products, reps)

@@ -115,13 +115,14 @@ SIZE_OPTIONS = ("layers", "heads", "width", "block_size", "batch_size")  # any o
 
 
 # What a row's minutes are converted by: the row's field -> how this machine measures the same (dlforge.perf).
-SPEEDS = {"peak_gflops": "fp32 matmul peak", "lstm_gflops": "LSTM layer speed"}
+SPEEDS = {"peak_gflops": "fp32 matmul peak", "lstm_gflops": "LSTM layer speed", "gpt_gflops": "GPT step speed"}
 
 
 def speed_measure(model: str) -> str:
     """The speed by which `model`'s rows convert minutes: the table's `speed` for that model (lstm: lstm_gflops,
-    the speed of the oneDNN RNN kernels its step runs in, which the matmul peak does not predict across CPUs)
-    where every row has it (its own or the table's median), else peak_gflops, the fp32 matmul peak."""
+    the speed of the oneDNN RNN kernels its step runs in; gpt: gpt_gflops, a small GPT's step: the matmul peak
+    predicts neither across CPUs) where every row has it (its own or the table's median), else peak_gflops, the
+    fp32 matmul peak."""
     table = _budget_table(BUDGETS)
     key = table.get("speed", {}).get(model, "peak_gflops")
     rows = table["recipes"].get(model, [])
@@ -130,7 +131,7 @@ def speed_measure(model: str) -> str:
 
 def budget_recipe(model: str, minutes: float, speed: float | None = None) -> tuple[dict, float] | None:
     """The budget table's row for `model` and a budget of `minutes` on a machine of `speed` (GFLOP/s of the
-    model's speed_measure: the fp32 matmul peak, or for the LSTM its layer's speed), and those minutes converted
+    model's speed_measure: the fp32 matmul peak, or its own step's speed), and those minutes converted
     to minutes of the machine that row was measured on: minutes · speed / the row's, the same compute. Each row
     keeps the speed of its own machine (the table's rows may come from different machines or days); a row
     without one takes the table's top-level median, and speed None (or none known) takes the minutes as they are.
@@ -182,6 +183,9 @@ def machine_speed(key: str) -> float:
     if key == "lstm_gflops":
         from dlforge.perf import lstm_gflops
         return lstm_gflops()
+    if key == "gpt_gflops":
+        from dlforge.perf import gpt_gflops
+        return gpt_gflops()
     return machine_peak()
 
 
