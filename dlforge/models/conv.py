@@ -1,17 +1,17 @@
 """A 3×3, stride-1, padding-1 convolution whose CPU weight gradient is one matrix product per pair of images.
 
 On a 2-vCPU AMD EPYC with AVX2 (the CI machine's kind), oneDNN computes MY_NET's convolution weight gradients
-at about half the speed of their forward pass on channels-last tensors (conv2 at batch 64: 102-110 ms against
-40-45 ms; its input gradient takes 40 ms), and they are the largest part of the training step. The same
-gradient as im2col + GEMM:
+at about half the speed of their forward pass on channels-last tensors (conv2 at batch 64: 102-139 ms over
+four runs, against 40-45 ms; its input gradient takes 37-40 ms), and they are the largest part of the training
+step. The same gradient as im2col + GEMM:
 
     dW[o, c, kh, kw] = Σ_{b,h,w} dY[b, o, h, w] · X_pad[b, c, h + kh, w + kw]
                      = (cols^T @ dY_mat)[(kh, kw, c), o],  cols[(b, h, w), (kh, kw, c)] = X_pad[b, c, h+kh, w+kw]
 
 with cols built from channels-last views (9 strided copies of an image pair into one buffer whose zero borders
-are the padding, ~5 MB for conv2: it stays in cache) and MKL's sgemm, took 77-83 ms against oneDNN's 102 for
-conv2 and 64 against 72 for conv3 (the best of 6, interleaved; medians 87-88 against 120, 75 against 85); a
-whole training step: benchmarks/peak_ceiling.py --ab. The input gradient stays oneDNN's, and so
+are the padding, ~5 MB for conv2: it stays in cache) and MKL's sgemm, took 83-88 ms against oneDNN's 102-120
+for conv2 and 64-75 against 72-85 for conv3 (best and median of 6, interleaved, in one run); the whole
+training step: benchmarks/peak_ceiling.py --ab. The input gradient stays oneDNN's, and so
 does a convolution with few input channels (conv1: 3), where oneDNN is faster. The forward pass is
 F.conv2d's. The sums run in another order than oneDNN's, so the weight gradients differ from it in the last
 bits (relative 1e-5); the order is fixed, so runs repeat exactly.
