@@ -90,7 +90,7 @@ def run(model: str, name: str, minutes: float, work: Path) -> dict:
             "--eval-tokens", "32768"]
     from dlforge.perf import matmul_peak
     peak = matmul_peak(2048, 10)  # this run's machine speed: the table converts minutes by it
-    speeds = {k: round(machine_speed(k), 1) for k in [SPEED[model]] if k != "peak_gflops"}  # and its model's own
+    speeds = {SPEED[model]: round(machine_speed(SPEED[model]), 1)}  # and its model's own
     report, meta, wall = train_cli(argv, out)
     params = sum(p.numel() for p in __import__("dlforge").load(out).model.parameters())
     return {"model": model, "candidate": name, "minutes": minutes, "options": options,
@@ -108,7 +108,7 @@ def table(sweep: list[dict], archives: list[list[dict]] = ()) -> dict:
     sweeps (other machines or days), which add their mismatch measurements to the shortfall cost only."""
     medians = {key: statistics.median(xs) for key in sorted(set(SPEED.values()) | {"peak_gflops"})
                if (xs := [r[key] for r in sweep if r.get(key)])}
-    sweep = _machine_peaks(sweep)
+    sweep = _machine_speeds(sweep)
     best = _best(sweep)
     recipes: dict[str, list] = {}
     for (model, minutes), r in sorted(best.items()):
@@ -120,7 +120,7 @@ def table(sweep: list[dict], archives: list[list[dict]] = ()) -> dict:
                                               "machine": r.get("machine")})
     short, long = mismatch_costs(sweep, best)
     for runs in archives:
-        runs = _machine_peaks(runs)
+        runs = _machine_speeds(runs)
         s, lg = mismatch_costs(runs, _best(runs))
         short, long = short + s, long + lg
     return {"about": "dlforge train gpt|lstm --max-time M without sizes converts M minutes into t minutes of "
@@ -133,7 +133,7 @@ def table(sweep: list[dict], archives: list[list[dict]] = ()) -> dict:
                      "the sweep. The speeds at the top: the median of the runs', for rows without their own.",
             "command": "flock /tmp/dlforge-cpu.lock python -m benchmarks.budget_sweep --save",
             **{"peak_gflops": None, **medians},
-            "speed": {m: k for m, k in SPEED.items() if k != "peak_gflops"},
+            "speed": dict(SPEED),
             "shortfall_cost": round(statistics.mean(short) / statistics.mean(long), 2) if short and long else None,
             "mismatch": {"shorter_budget_than_sized": [round(c, 4) for c in short],
                          "longer_budget_than_sized": [round(c, 4) for c in long],
@@ -141,7 +141,7 @@ def table(sweep: list[dict], archives: list[list[dict]] = ()) -> dict:
             "recipes": recipes}
 
 
-def _machine_peaks(sweep: list[dict]) -> list[dict]:
+def _machine_speeds(sweep: list[dict]) -> list[dict]:
     """The runs with each one's speeds (matmul peak, LSTM speed) replaced by the median of its machine's runs':
     a speed is the machine's, so a run made before the sweep measured one gets its machine's median too."""
     by_machine: dict[tuple, list] = {}
@@ -208,7 +208,7 @@ def plot(sweep: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
-    sweep = _machine_peaks(sweep)
+    sweep = _machine_speeds(sweep)
     models = sorted({r["model"] for r in sweep})
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.4), squeeze=False)
     for ax, model in zip(axes[0], models):

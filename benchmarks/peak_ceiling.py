@@ -154,13 +154,13 @@ def ab_conv_weight_grad(steps: int, rounds: int) -> dict:
     import dlforge.models.conv as conv
     torch.manual_seed(0)
     step, what = cnn_step()
-    on = {"onednn": (1 << 30, lambda: False), "gemm": (conv.GEMM_MIN_CHANNELS, lambda: True)}
+    on = {"onednn": lambda: False, "gemm": lambda: True}  # conv.gemm_weight_grad: the one switch
     ms: dict[str, list[float]] = {k: [] for k in on}
     peaks = []
     for r in range(rounds + 1):  # the first round warms up both
         peaks.append(matmul_peak())
-        for name, (channels, cpu) in on.items():
-            conv.GEMM_MIN_CHANNELS, conv.gemm_weight_grad = channels, cpu
+        for name, switch in on.items():
+            conv.gemm_weight_grad = switch
             t = time.perf_counter()
             for _ in range(steps):
                 step()
@@ -203,7 +203,7 @@ def main() -> None:
         return
     if args.conv_weight_grad == "onednn":
         import dlforge.models.conv
-        dlforge.models.conv.GEMM_MIN_CHANNELS = 1 << 30  # every convolution falls back to torch's own
+        dlforge.models.conv.gemm_weight_grad = lambda: False  # every convolution falls back to torch's own
     makers = {"cnn-train": cnn_step, "cnn-eval": cnn_eval, "gpt-train": gpt_step}
     rows = []
     for name in args.models:

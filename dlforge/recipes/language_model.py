@@ -179,14 +179,12 @@ def machine_peak() -> float:
 
 
 def machine_speed(key: str) -> float:
-    """This machine's speed by the measure `key` of SPEEDS (under a second each)."""
-    if key == "lstm_gflops":
-        from dlforge.perf import lstm_gflops
-        return lstm_gflops()
-    if key == "gpt_gflops":
-        from dlforge.perf import gpt_gflops
-        return gpt_gflops()
-    return machine_peak()
+    """This machine's speed by the measure `key` of SPEEDS (under a second each): the function of that name in
+    dlforge.perf, or for the matmul peak machine_peak."""
+    if key == "peak_gflops":
+        return machine_peak()
+    import dlforge.perf
+    return getattr(dlforge.perf, key)()
 
 
 def default_block_size(model: str) -> int:
