@@ -374,6 +374,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     t.add_argument("--beta2", type=float, help="Adam's second-moment decay (default 0.999; 0.99 for small LMs)")
     t.add_argument("--eval-every", type=int, help="evaluate and checkpoint every N steps (default: each epoch; "
                                                   "diffusion 500)")
+    t.add_argument("--ema-decay", type=float, help="classifiers and diffusion: the moving average of the weights "
+                   "that validates and is loaded (default 0.999; 0: none)")
     t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files")
     t.add_argument("--init-from", help="start from these weights: safetensors, or a PyTorch file (read weights-only)")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -431,7 +433,6 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     dif.add_argument("--beta-schedule", help="linear (default) | cosine")
     dif.add_argument("--cond-drop", type=float, help="probability of training on the empty caption "
                                                      "(classifier-free guidance; 0.1)")
-    dif.add_argument("--ema-decay", type=float, help="moving average of the weights, used to sample (0.999)")
     dif.add_argument("--snr-gamma", type=float, help="Min-SNR-γ loss weight min(SNR, γ)/SNR (faster "
                                                      "convergence; 5); 0: plain ε MSE")
     dif.add_argument("--text-encoder", help="own (default: a Transformer trained with the model) or a local "

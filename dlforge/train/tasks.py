@@ -1,6 +1,7 @@
 """What a batch means. A task turns (model, batch) into a loss and metrics; the trainer only calls it."""
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass
 
@@ -41,19 +42,79 @@ class Task:
         pass
 
 
+class AveragedWeights:
+    """An exponential moving average of the weights (Polyak averaging, as Keras's `use_ema` and timm's
+    ModelEma keep one): decay min(ema_decay, (1 + n) / (10 + n)) at update n, updated after every optimiser
+    step (after_step), saved in checkpoints as task.ema.*, used for validation (`averaged`) and loaded by the
+    run's handle in place of the raw weights. The training itself is unchanged. ema_decay 0: none is kept.
+    A subclass declares the `ema_decay` field and calls _init_ema() from __post_init__."""
+    ema_decay: float
+
+    def _init_ema(self) -> None:
+        if not 0 <= self.ema_decay < 1:
+            raise DlforgeError(f"--ema-decay: expected a number in [0, 1) (0: no moving average), got {self.ema_decay}")
+        self.ema: dict[str, torch.Tensor] | None = None
+        self.ema_updates = 0
+
+    @torch.no_grad()
+    def after_step(self, model: torch.nn.Module) -> None:
+        """ema ← d·ema + (1 - d)·θ."""
+        if not self.ema_decay:
+            return
+        params = dict(model.named_parameters())
+        if self.ema is None:
+            self.ema = {k: p.detach().float().clone() for k, p in params.items()}
+        self.ema_updates += 1
+        d = min(self.ema_decay, (1 + self.ema_updates) / (10 + self.ema_updates))
+        torch._foreach_lerp_(list(self.ema.values()), [params[k].detach().float() for k in self.ema], 1 - d)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        if self.ema is None:
+            return {}
+        return {**{f"task.ema.{k}": v.detach().cpu().contiguous() for k, v in self.ema.items()},
+                "task.ema_updates": torch.tensor(self.ema_updates)}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], device: torch.device) -> None:
+        ema = {k[len("task.ema."):]: v.to(device) for k, v in tensors.items() if k.startswith("task.ema.")}
+        self.ema = ema or None
+        self.ema_updates = int(tensors.get("task.ema_updates", torch.tensor(0)))
+
+    def swap_ema(self, model: torch.nn.Module) -> None:
+        """Exchange the model's weights with the moving average (call twice to undo)."""
+        if self.ema is None:
+            return
+        with torch.no_grad():
+            for k, p in model.named_parameters():
+                tmp = p.detach().clone()
+                p.copy_(self.ema[k])
+                self.ema[k].copy_(tmp)
+
+    @contextlib.contextmanager
+    def averaged(self, model: torch.nn.Module):
+        """The model holds the moving average inside the block (its raw weights where none is kept yet)."""
+        self.swap_ema(model)
+        try:
+            yield model
+        finally:
+            self.swap_ema(model)
+
+
 @dataclass
-class ClassifyTask(Task):
+class ClassifyTask(AveragedWeights, Task):
     """Image classification with the reference's three losses:
     cross-entropy — K-way softmax classifier (K logits);
     bce — one class (positive_class) against the rest: one logit, BCEWithLogits;
     mse — regression of the label's value (e.g. the digit 0..9): one output, MSELoss, predictions rounded.
+    A moving average of the weights (AveragedWeights) is what validates, and what the run's handle loads.
     """
     num_classes: int
     loss: str = "cross-entropy"
     positive_class: int = 0
+    ema_decay: float = 0.0
     name: str = "classify"
 
     def __post_init__(self) -> None:
+        self._init_ema()
         if self.loss not in LOSSES:
             raise DlforgeError(f"--loss: expected one of {', '.join(LOSSES)}; got {self.loss!r}")
         if self.loss == "bce" and not 0 <= self.positive_class < self.num_classes:
@@ -164,16 +225,15 @@ def _fits(state, batch_size: int) -> bool:
 
 
 @dataclass
-class DenoiseTask(Task):
+class DenoiseTask(AveragedWeights, Task):
     """Denoising diffusion with ε-prediction (Ho et al., 2020). A batch is (x_0 (B, C, H, W) in [-1, 1],
     caption (B, L) token ids, or (B, S, D) states of a frozen text encoder); t ~ U{0..T-1}, ε ~ N(0, I),
     x_t = √ᾱ_t x_0 + √(1 - ᾱ_t) ε, loss = mean w_t ‖ε - ε̂(x_t, t, caption)‖² with the Min-SNR-γ weight
     w_t = min(SNR_t, γ) / SNR_t, SNR_t = ᾱ_t / (1 - ᾱ_t) (Hang et al., 2023: the nearly clean timesteps stop
     dominating the gradient, and training converges several times faster); snr_gamma = 0 gives w_t = 1.
     Classifier-free guidance (Ho & Salimans, 2022): each caption becomes the empty one (<s> alone; zero
-    states) with probability cond_drop. An exponential moving average of the weights, decay
-    min(ema_decay, (1 + n) / (10 + n)) at update n, is kept here after every optimiser step
-    (after_step), saved in checkpoints as task.ema.* and used for validation and sampling."""
+    states) with probability cond_drop. A moving average of the weights (AveragedWeights) is what validates
+    and samples."""
     num_train_timesteps: int = 1000
     beta_schedule: str = "linear"
     cond_drop: float = 0.1
@@ -188,15 +248,12 @@ class DenoiseTask(Task):
         from dlforge.diffusion.schedulers import DDPMScheduler
         if not 0 <= self.cond_drop < 1:
             raise DlforgeError(f"--cond-drop: expected a probability in [0, 1), got {self.cond_drop}")
-        if not 0 <= self.ema_decay < 1:
-            raise DlforgeError(f"--ema-decay: expected a number in [0, 1), got {self.ema_decay}")
+        self._init_ema()
         if not (self.snr_gamma >= 0 and math.isfinite(self.snr_gamma)):
             raise DlforgeError(f"--snr-gamma: expected a number >= 0 (0: no weighting), got {self.snr_gamma}")
         self.scheduler = DDPMScheduler(self.num_train_timesteps, self.beta_schedule)
         snr = self.scheduler.alphas_cumprod / (1 - self.scheduler.alphas_cumprod)
         self.loss_weight = (snr.clamp(max=self.snr_gamma) / snr if self.snr_gamma > 0 else torch.ones_like(snr)).float()
-        self.ema: dict[str, torch.Tensor] | None = None
-        self.ema_updates = 0
 
     def drop_condition(self, cond: torch.Tensor, p: float) -> torch.Tensor:
         """Each row replaced by the null condition with probability p."""
@@ -217,37 +274,6 @@ class DenoiseTask(Task):
         per_image = (eps_pred.float() - eps).pow(2).flatten(1).mean(1)                # (B,)
         loss = (self.loss_weight.to(x0.device)[t] * per_image).mean()
         return loss, {"count": x0.shape[0]}
-
-    @torch.no_grad()
-    def after_step(self, model: torch.nn.Module) -> None:
-        """ema ← d·ema + (1 - d)·θ."""
-        params = dict(model.named_parameters())
-        if self.ema is None:
-            self.ema = {k: p.detach().float().clone() for k, p in params.items()}
-        self.ema_updates += 1
-        d = min(self.ema_decay, (1 + self.ema_updates) / (10 + self.ema_updates))
-        torch._foreach_lerp_(list(self.ema.values()), [params[k].detach().float() for k in self.ema], 1 - d)
-
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        if self.ema is None:
-            return {}
-        return {**{f"task.ema.{k}": v.detach().cpu().contiguous() for k, v in self.ema.items()},
-                "task.ema_updates": torch.tensor(self.ema_updates)}
-
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor], device: torch.device) -> None:
-        ema = {k[len("task.ema."):]: v.to(device) for k, v in tensors.items() if k.startswith("task.ema.")}
-        self.ema = ema or None
-        self.ema_updates = int(tensors.get("task.ema_updates", torch.tensor(0)))
-
-    def swap_ema(self, model: torch.nn.Module) -> None:
-        """Exchange the model's weights with the moving average (call twice to undo)."""
-        if self.ema is None:
-            return
-        with torch.no_grad():
-            for k, p in model.named_parameters():
-                tmp = p.detach().clone()
-                p.copy_(self.ema[k])
-                self.ema[k].copy_(tmp)
 
 
 @dataclass
