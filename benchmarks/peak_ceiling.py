@@ -4,6 +4,8 @@ kernel reaches inside dlforge's real training steps, and the share of the step's
     flock /tmp/dlforge-cpu.lock python -m benchmarks.peak_ceiling --save     # cnn and gpt-small, ~2 minutes
     python -m benchmarks.peak_ceiling --ab 5 --steps 10 --save --out X.json  # the cnn step, oneDNN's conv weight
                                                                               # gradients against dlforge's
+    python -m benchmarks.peak_ceiling --ab 5 --ab-switch ema --steps 10      # the cnn step without and with the
+                                                                              # moving average of the weights
 
 Issue 20 part 3 asks for CNN training at >= 85% of the 2048² fp32 matmul peak, CNN evaluation at >= 90% and the
 GPT training step at >= 80%. A step is FLOPs / seconds; its FLOPs are almost all in convolutions and matrix
@@ -18,7 +20,7 @@ optimiser) only adds time. This benchmark measures both inside the step:
   measure it; and the step's share if everything but the FLOP-counted kernels took no time at all.
 
 The steps are the recipes' own: `cnn` (MY_NET) on 3 × 48 × 48 channels-last images, batch 64, Adam (fused), the
-dropout of the reference; `gpt-small` (4 × 4 × 192, no biases) on 32 windows of 128, AdamW (fused), clip 1; and
+dropout of the reference, the update of the moving average of the weights (--ema-decay 0.999); `gpt-small` (4 × 4 × 192, no biases) on 32 windows of 128, AdamW (fused), clip 1; and
 the cnn's evaluation forward at batch 256 under inference mode. Data are random tensors of the recipes' shapes:
 kernel speed does not depend on the values. The matmul peak is measured before each model.
 """
@@ -42,9 +44,12 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def cnn_step() -> tuple[Callable[[], None], str]:
+    from dlforge.recipes.classify import EMA_DECAY
     from dlforge.registry import create_model
+    from dlforge.train.tasks import ClassifyTask
     model = create_model("cnn", in_channels=3, img_size=48, num_classes=10).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), 1e-3, weight_decay=1e-4, fused=True)
+    task = ClassifyTask(num_classes=10, ema_decay=EMA_DECAY)  # the trainer calls its after_step after each step
     x = torch.randn(64, 3, 48, 48).to(memory_format=torch.channels_last)
     y = torch.randint(10, (64,))
 
@@ -52,7 +57,9 @@ def cnn_step() -> tuple[Callable[[], None], str]:
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
         opt.step()
-    return step, "cnn train: batch 64, 3 x 48 x 48, channels-last, Adam"
+        task.after_step(model)
+    step.task = task  # type: ignore[attr-defined]  (--ab-switch ema turns its average off and on)
+    return step, f"cnn train: batch 64, 3 x 48 x 48, channels-last, Adam, weight average {EMA_DECAY}"
 
 
 def cnn_eval() -> tuple[Callable[[], None], str]:
@@ -147,32 +154,46 @@ def measure(name: str, make: Callable[[], tuple[Callable[[], None], str]], steps
             "largest_other_ops_ms": dict(rest[:12])}
 
 
-def ab_conv_weight_grad(steps: int, rounds: int) -> dict:
-    """The cnn training step with conv2's and conv3's weight gradients from oneDNN and from dlforge's product
-    (dlforge.models.conv), alternated in one process: `rounds` pairs of `steps` steps, each pair's ratio."""
-    import statistics
+def _set_conv(step, on: bool) -> None:
     import dlforge.models.conv as conv
+    conv.gemm_weight_grad = lambda: on  # conv2's and conv3's weight gradients: the one switch
+
+
+def _set_ema(step, on: bool) -> None:
+    from dlforge.recipes.classify import EMA_DECAY
+    step.task.ema_decay = EMA_DECAY if on else 0.0  # 0: after_step returns at once
+
+
+# --ab-switch: (name of the step without, name with, how to set it)
+SWITCHES = {"conv-weight-grad": ("onednn", "gemm", _set_conv), "ema": ("no-average", "average", _set_ema)}
+
+
+def ab(steps: int, rounds: int, switch: str) -> dict:
+    """The cnn training step without and with one thing (SWITCHES: dlforge's product for conv2's and conv3's weight
+    gradients instead of oneDNN's, or the moving average of the weights), alternated in one process: `rounds` pairs
+    of `steps` steps, each pair's ratio of the step's time without to with."""
+    import statistics
     torch.manual_seed(0)
     step, what = cnn_step()
-    on = {"onednn": lambda: False, "gemm": lambda: True}  # conv.gemm_weight_grad: the one switch
-    ms: dict[str, list[float]] = {k: [] for k in on}
+    off_name, on_name, setter = SWITCHES[switch]
+    ms: dict[str, list[float]] = {off_name: [], on_name: []}
     peaks = []
     for r in range(rounds + 1):  # the first round warms up both
         peaks.append(matmul_peak())
-        for name, switch in on.items():
-            conv.gemm_weight_grad = switch
+        for name, on in ((off_name, False), (on_name, True)):
+            setter(step, on)
             t = time.perf_counter()
             for _ in range(steps):
                 step()
             if r:
                 ms[name].append(1e3 * (time.perf_counter() - t) / steps)
-    ratios = [a / b for a, b in zip(ms["onednn"], ms["gemm"])]
-    return {"model": "cnn-train", "what": what, "steps": steps, "rounds": rounds,
+    ratios = [a / b for a, b in zip(ms[off_name], ms[on_name])]
+    return {"model": "cnn-train", "what": what, "switch": switch, "steps": steps, "rounds": rounds,
             "fp32_matmul_peak_gflops": [round(p, 1) for p in peaks[1:]],
             "ms_per_step": {k: [round(x, 1) for x in v] for k, v in ms.items()},
             "median_ms_per_step": {k: round(statistics.median(v), 1) for k, v in ms.items()},
-            "speedup_of_gemm": {"median": round(statistics.median(ratios), 3), "min": round(min(ratios), 3),
-                                "max": round(max(ratios), 3)}}
+            f"speedup_of_{on_name.replace('-', '_')}": {"median": round(statistics.median(ratios), 3),
+                                                         "min": round(min(ratios), 3), "max": round(max(ratios), 3)}}
 
 
 def main() -> None:
@@ -185,8 +206,11 @@ def main() -> None:
                          "oneDNN's, as before (dlforge.models.conv)")
     ap.add_argument("--save", action="store_true", help="also write the JSON to --out")
     ap.add_argument("--out", type=Path, default=RESULTS / "peak-ceiling.json")
-    ap.add_argument("--ab", type=int, metavar="ROUNDS", help="instead: the cnn training step with oneDNN's and "
-                    "dlforge's convolution weight gradients alternated, ROUNDS pairs of --steps steps")
+    ap.add_argument("--ab", type=int, metavar="ROUNDS", help="instead: the cnn training step without and with "
+                    "--ab-switch alternated, ROUNDS pairs of --steps steps")
+    ap.add_argument("--ab-switch", choices=sorted(SWITCHES), default="conv-weight-grad",
+                    help="with --ab: oneDNN's convolution weight gradients against dlforge's (default), or the step "
+                         "without and with the moving average of the weights")
     args = ap.parse_args()
     if args.steps < 1:
         sys.exit("--steps: expected 1 or more")
@@ -196,7 +220,7 @@ def main() -> None:
         result = {"benchmark": "peak_ceiling --ab",
                   "command": "python -m benchmarks.peak_ceiling " + " ".join(sys.argv[1:]),
                   "machine": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                  "rows": [ab_conv_weight_grad(args.steps, args.ab)]}
+                  "rows": [ab(args.steps, args.ab, args.ab_switch)]}
         print(json.dumps(result, indent=1))
         if args.save:
             args.out.write_text(json.dumps(result, indent=1) + "\n")
