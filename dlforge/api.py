@@ -41,6 +41,6 @@ def train(model: str, data: Any = None, *, out: str | Path | None = None, resume
 def load(path: str | Path, device: str = "auto", which: str = "best", ema: bool = True) -> Handle:
     """A run directory -> its family's handle (Classifier, LanguageModel, Translator, Diffuser or Transcriber) with the
     model of checkpoint `which` ("best", else "last") loaded once, on `device`: its moving average of the weights
-    where the run keeps one (classifiers, diffusion; ema=False: the raw weights)."""
+    where the run keeps one (classifiers, language models, diffusion; ema=False: the raw weights)."""
     run = Run.open(path)
     return recipe_for(run.config.task).handle(run, device=device, which=which, ema=ema)

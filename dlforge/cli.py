@@ -374,8 +374,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     t.add_argument("--beta2", type=float, help="Adam's second-moment decay (default 0.999; 0.99 for small LMs)")
     t.add_argument("--eval-every", type=int, help="evaluate and checkpoint every N steps (default: each epoch; "
                                                   "diffusion 500)")
-    t.add_argument("--ema-decay", type=float, help="classifiers and diffusion: the moving average of the weights "
-                   "that validates and is loaded (default 0.999; 0: none)")
+    t.add_argument("--ema-decay", type=float, help="classifiers, language models and diffusion: the moving average "
+                   "of the weights that validates and is loaded (default 0.999; language models 0.99; 0: none)")
     t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files")
     t.add_argument("--init-from", help="start from these weights: safetensors, or a PyTorch file (read weights-only)")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

@@ -50,8 +50,8 @@ def option_argv(options: dict) -> list[str]:
 class Handle:
     """A trained run, loaded once: `.model` (eval mode, on `.device`), `.config` (RunConfig), `.path`, and the
     family's methods. What `dlforge.load(path)` returns; the CLI, the server and the exporter all use it.
-    Where the checkpoint keeps a moving average of the weights (task.ema.*: classifiers, diffusion), the model
-    holds it (ema=False: the raw weights)."""
+    Where the checkpoint keeps a moving average of the weights (task.ema.*: classifiers, language models,
+    diffusion), the model holds it (ema=False: the raw weights)."""
 
     def __init__(self, run: Run | str | Path, device: str = "auto", which: str = "best", ema: bool = True):
         self.run = run if isinstance(run, Run) else Run.open(run)
@@ -60,9 +60,9 @@ class Handle:
         self.device = pick_device(device)
         self.artifacts = self.recipe.load_artifacts(self.run)
         model, self.tensors, self.checkpoint = load_model(self.run, which)
-        averaged = {"model." + k[len("task.ema."):]: v for k, v in self.tensors.items() if k.startswith("task.ema.")}
+        averaged = {k[len("task.ema."):]: v for k, v in self.tensors.items() if k.startswith("task.ema.")}
         if ema and averaged:
-            ckpt.restore_model(model, averaged, self.checkpoint)
+            ckpt.restore_averaged(model, averaged, self.checkpoint)
         self.model = self.recipe.ready_model(model, self.config).to(self.device).eval()
         self.report: dict | None = None  # set by dlforge.train: the evaluation at the end of training
 

@@ -31,6 +31,11 @@ from dlforge.train.tasks import LanguageModelTask
 from dlforge.train.trainer import TrainConfig, autocast
 
 TASK = "language-model"
+# The moving average of the weights that new language-model runs validate and load (--ema-decay; 0: none).
+# Training is unchanged. With the warm-up min(d, (1 + n) / (10 + n)) it averages about the last hundred steps
+# of a run: gpt-small's 1,574-step recipe ends 0.010-0.012 nats lower than its last raw weights (README,
+# "Against nanoGPT"). Runs made before it have none.
+EMA_DECAY = 0.99
 
 
 @dataclass
@@ -262,6 +267,7 @@ class LanguageModelRecipe(Recipe):
     model_options = {"layers": "n_layer", "heads": "n_head", "width": "d_model", "dropout": "dropout",
                      "pos_encoding": "pos_encoding", "tie_weights": "tie_weights",
                      "bias": "bias"}
+    task_options = {"ema_decay": "ema_decay"}
     artifacts = ("tokenizer.json",)
 
     def budget_options(self, model: str, options: dict) -> dict:
@@ -322,8 +328,15 @@ class LanguageModelRecipe(Recipe):
     def load_artifacts(self, run: Run) -> textdata.TextTokenizer:
         return textdata.TextTokenizer.load(run.path / "tokenizer.json")
 
+    def check_task_options(self, options: dict) -> None:
+        LanguageModelTask(vocab_size=1, **options)
+
+    def full_task_options(self, options: dict) -> dict:
+        return {"ema_decay": EMA_DECAY, **options}
+
     def make_task(self, cfg: RunConfig, model: torch.nn.Module) -> LanguageModelTask:
-        return LanguageModelTask(cfg.model_kwargs["vocab_size"], recurrent=bool(getattr(model, "recurrent", False)))
+        return LanguageModelTask(cfg.model_kwargs["vocab_size"], recurrent=bool(getattr(model, "recurrent", False)),
+                                 **cfg.task_options)  # runs made before the moving average have none
 
     def loader(self, cfg: RunConfig, data: TextData, tcfg: TrainConfig, task: LanguageModelTask) -> TokenLoader:
         """gpt: random windows; recurrent models: contiguous streams, one per batch row (truncated BPTT)."""
@@ -341,7 +354,8 @@ class LanguageModelRecipe(Recipe):
 
         def evaluate(model: torch.nn.Module) -> dict:
             dev = next(model.parameters()).device
-            r = lm_loss(model, data.val, dc.block_size, dev, tcfg.precision, dc.eval_tokens)
+            with task.averaged(model):
+                r = lm_loss(model, data.val, dc.block_size, dev, tcfg.precision, dc.eval_tokens)
             return {"loss": r["loss"], "accuracy": r["accuracy"], **figures(r["loss"], tpc)}
         return evaluate
 

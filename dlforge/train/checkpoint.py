@@ -94,6 +94,22 @@ def restore_model(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path
         raise DlforgeError(f"{path}: weights do not fit this model ({first[0].strip()})") from None
 
 
+def restore_averaged(model: torch.nn.Module, averaged: dict[str, torch.Tensor], path: Path | str = "checkpoint") -> None:
+    """The moving average of the weights (task.ema.NAME, one per parameter as named_parameters() names them:
+    a tied weight once, no buffers) copied into the model's parameters."""
+    params = dict(model.named_parameters())
+    if set(params) != set(averaged):
+        odd = sorted(set(params) ^ set(averaged))[0]
+        raise DlforgeError(f"{path}: its moving average of the weights does not fit this model "
+                           f"({'no task.ema.' + odd if odd in params else 'unexpected task.ema.' + odd})")
+    with torch.no_grad():
+        for k, p in params.items():
+            if averaged[k].shape != p.shape:
+                raise DlforgeError(f"{path}: task.ema.{k} has shape {tuple(averaged[k].shape)}, the model's "
+                                   f"{tuple(p.shape)}")
+            p.copy_(averaged[k])
+
+
 def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     saved = meta["optimizer"]
     state: dict[int, dict] = {}

@@ -17,7 +17,8 @@ class Task:
     """The trainer's whole contract with a task; a task overrides what it needs.
     step(model, batch) -> (mean loss, {"count": samples, "correct": right predictions});
     state_tensors()/load_state_tensors(): state carried across batches, saved in checkpoints as task.*;
-    state_batch_dim: the batch dimension of that state (data-parallel ranks each hold rows), None if shared;
+    state_batch_dim: the batch dimension of the per-row state named task.state.* (data-parallel ranks each hold
+    rows of it), None if there is none; other task tensors are shared by all ranks;
     after_step(model): after each optimiser step (e.g. a moving average of the weights)."""
     name = "task"
     unit, units = "img", "images"     # the progress bar's rate (img/s) and the metrics' images_per_s
@@ -175,12 +176,14 @@ def _detach(state):
 
 
 @dataclass
-class LanguageModelTask(Task):
+class LanguageModelTask(AveragedWeights, Task):
     """Next-token prediction. The model maps ids (B, T) to (logits (B, T, V), state); the loss is the
     mean cross-entropy per token in nats, -1/N Σ log p(x_{t+1} | x_≤t). Recurrent models (model.recurrent)
     carry their hidden state from batch to batch, detached (truncated backpropagation through time);
-    the loader's reset flag starts it again from zero."""
+    the loader's reset flag starts it again from zero. A moving average of the weights (AveragedWeights)
+    is what validates, and what the run's handle loads."""
     vocab_size: int
+    ema_decay: float = 0.0
     name: str = "language-model"
     unit = "tok"      # the progress bar's rate: tok/s
     units = "tokens"  # ... and the metrics' tokens_per_s
@@ -189,6 +192,7 @@ class LanguageModelTask(Task):
     recurrent: bool = False  # rows of a batch continue the streams of the last one's (truncated BPTT)
 
     def __post_init__(self) -> None:
+        self._init_ema()
         self.state = None
         self.splittable = not self.recurrent  # the carried state belongs to the whole batch's rows
 
@@ -206,13 +210,16 @@ class LanguageModelTask(Task):
         return loss, {"correct": correct, "count": y.numel()}
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        """The carried hidden state, saved in checkpoints so that --resume continues the same streams."""
+        """The carried hidden state, saved in checkpoints so that --resume continues the same streams, and the
+        moving average of the weights."""
+        averaged = super().state_tensors()
         if self.state is None:
-            return {}
+            return averaged
         parts = self.state if isinstance(self.state, tuple) else (self.state,)
-        return {f"task.state.{i}": s.detach().cpu().contiguous() for i, s in enumerate(parts)}
+        return {**averaged, **{f"task.state.{i}": s.detach().cpu().contiguous() for i, s in enumerate(parts)}}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor], device: torch.device) -> None:
+        super().load_state_tensors(tensors, device)
         parts = [tensors[k].to(device) for k in sorted(k for k in tensors if k.startswith("task.state."))]
         self.state = None if not parts else (parts[0] if len(parts) == 1 else tuple(parts))
 

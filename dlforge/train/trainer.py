@@ -3,7 +3,8 @@ callback. Checkpoints at every epoch end and at any early stop; `resume()` conti
 a kill at any instant. Under torchrun the same loop runs data-parallel (train/distributed.py).
 
 A task may carry state across batches (`state_tensors()` -> tensors named task.*, `load_state_tensors()`);
-`state_batch_dim` names its batch dimension, so that ranks can gather and slice it."""
+`state_batch_dim` names the batch dimension of its per-row state (task.state.*), so that ranks can gather and
+slice it; its other tensors (a moving average of the weights, task.ema.*) are the same on every rank."""
 from __future__ import annotations
 
 import contextlib
@@ -208,8 +209,10 @@ class Trainer:
                 "evals_since_best": self.evals_since_best}
         extra = self.task.state_tensors()
         dim = self.task.state_batch_dim
-        if self.world.active and dim is not None:
-            extra = distributed.gather_rows(extra, dim, self.world)
+        if self.world.active and dim is not None:  # the per-row state (task.state.*) of the global batch
+            rows = {k: v for k, v in extra.items() if k.startswith("task.state.")}
+            shared = {k: v for k, v in extra.items() if k not in rows}
+            extra = {**shared, **distributed.gather_rows(rows, dim, self.world)}  # every rank calls it: a collective
         if self.world.active:
             extra = {**extra, **distributed.rng_states(self.world)}
         distributed.from_main(lambda: ckpt.save_checkpoint(self.run.checkpoint(which), self.model, meta, self.opt,
@@ -237,8 +240,8 @@ class Trainer:
         distributed.restore_rng(tensors, self.world, self.cfg.seed, meta["step"])
         dim = self.task.state_batch_dim
         if self.world.active and dim is not None:  # this rank's rows of the global batch's state
-            task = {k: v for k, v in tensors.items() if k.startswith("task.")}
-            tensors = {**tensors, **distributed.slice_rows(task, dim, self.world)}
+            rows = {k: v for k, v in tensors.items() if k.startswith("task.state.")}
+            tensors = {**tensors, **distributed.slice_rows(rows, dim, self.world)}
         self.task.load_state_tensors(tensors, self.device)
         self.epoch, self.step_in_epoch, self.step = meta["epoch"], meta["step_in_epoch"], meta["step"]
         self.elapsed, self.best, self.sums = meta["elapsed"], meta["best"], meta["sums"]
