@@ -5,9 +5,11 @@ first approach: several sizes trained to each budget, the best one kept).
     flock /tmp/dlforge-cpu.lock python -m benchmarks.budget_sweep --save          # gpt and lstm, 3/10/30 min
     python -m benchmarks.budget_sweep --models gpt --budgets 3 --candidates gpt-s gpt-m
     python -m benchmarks.budget_sweep --fit-only --save     # the table and plot from the runs already made
+    python -m benchmarks.budget_sweep --replay gpt:10 lstm:3  # those rows again by their steps, raw and averaged
 
 Every (budget, candidate) is one real `dlforge train MODEL --max-time M` with the candidate's flags and a
-cosine schedule that ends with the budget; its full-validation loss is read from the run's report. Runs are
+cosine schedule that ends with the budget; its full-validation loss is read from the run's report (the moving
+average of the weights, as the run loads it; val_loss_raw: the same checkpoint's raw weights). Runs are
 kept in benchmarks/results/budget-sweep.json as they finish, and a run already there is not run again
 (--rerun to redo them), so a sweep can be stopped and continued. With --save the table
 dlforge/recipes/budgets.json (what `dlforge train gpt --max-time M` uses when no size is given) is rewritten
@@ -92,12 +94,33 @@ def run(model: str, name: str, minutes: float, work: Path) -> dict:
     peak = matmul_peak(2048, 10)  # this run's machine speed: the table converts minutes by it
     speeds = {SPEED[model]: round(machine_speed(SPEED[model]), 1)}  # and its model's own
     report, meta, wall = train_cli(argv, out)
-    params = sum(p.numel() for p in __import__("dlforge").load(out).model.parameters())
+    import dlforge
+    params = sum(p.numel() for p in dlforge.load(out).model.parameters())
+    raw = dlforge.load(out, ema=False).evaluate()["loss"]  # the same checkpoint without its moving average
     return {"model": model, "candidate": name, "minutes": minutes, "options": options,
-            "val_loss": report["loss"], "steps": meta["step"], "parameters": params,
+            "val_loss": report["loss"], "val_loss_raw": raw, "steps": meta["step"], "parameters": params,
             "tokens": meta["step"] * options["batch_size"] * options["block_size"],
             "wall_s": round(wall, 1), "peak_gflops": round(peak, 1), **speeds, "machine": cpu_name(),
             "command": "dlforge train " + " ".join(argv)}
+
+
+def replay(model: str, minutes: float, work: Path) -> dict:
+    """The table's row for (model, minutes) trained again by its run's step count instead of the clock: on any
+    machine, the training the sweep's run did (its cosine then follows the steps, not the minutes), scored with
+    and without the moving average of the weights, which the sweep's runs were made without."""
+    rows = [r for r in json.loads(TABLE.read_text())["recipes"][model] if r["minutes"] == minutes]
+    if not rows:
+        sys.exit(f"--replay: the table has no {model} row of {minutes:g} minutes")
+    row = rows[0]
+    out = work / f"replay-{row['candidate']}-{minutes:g}"
+    argv = [model, *option_argv(row["options"]), "--data", "tinyshakespeare", "--tokenizer", "char",
+            "--max-steps", str(row["steps"]), "--epochs", "1000", "--eval-tokens", "32768"]
+    report, meta, wall = train_cli(argv, out)
+    import dlforge
+    return {"model": model, "minutes": minutes, "candidate": row["candidate"], "steps": meta["step"],
+            "table_val_loss": row["val_loss"], "table_machine": row["machine"],
+            "val_loss": report["loss"], "val_loss_raw": dlforge.load(out, ema=False).evaluate()["loss"],
+            "wall_s": round(wall, 1), "machine": cpu_name(), "command": "dlforge train " + " ".join(argv)}
 
 
 def table(sweep: list[dict], archives: list[list[dict]] = ()) -> dict:
@@ -244,7 +267,12 @@ def main() -> None:
     ap.add_argument("--rerun", action="store_true", help="run again what the sweep file already holds")
     ap.add_argument("--save", action="store_true", help="rewrite dlforge/recipes/budgets.json and the plot")
     ap.add_argument("--fit-only", action="store_true", help="run nothing: refit the table from the sweep file")
+    ap.add_argument("--replay", nargs="+", metavar="MODEL:MINUTES",
+                    help="instead: train these rows of the table again by their steps, with and without the moving "
+                         "average (appended to benchmarks/results/budget-replay.json), e.g. gpt:10 lstm:3")
     args = ap.parse_args()
+    if args.replay:
+        return replay_rows(args.replay)
     sweep = json.loads(SWEEP.read_text())["runs"] if SWEEP.exists() else []
     with tempfile.TemporaryDirectory() as tmp:
         if args.fit_only:
@@ -268,6 +296,19 @@ def main() -> None:
         TABLE.write_text(json.dumps(fitted, indent=1) + "\n")
         plot(sweep, RESULTS / "budget-sweep.png")
     print(json.dumps(fitted["recipes"]))
+
+
+def replay_rows(specs: list[str]) -> None:
+    path = RESULTS / "budget-replay.json"
+    for spec in specs:
+        model, _, minutes = spec.partition(":")
+        if model not in CANDIDATES or not minutes.replace(".", "", 1).isdigit():
+            sys.exit(f"--replay: expected MODEL:MINUTES with MODEL one of {', '.join(CANDIDATES)}, e.g. gpt:10; got {spec!r}")
+        with tempfile.TemporaryDirectory() as tmp:
+            r = replay(model, float(minutes), Path(tmp))
+        print(json.dumps(r))
+        runs = json.loads(path.read_text())["runs"] if path.exists() else []
+        path.write_text(json.dumps({"runs": runs + [r]}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ pair. Step time: nanoGPT's own per-iteration log without its first 10 steps, dlf
 its steps (its first steps count: slightly against dlforge). Neither includes start-up or evaluation. The ratio of each pair, and dlforge's share of that pair's peak (FLOPs of one step counted by
 FlopCounterMode), as median (min–max).
 
-quality: both checkpoints after 1,574 steps scored by one evaluator, dlforge's full-validation loss
+quality: both checkpoints after 1,574 steps scored by one evaluator, dlforge's full-validation loss (dlforge's
+run with its moving average of the weights, --ema-decay 0.99 by default, and with its last raw weights)
 (lm_loss: non-overlapping windows of 128 over the whole last 10% of the text; nanoGPT's weights are loaded into
 dlforge's GPT, the same arithmetic), each on its own script's validation split (nanoGPT's is one character
 longer).
@@ -240,9 +241,9 @@ def nanogpt_val_loss(tree: Path, ckpt: Path | None = None, model=None) -> dict:
     return lm_loss(model, val, SHAPE["block_size"], torch.device("cpu"))
 
 
-def dlforge_val_loss(run: Path, which: str) -> dict:
+def dlforge_val_loss(run: Path, which: str, ema: bool = True) -> dict:
     import dlforge
-    h = dlforge.load(run, which=which)
+    h = dlforge.load(run, which=which, ema=ema)
     return {"loss": h.evaluate()["loss"]}
 
 
@@ -283,7 +284,8 @@ def quality_benchmark(args, work: Path) -> dict:
     for seed in args.seeds:
         run = work / f"dlforge-seed{seed}"
         r = run_dlforge(args.steps, run, seed=seed)
-        r["full_val_loss_last"] = dlforge_val_loss(run, "last")["loss"]
+        r["full_val_loss_last"] = dlforge_val_loss(run, "last")["loss"]   # the moving average: what the run loads
+        r["full_val_loss_last_raw"] = dlforge_val_loss(run, "last", ema=False)["loss"]  # its last step's weights
         r["full_val_loss_best"] = r.pop("report")["loss"]
         out["runs"].append({"who": "dlforge", "seed": seed, **r})
         print(json.dumps(out["runs"][-1]), file=sys.stderr)
@@ -311,7 +313,7 @@ def lockstep_benchmark(args, work: Path) -> dict:
                        entry=("-m", "benchmarks.gpt_vs_nanogpt", "_locked-dlforge", str(files["offsets.npy"]),
                               str(files["losses.txt"])))
     import dlforge
-    handle = dlforge.load(run, which="last")  # loaded once, scored on both splits
+    handle = dlforge.load(run, which="last", ema=False)  # the raw weights, as nanoGPT's; scored on both splits
     ours["full_val_loss"] = handle.evaluate()["loss"]
     # both checkpoints on one split for this comparison: the same characters, the same windows
     ours["full_val_loss_on_nanogpt_split"] = nanogpt_val_loss(tree, model=handle.model)["loss"]
