@@ -6,6 +6,7 @@ first approach: several sizes trained to each budget, the best one kept).
     python -m benchmarks.budget_sweep --models gpt --budgets 3 --candidates gpt-s gpt-m
     python -m benchmarks.budget_sweep --fit-only --save     # the table and plot from the runs already made
     python -m benchmarks.budget_sweep --replay gpt:10 lstm:3  # those rows again by their steps, raw and averaged
+    python -m benchmarks.budget_sweep --replay gpt:10 --set lr=0.004  # ... with an option changed
 
 Every (budget, candidate) is one real `dlforge train MODEL --max-time M` with the candidate's flags and a
 cosine schedule that ends with the budget; its full-validation loss is read from the run's report (the moving
@@ -104,20 +105,23 @@ def run(model: str, name: str, minutes: float, work: Path) -> dict:
             "command": "dlforge train " + " ".join(argv)}
 
 
-def replay(model: str, minutes: float, work: Path) -> dict:
+def replay(model: str, minutes: float, work: Path, changes: dict | None = None) -> dict:
     """The table's row for (model, minutes) trained again by its run's step count instead of the clock: on any
     machine, the training the sweep's run did (its cosine then follows the steps, not the minutes), scored with
-    and without the moving average of the weights, which the sweep's runs were made without."""
+    and without the moving average of the weights, which the sweep's runs were made without. `changes`: options
+    that differ from the row's (--set lr=0.004). A change that keeps the model's shape keeps its step time, so
+    the replay is what that candidate would have done in the row's minutes on the row's machine."""
     rows = [r for r in json.loads(TABLE.read_text())["recipes"][model] if r["minutes"] == minutes]
     if not rows:
         sys.exit(f"--replay: the table has no {model} row of {minutes:g} minutes")
     row = rows[0]
     out = work / f"replay-{row['candidate']}-{minutes:g}"
-    argv = [model, *option_argv(row["options"]), "--data", "tinyshakespeare", "--tokenizer", "char",
+    argv = [model, *option_argv({**row["options"], **(changes or {})}), "--data", "tinyshakespeare", "--tokenizer", "char",
             "--max-steps", str(row["steps"]), "--epochs", "1000", "--eval-tokens", "32768"]
     report, meta, wall = train_cli(argv, out)
     import dlforge
-    return {"model": model, "minutes": minutes, "candidate": row["candidate"], "steps": meta["step"],
+    return {"model": model, "minutes": minutes, "candidate": row["candidate"], "changes": changes or {},
+            "steps": meta["step"],
             "table_val_loss": row["val_loss"], "table_machine": row["machine"],
             "val_loss": report["loss"], "val_loss_raw": dlforge.load(out, ema=False).evaluate()["loss"],
             "wall_s": round(wall, 1), "machine": cpu_name(), "command": "dlforge train " + " ".join(argv)}
@@ -270,9 +274,13 @@ def main() -> None:
     ap.add_argument("--replay", nargs="+", metavar="MODEL:MINUTES",
                     help="instead: train these rows of the table again by their steps, with and without the moving "
                          "average (appended to benchmarks/results/budget-replay.json), e.g. gpt:10 lstm:3")
+    ap.add_argument("--set", nargs="+", metavar="OPTION=VALUE",
+                    help="with --replay: options that differ from the row's, e.g. lr=0.004 ema_decay=0.998")
     args = ap.parse_args()
+    if args.set and not args.replay:
+        sys.exit("--set: only with --replay")
     if args.replay:
-        return replay_rows(args.replay)
+        return replay_rows(args.replay, dict(_setting(kv) for kv in args.set or ()))
     sweep = json.loads(SWEEP.read_text())["runs"] if SWEEP.exists() else []
     with tempfile.TemporaryDirectory() as tmp:
         if args.fit_only:
@@ -298,14 +306,26 @@ def main() -> None:
     print(json.dumps(fitted["recipes"]))
 
 
-def replay_rows(specs: list[str]) -> None:
+def _setting(text: str) -> tuple[str, float | int | str]:
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        sys.exit(f"--set: expected OPTION=VALUE, e.g. lr=0.004; got {text!r}")
+    for kind in (int, float):
+        try:
+            return key.replace("-", "_"), kind(value)
+        except ValueError:
+            pass
+    return key.replace("-", "_"), value
+
+
+def replay_rows(specs: list[str], changes: dict) -> None:
     path = RESULTS / "budget-replay.json"
     for spec in specs:
         model, _, minutes = spec.partition(":")
         if model not in CANDIDATES or not minutes.replace(".", "", 1).isdigit():
             sys.exit(f"--replay: expected MODEL:MINUTES with MODEL one of {', '.join(CANDIDATES)}, e.g. gpt:10; got {spec!r}")
         with tempfile.TemporaryDirectory() as tmp:
-            r = replay(model, float(minutes), Path(tmp))
+            r = replay(model, float(minutes), Path(tmp), changes)
         print(json.dumps(r))
         runs = json.loads(path.read_text())["runs"] if path.exists() else []
         path.write_text(json.dumps({"runs": runs + [r]}, indent=1) + "\n")
