@@ -357,7 +357,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     t.add_argument("--batch-size", type=int, help="default 64")
     t.add_argument("--lr", type=float, help="default 1e-3")
     t.add_argument("--weight-decay", type=float, help="default 1e-4")
-    t.add_argument("--optimizer", help="adam (default) | adamw | sgd | rmsprop")
+    t.add_argument("--optimizer", help="adam (default; language models adamw) | adamw | sgd | rmsprop")
     t.add_argument("--seed", type=int, help="default 0")
     t.add_argument("--device", help="auto (default) | cpu | cuda | cuda:N | mps")
     t.add_argument("--precision", help="fp32 (default) | bf16 | fp16 (autocast)")

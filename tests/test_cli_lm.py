@@ -45,6 +45,15 @@ def gpt_run(corpus, tmp_path_factory) -> Path:
     return out
 
 
+def test_language_models_decay_weights_as_adamw_unless_told(gpt_run, corpus, tmp_path):
+    """New runs train with AdamW (decoupled weight decay, as nanoGPT); --optimizer adam still wins."""
+    assert json.loads((gpt_run / "config.json").read_text())["train"]["optimizer"] == "adamw"
+    out = tmp_path / "adam"
+    assert main(["train", "gpt-tiny", "--data-file", str(corpus), *FAST, "--max-steps", "2", "--optimizer", "adam",
+                 "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["train"]["optimizer"] == "adam"
+
+
 @pytest.mark.parametrize("model, lr", [("lstm-small", "1e-2"), ("gru-small", "1e-2"), ("rnn-small", "3e-3")])
 def test_recurrent_families_learn(model, lr, corpus, tmp_path):
     out = tmp_path / model
