@@ -15,7 +15,9 @@ kept in benchmarks/results/budget-sweep.json as they finish, and a run already t
 (--rerun to redo them), so a sweep can be stopped and continued. With --save the table
 dlforge/recipes/budgets.json (what `dlforge train gpt --max-time M` uses when no size is given) is rewritten
 from the sweep: at each budget, the candidate with the lowest loss, and the shortfall cost by which a budget
-between rows picks one (dlforge.recipes.language_model.budget_recipe). The plot,
+between rows picks one (dlforge.recipes.language_model.budget_recipe). Replays (--replay) that changed only
+options that keep a step's time (SAME_STEP_TIME: learning rate, weight decay, optimizer...) join the fit as
+runs of the machine whose row they replayed (benchmarks/results/budget-replay.json). The plot,
 benchmarks/results/budget-sweep.png, shows the loss of every candidate against the budget.
 Run it alone on the machine: the budgets are wall-clock minutes.
 """
@@ -40,6 +42,10 @@ TABLE = ROOT / "dlforge" / "recipes" / "budgets.json"
 # Earlier sweeps, on other machines: their budgets' bests are not this table's, but what a candidate lost at a
 # budget it was not kept for is a measurement of the shortfall cost all the same.
 ARCHIVES = [RESULTS / "budget-sweep-sapphire-rapids.json", RESULTS / "budget-sweep-epyc-avx512.json"]
+REPLAYS = RESULTS / "budget-replay.json"
+# Options whose change leaves a step's time as it was: a row replayed by its steps with only these changed is what
+# that variant would have done in the row's minutes on the row's machine, so it joins the fit as that machine's run.
+SAME_STEP_TIME = {"lr", "weight_decay", "optimizer", "warmup_steps", "beta2", "grad_clip", "min_lr_ratio", "ema_decay"}
 
 # What every candidate shares: AdamW, warm-up then a cosine to lr/10 at the budget's end, β2 0.99, clip 1.
 COMMON = {"lr_schedule": "cosine", "beta2": 0.99, "weight_decay": 0.0, "grad_clip": 1.0}
@@ -127,14 +133,37 @@ def replay(model: str, minutes: float, work: Path, changes: dict | None = None) 
             "wall_s": round(wall, 1), "machine": cpu_name(), "command": "dlforge train " + " ".join(argv)}
 
 
+def joined_replays(sweep: list[dict], replays: list[dict]) -> list[dict]:
+    """The replays that changed only SAME_STEP_TIME options, as runs of the row's machine: the sweep's run they
+    replayed (its speeds, steps, parameters), with the changed options, the replay's losses and where it ran.
+    The candidate is named by the change: gpt-s16-lr3+weight_decay=0.1,optimizer=adamw. Its val_loss is the
+    moving average's, or the raw weights' where the sweep's run was made before runs kept an average."""
+    out = []
+    for rp in replays:
+        changes = rp.get("changes") or {}
+        if not changes or not set(changes) <= SAME_STEP_TIME:
+            continue
+        base = [r for r in sweep if (r["model"], r["candidate"], r["minutes"], r.get("machine")) ==
+                (rp["model"], rp["candidate"], rp["minutes"], rp["table_machine"]) and r["steps"] == rp["steps"]]
+        if base:
+            name = rp["candidate"] + "+" + ",".join(f"{k}={v}" for k, v in changes.items())
+            raw_only = "val_loss_raw" not in base[-1]  # a run from before the moving average: raw against raw
+            out.append({**base[-1], "candidate": name, "options": {**base[-1]["options"], **changes},
+                        "val_loss": rp["val_loss_raw"] if raw_only else rp["val_loss"],
+                        "val_loss_raw": rp["val_loss_raw"], "val_loss_averaged": rp["val_loss"],
+                        "replayed_on": rp["machine"], "command": rp["command"]})
+    return out
+
+
 def table(sweep: list[dict], archives: list[list[dict]] = ()) -> dict:
     """At each (model, budget): the candidate with the lowest full-validation loss, with the fp32 matmul peak
     of its run's machine, by which a slower or faster machine's minutes are converted (rows may come from
     different machines or days); and the shortfall cost by which a budget between rows picks one. A machine's
     peak is the median of its runs' (one measurement before a run moves by ±10% and more). archives: earlier
     sweeps (other machines or days), which add their mismatch measurements to the shortfall cost only."""
+    measured = [r for r in sweep if not r.get("replayed_on")]  # a replay carries its row's speeds: not a measurement
     medians = {key: statistics.median(xs) for key in sorted(set(SPEED.values()) | {"peak_gflops"})
-               if (xs := [r[key] for r in sweep if r.get(key)])}
+               if (xs := [r[key] for r in measured if r.get(key)])}
     sweep = _machine_speeds(sweep)
     best = _best(sweep)
     recipes: dict[str, list] = {}
@@ -173,6 +202,8 @@ def _machine_speeds(sweep: list[dict]) -> list[dict]:
     a speed is the machine's, so a run made before the sweep measured one gets its machine's median too."""
     by_machine: dict[tuple, list] = {}
     for r in sweep:
+        if r.get("replayed_on"):  # its speeds are its row's run's, already counted
+            continue
         for key in set(SPEED.values()) | {"peak_gflops"}:
             if r.get(key) and r.get("machine"):
                 by_machine.setdefault((r["machine"], key), []).append(r[key])
@@ -237,15 +268,21 @@ def plot(sweep: list[dict], path: Path) -> None:
     import matplotlib.ticker
     sweep = _machine_speeds(sweep)
     models = sorted({r["model"] for r in sweep})
-    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 5.2), squeeze=False)
     for ax, model in zip(axes[0], models):
         key = _speed_key(model, [r for r in sweep if r["model"] == model])
-        for name in CANDIDATES[model]:
+        joined = sorted({r["candidate"] for r in sweep if r["model"] == model} - set(CANDIDATES[model]))
+        top = max(r["val_loss"] for r in sweep if r["model"] == model and not r.get("replayed_on")) + 0.03
+        for name in [*CANDIDATES[model], *joined]:
             runs = sorted((r for r in sweep if r["model"] == model and r["candidate"] == name), key=compute)
             if not runs:
                 continue
             xs = [r["minutes"] * r[key] / REFERENCE[key] if key else r["minutes"] for r in runs]
-            ax.plot(xs, [r["val_loss"] for r in runs], "o-", label=name)
+            replayed = any(r.get("replayed_on") for r in runs)  # joined_replays: dashed, squares
+            off = [f"{r['val_loss']:.2f}" for r in runs if r["val_loss"] > top]  # a diverged variant: named, not drawn
+            ax.plot(xs, [r["val_loss"] for r in runs], "s--" if replayed else "o-",
+                    label=name + (" (replayed by steps)" if replayed else "") + (f" (off the chart: {', '.join(off)})"
+                                                                                if off else ""))
             for x, r in zip(xs, runs):
                 ax.annotate(f"{r['minutes']:g} min @ {r.get(key) or 0:.0f}", (x, r["val_loss"]),
                             textcoords="offset points", xytext=(4, 4), fontsize=6, color="0.35")
@@ -257,8 +294,9 @@ def plot(sweep: list[dict], path: Path) -> None:
                       f"machine's {what} / {ref:.0f}; labels: minutes @ that speed)", fontsize=8)
         ax.set_ylabel("full-validation loss (nats/char)")
         ax.set_title(f"{model}: tinyshakespeare, char level")
+        ax.set_ylim(top=top)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=6.5, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -299,6 +337,7 @@ def main() -> None:
                     print(json.dumps(r), file=sys.stderr)
                     sweep = [s for s in sweep if s not in done] + [r]
                     SWEEP.write_text(json.dumps({"runs": sweep}, indent=1) + "\n")
+    sweep = sweep + joined_replays(sweep, json.loads(REPLAYS.read_text())["runs"] if REPLAYS.exists() else [])
     fitted = table(sweep, [json.loads(p.read_text())["runs"] for p in ARCHIVES if p.exists()])
     if args.save:
         TABLE.write_text(json.dumps(fitted, indent=1) + "\n")
@@ -319,7 +358,7 @@ def _setting(text: str) -> tuple[str, float | int | str]:
 
 
 def replay_rows(specs: list[str], changes: dict) -> None:
-    path = RESULTS / "budget-replay.json"
+    path = REPLAYS
     for spec in specs:
         model, _, minutes = spec.partition(":")
         if model not in CANDIDATES or not minutes.replace(".", "", 1).isdigit():

@@ -72,6 +72,34 @@ def test_the_sweep_fits_the_shortfall_cost_from_candidates_run_off_their_budget(
     assert archived["shortfall_cost"] == 3.0 and list(archived["recipes"]) == ["lstm"]
 
 
+def test_a_replay_that_keeps_the_step_time_joins_the_fit_as_the_rows_machine():
+    """A row replayed by its steps with only the weight decay changed is that variant's run on the row's machine
+    (its speeds, steps): it joins and wins its budget when lower; one with dropout (another step time) does not."""
+    from benchmarks.budget_sweep import joined_replays, table as fit
+    row = {"model": "gpt", "candidate": "a", "minutes": 10, "val_loss": 1.6, "options": {"lr": 0.003,
+           "weight_decay": 0.0}, "steps": 500, "parameters": 7, "peak_gflops": 100.0, "gpt_gflops": 50.0,
+           "machine": "zen3"}
+    other = {**row, "candidate": "b", "val_loss": 1.7}
+    replay = {"model": "gpt", "candidate": "a", "minutes": 10, "steps": 500, "table_machine": "zen3",
+              "machine": "xeon", "val_loss": 1.55, "val_loss_raw": 1.56, "command": "dlforge train ...",
+              "changes": {"weight_decay": 0.1, "optimizer": "adamw"}}
+    joined = joined_replays([row, other], [replay, {**replay, "changes": {"dropout": 0.1}, "val_loss": 1.0},
+                                           {**replay, "changes": {}, "val_loss": 1.0},
+                                           {**replay, "steps": 499, "val_loss": 1.0}])  # not the sweep's run
+    assert len(joined) == 1
+    j = joined[0]
+    assert j["candidate"] == "a+weight_decay=0.1,optimizer=adamw" and j["replayed_on"] == "xeon"
+    assert j["options"] == {"lr": 0.003, "weight_decay": 0.1, "optimizer": "adamw"}
+    assert (j["steps"], j["gpt_gflops"], j["machine"]) == (500, 50.0, "zen3")
+    assert j["val_loss"] == 1.56  # the sweep's run has no averaged loss: raw weights against raw weights
+    kept = fit([row, other, j])["recipes"]["gpt"][0]
+    assert kept["candidate"] == j["candidate"] and kept["val_loss"] == 1.56 and kept["gpt_gflops"] == 50.0
+    assert joined_replays([{**row, "val_loss_raw": 1.61}], [replay])[0]["val_loss"] == 1.55  # both averaged
+    # a replay carries its row's speeds: it is not one more measurement of the machine's
+    slow = {**row, "candidate": "c", "minutes": 3, "gpt_gflops": 10.0}
+    assert fit([row, slow, j])["gpt_gflops"] == fit([row, slow])["gpt_gflops"] == 30.0
+
+
 def test_minutes_on_a_slower_machine_buy_a_shorter_budgets_recipe(table, monkeypatch, capsys):
     """The table holds minutes of the machine it was fitted on: 12 minutes at half its matmul speed are 6
     minutes there, so the 1-minute recipe, not the 10-minute one."""
