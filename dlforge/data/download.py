@@ -60,14 +60,14 @@ def download(url: str, dest: Path, checksum: str, retries: int = 4, timeout: flo
     if dest.exists() and verify(dest, checksum):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(dest.with_name(dest.name + ".lock")):  # several processes (torchrun): one downloads
+    with exclusive(dest.with_name(dest.name + ".lock")):  # several processes (torchrun): one downloads
         if dest.exists() and verify(dest, checksum):
             return dest
         return _download(url, dest, checksum, retries, timeout, backoff)
 
 
 @contextlib.contextmanager
-def _exclusive(lock: Path) -> Iterator[None]:
+def exclusive(lock: Path) -> Iterator[None]:
     """An advisory lock (flock) held by one process at a time; a no-op where fcntl does not exist."""
     try:
         import fcntl

@@ -288,10 +288,16 @@ def tokenize(files: list[Path], tok, corpus_digest: str, progress: bool = True, 
     meta = _read_meta(meta_path, path, dtype)
     seconds = 0.0
     if meta is None:
+        from dlforge.data.download import exclusive
         folder.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        meta = _write(files, tok, path, meta_path, dtype, progress, workers or min(4, os.cpu_count() or 1))
-        seconds = time.perf_counter() - t0
+        # Runs of one corpus at once (torchrun's ranks, two trainings): one tokenizes, the others wait and map its
+        # cache. Without the lock they wrote the same .part file and all but one failed.
+        with exclusive(folder / f"{key}.lock"):
+            meta = _read_meta(meta_path, path, dtype)
+            if meta is None:
+                t0 = time.perf_counter()
+                meta = _write(files, tok, path, meta_path, dtype, progress, workers or min(4, os.cpu_count() or 1))
+                seconds = time.perf_counter() - t0
     return Tokens(TokenArray(path, dtype), path, meta["chunk_tokens"], meta["chunk_chars"], seconds)
 
 

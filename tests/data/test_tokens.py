@@ -72,6 +72,20 @@ def test_the_cache_is_reused_and_keyed_by_content_and_tokenizer(folder, tmp_path
     assert other.path != first.path and len(other.ids) > len(first.ids)
 
 
+def test_runs_of_one_corpus_at_once_tokenize_it_once(folder):
+    """Four tokenizations at once (as torchrun's ranks or two trainings start): one writes the cache, the others
+    wait for it and map it; before the lock they shared one .part file and failed."""
+    from concurrent.futures import ThreadPoolExecutor
+    files = tokens.corpus_files(folder)
+    d = tokens.digest(files)
+    tok = textdata.fit_tokenizer("char", "".join(t for t, _ in tokens.text_chunks(files)))
+    with ThreadPoolExecutor(4) as pool:
+        done = list(pool.map(lambda _: tokens.tokenize(files, tok, d, progress=False, workers=1), range(4)))
+    assert sum(t.seconds > 0 for t in done) == 1
+    want = tok.encode("".join(t for t, _ in tokens.text_chunks(files)))
+    assert all(t.ids.read(0, len(want)).tolist() == want for t in done)
+
+
 def test_the_fitted_tokenizer_is_cached(folder):
     files = tokens.corpus_files(folder)
     calls = []
