@@ -101,14 +101,19 @@ def run(model: str, name: str, minutes: float, work: Path) -> dict:
     peak = matmul_peak(2048, 10)  # this run's machine speed: the table converts minutes by it
     speeds = {SPEED[model]: round(machine_speed(SPEED[model]), 1)}  # and its model's own
     report, meta, wall = train_cli(argv, out)
-    import dlforge
-    params = sum(p.numel() for p in dlforge.load(out).model.parameters())
-    raw = dlforge.load(out, ema=False).evaluate()["loss"]  # the same checkpoint without its moving average
+    raw = _raw_weights(out)
     return {"model": model, "candidate": name, "minutes": minutes, "options": options,
-            "val_loss": report["loss"], "val_loss_raw": raw, "steps": meta["step"], "parameters": params,
+            "val_loss": report["loss"], "val_loss_raw": raw.evaluate()["loss"], "steps": meta["step"],
+            "parameters": sum(p.numel() for p in raw.model.parameters()),
             "tokens": meta["step"] * options["batch_size"] * options["block_size"],
             "wall_s": round(wall, 1), "peak_gflops": round(peak, 1), **speeds, "machine": cpu_name(),
             "command": "dlforge train " + " ".join(argv)}
+
+
+def _raw_weights(run: Path):
+    """The run's best checkpoint without its moving average (the report scored the average)."""
+    import dlforge
+    return dlforge.load(run, ema=False)
 
 
 def replay(model: str, minutes: float, work: Path, changes: dict | None = None) -> dict:
@@ -125,11 +130,10 @@ def replay(model: str, minutes: float, work: Path, changes: dict | None = None) 
     argv = [model, *option_argv({**row["options"], **(changes or {})}), "--data", "tinyshakespeare", "--tokenizer", "char",
             "--max-steps", str(row["steps"]), "--epochs", "1000", "--eval-tokens", "32768"]
     report, meta, wall = train_cli(argv, out)
-    import dlforge
     return {"model": model, "minutes": minutes, "candidate": row["candidate"], "changes": changes or {},
             "steps": meta["step"],
             "table_val_loss": row["val_loss"], "table_machine": row["machine"],
-            "val_loss": report["loss"], "val_loss_raw": dlforge.load(out, ema=False).evaluate()["loss"],
+            "val_loss": report["loss"], "val_loss_raw": _raw_weights(out).evaluate()["loss"],
             "wall_s": round(wall, 1), "machine": cpu_name(), "command": "dlforge train " + " ".join(argv)}
 
 

@@ -26,7 +26,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from dlforge.data.download import cache_dir
+from dlforge.data.download import cache_dir, exclusive
 from dlforge.errors import DlforgeError
 
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text", ".py", ".c", ".h", ".cc", ".cpp", ".hpp", ".java", ".js", ".ts",
@@ -288,7 +288,6 @@ def tokenize(files: list[Path], tok, corpus_digest: str, progress: bool = True, 
     meta = _read_meta(meta_path, path, dtype)
     seconds = 0.0
     if meta is None:
-        from dlforge.data.download import exclusive
         folder.mkdir(parents=True, exist_ok=True)
         # Runs of one corpus at once (torchrun's ranks, two trainings): one tokenizes, the others wait and map its
         # cache. Without the lock they wrote the same .part file and all but one failed.

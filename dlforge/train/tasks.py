@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from dlforge.errors import DlforgeError
 
 LOSSES = ("cross-entropy", "bce", "mse")
+ROW_STATE = "task.state."  # the prefix of a task's per-row state: data-parallel ranks gather and slice only it
 
 
 class Task:
@@ -216,11 +217,11 @@ class LanguageModelTask(AveragedWeights, Task):
         if self.state is None:
             return averaged
         parts = self.state if isinstance(self.state, tuple) else (self.state,)
-        return {**averaged, **{f"task.state.{i}": s.detach().cpu().contiguous() for i, s in enumerate(parts)}}
+        return {**averaged, **{f"{ROW_STATE}{i}": s.detach().cpu().contiguous() for i, s in enumerate(parts)}}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor], device: torch.device) -> None:
         super().load_state_tensors(tensors, device)
-        parts = [tensors[k].to(device) for k in sorted(k for k in tensors if k.startswith("task.state."))]
+        parts = [tensors[k].to(device) for k in sorted(k for k in tensors if k.startswith(ROW_STATE))]
         self.state = None if not parts else (parts[0] if len(parts) == 1 else tuple(parts))
 
 

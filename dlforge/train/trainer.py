@@ -24,7 +24,7 @@ from dlforge.train import checkpoint as ckpt
 from dlforge.train import distributed, interrupt
 from dlforge.train.callbacks import Callback, EarlyStopping
 from dlforge.train.progress import progress_bar
-from dlforge.train.tasks import Task
+from dlforge.train.tasks import ROW_STATE, Task
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -210,7 +210,7 @@ class Trainer:
         extra = self.task.state_tensors()
         dim = self.task.state_batch_dim
         if self.world.active and dim is not None:  # the per-row state (task.state.*) of the global batch
-            rows = {k: v for k, v in extra.items() if k.startswith("task.state.")}
+            rows = {k: v for k, v in extra.items() if k.startswith(ROW_STATE)}
             shared = {k: v for k, v in extra.items() if k not in rows}
             extra = {**shared, **distributed.gather_rows(rows, dim, self.world)}  # every rank calls it: a collective
         if self.world.active:
@@ -240,7 +240,7 @@ class Trainer:
         distributed.restore_rng(tensors, self.world, self.cfg.seed, meta["step"])
         dim = self.task.state_batch_dim
         if self.world.active and dim is not None:  # this rank's rows of the global batch's state
-            rows = {k: v for k, v in tensors.items() if k.startswith("task.state.")}
+            rows = {k: v for k, v in tensors.items() if k.startswith(ROW_STATE)}
             tensors = {**tensors, **distributed.slice_rows(rows, dim, self.world)}
         self.task.load_state_tensors(tensors, self.device)
         self.epoch, self.step_in_epoch, self.step = meta["epoch"], meta["step_in_epoch"], meta["step"]
