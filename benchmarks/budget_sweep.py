@@ -7,6 +7,7 @@ first approach: several sizes trained to each budget, the best one kept).
     python -m benchmarks.budget_sweep --fit-only --save     # the table and plot from the runs already made
     python -m benchmarks.budget_sweep --replay gpt:10 lstm:3  # those rows again by their steps, raw and averaged
     python -m benchmarks.budget_sweep --replay gpt:10 --set lr=0.004  # ... with an option changed
+    python -m benchmarks.budget_sweep --replay gpt:30 --ema-decays 0.995 0.998  # ... and other averages beside its own
 
 Every (budget, candidate) is one real `dlforge train MODEL --max-time M` with the candidate's flags and a
 cosine schedule that ends with the budget; its full-validation loss is read from the run's report (the moving
@@ -17,7 +18,10 @@ dlforge/recipes/budgets.json (what `dlforge train gpt --max-time M` uses when no
 from the sweep: at each budget, the candidate with the lowest loss, and the shortfall cost by which a budget
 between rows picks one (dlforge.recipes.language_model.budget_recipe). Replays (--replay) that changed only
 options that keep a step's time (SAME_STEP_TIME: learning rate, weight decay, optimizer...) join the fit as
-runs of the machine whose row they replayed (benchmarks/results/budget-replay.json). The plot,
+runs of the machine whose row they replayed (benchmarks/results/budget-replay.json). A replay with
+--ema-decays keeps moving averages of those decays beside the run's own (the training is unchanged by them: each
+one only reads the weights after every step) and scores each, and the run's own, at the last step; the fit
+gives the row the decay that scored lowest there (benchmarks.budget_sweep.averaging). The plot,
 benchmarks/results/budget-sweep.png, shows the loss of every candidate against the budget.
 Run it alone on the machine: the budgets are wall-clock minutes.
 """
@@ -33,7 +37,7 @@ from pathlib import Path
 
 from benchmarks.pairs import cpu_name, train_cli
 from dlforge.recipes.base import option_argv
-from dlforge.recipes.language_model import SPEEDS, machine_speed
+from dlforge.recipes.language_model import EMA_DECAY as LM_EMA_DECAY, SPEEDS, machine_speed
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -116,7 +120,54 @@ def _raw_weights(run: Path):
     return dlforge.load(run, ema=False)
 
 
-def replay(model: str, minutes: float, work: Path, changes: dict | None = None) -> dict:
+def averages_entry(argv: list[str]) -> int:
+    """`python -m benchmarks.budget_sweep _averages OUT D1,D2,... train ...`: dlforge's CLI, keeping beside the
+    run's own moving average of the weights one more for each decay D (the same update, AveragedWeights.after_step,
+    after every optimiser step); at the end they are saved to OUT as D/NAME."""
+    from safetensors.torch import save_file
+    from dlforge.cli import main as cli
+    from dlforge.train.tasks import AveragedWeights, LanguageModelTask
+
+    class Average(AveragedWeights):
+        def __init__(self, decay: float):
+            self.ema_decay = decay
+            self._init_ema()
+
+    extra = [Average(float(d)) for d in argv[1].split(",")]
+    step = LanguageModelTask.after_step
+
+    def after_step(self, model):
+        step(self, model)
+        for a in extra:
+            a.after_step(model)
+
+    LanguageModelTask.after_step = after_step
+    try:
+        code = cli(argv[2:])
+    finally:
+        LanguageModelTask.after_step = step
+    save_file({f"{a.ema_decay:g}/{k}": v.contiguous() for a in extra for k, v in (a.ema or {}).items()}, argv[0])
+    return code
+
+
+def _averages_scored(run: Path, averages: Path) -> dict[str, float]:
+    """Full-validation loss of the run's last checkpoint with its own moving average and with each of `averages`."""
+    import dlforge
+    from safetensors.torch import load_file
+    from dlforge.train.checkpoint import restore_averaged
+    h = dlforge.load(run, which="last")
+    scores = {f"{h.config.task_options['ema_decay']:g}": h.evaluate()["loss"]}
+    by_decay: dict[str, dict] = {}
+    for k, v in load_file(averages).items():
+        decay, _, name = k.partition("/")
+        by_decay.setdefault(decay, {})[name] = v
+    for decay, averaged in by_decay.items():
+        restore_averaged(h.model, averaged, averages)
+        scores[decay] = h.evaluate()["loss"]
+    return scores
+
+
+def replay(model: str, minutes: float, work: Path, changes: dict | None = None, decays: list[float] = ()) -> dict:
     """The table's row for (model, minutes) trained again by its run's step count instead of the clock: on any
     machine, the training the sweep's run did (its cosine then follows the steps, not the minutes), scored with
     and without the moving average of the weights, which the sweep's runs were made without. `changes`: options
@@ -129,12 +180,17 @@ def replay(model: str, minutes: float, work: Path, changes: dict | None = None) 
     out = work / f"replay-{row['candidate']}-{minutes:g}"
     argv = [model, *option_argv({**row["options"], **(changes or {})}), "--data", "tinyshakespeare", "--tokenizer", "char",
             "--max-steps", str(row["steps"]), "--epochs", "1000", "--eval-tokens", "32768"]
-    report, meta, wall = train_cli(argv, out)
-    return {"model": model, "minutes": minutes, "candidate": row["candidate"], "changes": changes or {},
-            "steps": meta["step"],
-            "table_val_loss": row["val_loss"], "table_machine": row["machine"],
-            "val_loss": report["loss"], "val_loss_raw": _raw_weights(out).evaluate()["loss"],
-            "wall_s": round(wall, 1), "machine": cpu_name(), "command": "dlforge train " + " ".join(argv)}
+    averages = work / "averages.safetensors"
+    entry = ("-m", "benchmarks.budget_sweep", "_averages", str(averages), ",".join(map(str, decays))) if decays else ()
+    report, meta, wall = train_cli(argv, out, entry)
+    r = {"model": model, "minutes": minutes, "candidate": row["candidate"], "changes": changes or {},
+         "steps": meta["step"],
+         "table_val_loss": row["val_loss"], "table_machine": row["machine"],
+         "val_loss": report["loss"], "val_loss_raw": _raw_weights(out).evaluate()["loss"],
+         "wall_s": round(wall, 1), "machine": cpu_name(), "command": "dlforge train " + " ".join(argv)}
+    if decays:  # the last step's loss by moving average's decay (the run's own among them)
+        r["val_loss_last_by_ema_decay"] = _averages_scored(out, averages)
+    return r
 
 
 def joined_replays(sweep: list[dict], replays: list[dict]) -> list[dict]:
@@ -159,12 +215,13 @@ def joined_replays(sweep: list[dict], replays: list[dict]) -> list[dict]:
     return out
 
 
-def table(sweep: list[dict], archives: list[list[dict]] = ()) -> dict:
+def table(sweep: list[dict], archives: list[list[dict]] = (), replays: list[dict] = ()) -> dict:
     """At each (model, budget): the candidate with the lowest full-validation loss, with the fp32 matmul peak
     of its run's machine, by which a slower or faster machine's minutes are converted (rows may come from
     different machines or days); and the shortfall cost by which a budget between rows picks one. A machine's
     peak is the median of its runs' (one measurement before a run moves by ±10% and more). archives: earlier
-    sweeps (other machines or days), which add their mismatch measurements to the shortfall cost only."""
+    sweeps (other machines or days), which add their mismatch measurements to the shortfall cost only.
+    replays: a row's replays by its steps with --ema-decays choose its moving average's decay (averaging)."""
     measured = [r for r in sweep if not r.get("replayed_on")]  # a replay carries its row's speeds: not a measurement
     medians = {key: statistics.median(xs) for key in sorted(set(SPEED.values()) | {"peak_gflops"})
                if (xs := [r[key] for r in measured if r.get(key)])}
@@ -172,8 +229,11 @@ def table(sweep: list[dict], archives: list[list[dict]] = ()) -> dict:
     best = _best(sweep)
     recipes: dict[str, list] = {}
     for (model, minutes), r in sorted(best.items()):
+        decay, by_decay = averaging(model, minutes, r, replays)
         recipes.setdefault(model, []).append({"minutes": minutes, "candidate": r["candidate"],
-                                              "options": r["options"], "val_loss": round(r["val_loss"], 4),
+                                              "options": {**r["options"], **decay},
+                                              **({"val_loss_last_by_ema_decay": by_decay} if by_decay else {}),
+                                              "val_loss": round(r["val_loss"], 4),
                                               "steps": r["steps"], "parameters": r["parameters"],
                                               "peak_gflops": r.get("peak_gflops"),
                                               **({k: r[k] for k in [SPEED.get(model)] if k and k in r}),
@@ -190,7 +250,9 @@ def table(sweep: list[dict], archives: list[list[dict]] = ()) -> dict:
                      "the row of least cost: ln(t/b) for a row of b minutes given t > b, shortfall_cost x ln(b/t) "
                      "given t < b (shortfall_cost: measured, see mismatch; null: the longest budget that fits). "
                      "Fitted on tinyshakespeare (char) by the command below; the losses are those measured in "
-                     "the sweep. The speeds at the top: the median of the runs', for rows without their own.",
+                     "the sweep. The speeds at the top: the median of the runs', for rows without their own. "
+                     "A row's ema_decay, where it has one, is the moving average's decay that scored lowest at "
+                     "the last step of its replay (val_loss_last_by_ema_decay), the family's default elsewhere.",
             "command": "flock /tmp/dlforge-cpu.lock python -m benchmarks.budget_sweep --save",
             **{"peak_gflops": None, **medians},
             "speed": dict(SPEED),
@@ -199,6 +261,31 @@ def table(sweep: list[dict], archives: list[list[dict]] = ()) -> dict:
                          "longer_budget_than_sized": [round(c, 4) for c in long],
                          "unit": "loss above the budget's best, per unit of |ln(budget / the budget it won)|"},
             "recipes": recipes}
+
+
+# How much lower than the default's another decay of the moving average must score to be a row's: a gain of a
+# few ten-thousandths in one seed's replay is within what another seed would move it.
+EMA_MARGIN = 0.001
+
+
+def averaging(model: str, minutes: float, row: dict, replays: list[dict]) -> tuple[dict, dict]:
+    """The decay of the moving average a row trains with: of its unchanged replays (same candidate and steps)
+    that kept other averages beside their own (--ema-decays), the last one's decay of lowest loss at the last
+    step; none chosen (the family's default) where no other decay scores EMA_MARGIN lower or no such replay
+    exists.
+    -> ({"ema_decay": d} or {}, that replay's losses by decay)."""
+    mine = [rp for rp in replays if (rp["model"], rp["minutes"], rp["candidate"], rp["steps"]) ==
+            (model, minutes, row["candidate"], row["steps"]) and not rp.get("changes")
+            and rp.get("val_loss_last_by_ema_decay")]
+    if not mine:
+        return {}, {}
+    by_decay = {k: round(v, 4) for k, v in mine[-1]["val_loss_last_by_ema_decay"].items()}
+    own = row["options"].get("ema_decay", LM_EMA_DECAY)
+    best = min(by_decay, key=lambda d: (by_decay[d], float(d) != own))
+    kept = by_decay.get(f"{own:g}", math.inf)
+    if by_decay[best] > kept - EMA_MARGIN:  # not lower by the margin: the default stays
+        return {}, by_decay
+    return {"ema_decay": float(best)}, by_decay
 
 
 def _machine_speeds(sweep: list[dict]) -> list[dict]:
@@ -318,11 +405,18 @@ def main() -> None:
                          "average (appended to benchmarks/results/budget-replay.json), e.g. gpt:10 lstm:3")
     ap.add_argument("--set", nargs="+", metavar="OPTION=VALUE",
                     help="with --replay: options that differ from the row's, e.g. lr=0.004 ema_decay=0.998")
+    ap.add_argument("--ema-decays", nargs="+", type=float, default=[], metavar="D",
+                    help="with --replay: moving averages of these decays kept beside the run's own, each scored at "
+                         "the last step (the training is unchanged by them), e.g. 0.995 0.998")
+    if sys.argv[1:2] == ["_averages"]:
+        sys.exit(averages_entry(sys.argv[2:]))
     args = ap.parse_args()
-    if args.set and not args.replay:
-        sys.exit("--set: only with --replay")
+    if (args.set or args.ema_decays) and not args.replay:
+        sys.exit("--set and --ema-decays: only with --replay")
+    if any(not 0 < d < 1 for d in args.ema_decays):
+        sys.exit(f"--ema-decays: expected decays in (0, 1), got {' '.join(map(str, args.ema_decays))}")
     if args.replay:
-        return replay_rows(args.replay, dict(_setting(kv) for kv in args.set or ()))
+        return replay_rows(args.replay, dict(_setting(kv) for kv in args.set or ()), args.ema_decays)
     sweep = json.loads(SWEEP.read_text())["runs"] if SWEEP.exists() else []
     with tempfile.TemporaryDirectory() as tmp:
         if args.fit_only:
@@ -341,8 +435,9 @@ def main() -> None:
                     print(json.dumps(r), file=sys.stderr)
                     sweep = [s for s in sweep if s not in done] + [r]
                     SWEEP.write_text(json.dumps({"runs": sweep}, indent=1) + "\n")
-    sweep = sweep + joined_replays(sweep, json.loads(REPLAYS.read_text())["runs"] if REPLAYS.exists() else [])
-    fitted = table(sweep, [json.loads(p.read_text())["runs"] for p in ARCHIVES if p.exists()])
+    replays = json.loads(REPLAYS.read_text())["runs"] if REPLAYS.exists() else []
+    sweep = sweep + joined_replays(sweep, replays)
+    fitted = table(sweep, [json.loads(p.read_text())["runs"] for p in ARCHIVES if p.exists()], replays)
     if args.save:
         TABLE.write_text(json.dumps(fitted, indent=1) + "\n")
         plot(sweep, RESULTS / "budget-sweep.png")
@@ -361,14 +456,14 @@ def _setting(text: str) -> tuple[str, float | int | str]:
     return key.replace("-", "_"), value
 
 
-def replay_rows(specs: list[str], changes: dict) -> None:
+def replay_rows(specs: list[str], changes: dict, decays: list[float] = ()) -> None:
     path = REPLAYS
     for spec in specs:
         model, _, minutes = spec.partition(":")
         if model not in CANDIDATES or not minutes.replace(".", "", 1).isdigit():
             sys.exit(f"--replay: expected MODEL:MINUTES with MODEL one of {', '.join(CANDIDATES)}, e.g. gpt:10; got {spec!r}")
         with tempfile.TemporaryDirectory() as tmp:
-            r = replay(model, float(minutes), Path(tmp), changes)
+            r = replay(model, float(minutes), Path(tmp), changes, decays)
         print(json.dumps(r))
         runs = json.loads(path.read_text())["runs"] if path.exists() else []
         path.write_text(json.dumps({"runs": runs + [r]}, indent=1) + "\n")

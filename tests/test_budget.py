@@ -198,3 +198,53 @@ def test_a_timed_run_without_sizes_trains_the_tables_model(table, tmp_path, caps
     # resuming keeps the recipe the run was made with, with or without the table
     main(["train", "gpt-tiny", "--resume", "--out", str(tmp_path / "run"), "--max-steps", "4", "--no-progress"])
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model"] == cfg["model"]
+
+
+def test_the_fit_gives_a_row_the_moving_average_decay_its_replay_scored_lowest():
+    from benchmarks.budget_sweep import table as fit
+    from dlforge.recipes.language_model import EMA_DECAY
+    row = {"model": "gpt", "candidate": "a", "minutes": 30, "val_loss": 1.5, "options": {"lr": 0.003}, "steps": 900,
+           "parameters": 7, "peak_gflops": 100.0, "gpt_gflops": 50.0, "machine": "zen3"}
+    short = {**row, "minutes": 3, "steps": 90}
+    scored = {f"{EMA_DECAY:g}": 1.51, "0.995": 1.505, "0.999": 1.499}
+    replay = {"model": "gpt", "candidate": "a", "minutes": 30, "steps": 900, "changes": {},
+              "val_loss_last_by_ema_decay": scored}
+    not_it = [{**replay, "steps": 899, "val_loss_last_by_ema_decay": {"0.9": 1.0}},      # another run's steps
+              {**replay, "changes": {"lr": 0.001}, "val_loss_last_by_ema_decay": {"0.9": 1.0}},  # another recipe
+              {**replay, "minutes": 3, "steps": 90, "val_loss_last_by_ema_decay": {f"{EMA_DECAY:g}": 1.7, "0.999": 1.7}}]
+    rows = {r["minutes"]: r for r in fit([row, short], replays=[*not_it, replay])["recipes"]["gpt"]}
+    assert rows[30]["options"] == {"lr": 0.003, "ema_decay": 0.999}
+    assert rows[30]["val_loss_last_by_ema_decay"] == scored and rows[30]["val_loss"] == 1.5
+    assert rows[3]["options"] == {"lr": 0.003}  # a tie keeps the default
+    barely = {**replay, "val_loss_last_by_ema_decay": {f"{EMA_DECAY:g}": 1.51, "0.999": 1.5095}}
+    assert fit([row], replays=[barely])["recipes"]["gpt"][0]["options"] == {"lr": 0.003}  # within the margin
+    assert fit([row], replays=[])["recipes"]["gpt"][0]["options"] == {"lr": 0.003}
+    # the row's own decay is what the table's recipe trains with
+    assert lm.LanguageModelRecipe().split_options("gpt", {**rows[30]["options"], "max_time": 30})[3] == \
+        {"ema_decay": 0.999}
+
+def test_a_replays_side_averages_are_the_runs_own_update_and_leave_training_alone(tmp_path):
+    """budget_sweep --ema-decays: the averages kept beside a run's own are the same arithmetic (the run's own
+    decay kept beside it equals its task.ema.*, bit for bit), the weights trained are those of a run without
+    them, and each is scored at the last step."""
+    import torch
+    from benchmarks.budget_sweep import _averages_scored, averages_entry
+    from dlforge.train.checkpoint import load_checkpoint
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on the mat. a dog ran in the fog.\n" * 100)
+    argv = ["train", "gpt-tiny", "--data-file", str(text), "--max-steps", "12", "--batch-size", "4",
+            "--block-size", "16", "--ema-decay", "0.9", "--eval-tokens", "0", "--no-progress", "--seed", "3"]
+    averages = tmp_path / "averages.safetensors"
+    assert averages_entry([str(averages), "0.9,0.5", *argv, "--out", str(tmp_path / "with")]) == 0
+    main([*argv, "--out", str(tmp_path / "without")])
+    with_, _ = load_checkpoint(tmp_path / "with" / "checkpoints" / "last.safetensors")
+    without, _ = load_checkpoint(tmp_path / "without" / "checkpoints" / "last.safetensors")
+    assert with_.keys() == without.keys() and all(torch.equal(with_[k], without[k]) for k in with_)
+    from safetensors.torch import load_file
+    side = load_file(averages)
+    own = {k[len("task.ema."):]: v for k, v in with_.items() if k.startswith("task.ema.")}
+    assert own and all(torch.equal(side[f"0.9/{k}"], v) for k, v in own.items())
+    assert not all(torch.equal(side[f"0.5/{k}"], v) for k, v in own.items())
+    scores = _averages_scored(tmp_path / "with", averages)
+    assert set(scores) == {"0.9", "0.5"} and scores["0.9"] != scores["0.5"]
+    assert all(0 < v < 10 for v in scores.values())
