@@ -203,10 +203,13 @@ def joined_replays(sweep: list[dict], replays: list[dict]) -> list[dict]:
         changes = rp.get("changes") or {}
         if not changes or not set(changes) <= SAME_STEP_TIME:
             continue
+        # a row that a replay made (gpt-s+weight_decay=0.1,optimizer=adamw) is its sweep run with those changes
+        candidate, _, made = rp["candidate"].partition("+")
+        changes = {**dict(_setting(kv) for kv in made.split(",") if kv), **changes}
         base = [r for r in sweep if (r["model"], r["candidate"], r["minutes"], r.get("machine")) ==
-                (rp["model"], rp["candidate"], rp["minutes"], rp["table_machine"]) and r["steps"] == rp["steps"]]
+                (rp["model"], candidate, rp["minutes"], rp["table_machine"]) and r["steps"] == rp["steps"]]
         if base:
-            name = rp["candidate"] + "+" + ",".join(f"{k}={v}" for k, v in changes.items())
+            name = candidate + "+" + ",".join(f"{k}={v}" for k, v in changes.items())
             raw_only = "val_loss_raw" not in base[-1]  # a run from before the moving average: raw against raw
             out.append({**base[-1], "candidate": name, "options": {**base[-1]["options"], **changes},
                         "val_loss": rp["val_loss_raw"] if raw_only else rp["val_loss"],

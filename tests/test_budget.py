@@ -95,6 +95,11 @@ def test_a_replay_that_keeps_the_step_time_joins_the_fit_as_the_rows_machine():
     kept = fit([row, other, j])["recipes"]["gpt"][0]
     assert kept["candidate"] == j["candidate"] and kept["val_loss"] == 1.56 and kept["gpt_gflops"] == 50.0
     assert joined_replays([{**row, "val_loss_raw": 1.61}], [replay])[0]["val_loss"] == 1.55  # both averaged
+    # a row that a replay made, replayed again with a change: its sweep run with both changes
+    again = {**replay, "candidate": j["candidate"], "changes": {"weight_decay": 0.2}, "val_loss_raw": 1.54}
+    j2 = joined_replays([row, other], [again])[0]
+    assert j2["candidate"] == "a+weight_decay=0.2,optimizer=adamw" and j2["val_loss"] == 1.54
+    assert j2["options"] == {"lr": 0.003, "weight_decay": 0.2, "optimizer": "adamw"}
     # a replay carries its row's speeds: it is not one more measurement of the machine's
     slow = {**row, "candidate": "c", "minutes": 3, "gpt_gflops": 10.0}
     assert fit([row, slow, j])["gpt_gflops"] == fit([row, slow])["gpt_gflops"] == 30.0
