@@ -357,6 +357,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     t.add_argument("--batch-size", type=int, help="default 64")
     t.add_argument("--lr", type=float, help="default 1e-3")
     t.add_argument("--weight-decay", type=float, help="default 1e-4")
+    t.add_argument("--weight-decay-on", help="all (default) | matrices: weight matrices, embeddings and kernels, "
+                                             "not biases or norm gains (as nanoGPT and Hugging Face)")
     t.add_argument("--optimizer", help="adam (default; language models adamw) | adamw | sgd | rmsprop")
     t.add_argument("--seed", type=int, help="default 0")
     t.add_argument("--device", help="auto (default) | cpu | cuda | cuda:N | mps")

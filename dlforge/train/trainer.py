@@ -29,6 +29,7 @@ from dlforge.train.tasks import ROW_STATE, Task
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("constant", "cosine")
+DECAY_ON = ("all", "matrices")  # --weight-decay-on
 
 
 @dataclass
@@ -38,6 +39,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
+    weight_decay_on: str = "all"    # matrices: not on biases and norm gains (1-D tensors), as nanoGPT and HF
     optimizer: str = "adam"
     momentum: float = 0.9           # sgd / rmsprop
     seed: int = 0
@@ -73,6 +75,7 @@ class TrainConfig:
                   ("--precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
                   ("--epochs", self.epochs is None or self.epochs >= 1, "at least 1"), ("--batch-size", self.batch_size >= 1, "at least 1"),
                   ("--lr", self.lr > 0, "a positive number"), ("--weight-decay", self.weight_decay >= 0, "0 or more"),
+                  ("--weight-decay-on", self.weight_decay_on in DECAY_ON, f"one of {', '.join(DECAY_ON)}"),
                   ("--max-steps", self.max_steps is None or self.max_steps >= 1, "at least 1"),
                   ("--max-time", self.max_time is None or self.max_time > 0, "a positive number of minutes"),
                   ("--grad-clip", self.grad_clip is None or self.grad_clip > 0, "a positive number"),
@@ -116,6 +119,18 @@ def autocast(precision: str, device: torch.device) -> torch.autocast:
 def cpu_has_bf16() -> bool:
     """True where oneDNN runs bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def parameter_groups(cfg: TrainConfig, model: torch.nn.Module) -> list:
+    """The trained parameters, as the optimiser takes them. --weight-decay-on matrices: two groups, weight decay
+    on the tensors of two or more dimensions (weight matrices, embeddings, convolution kernels) and none on the
+    rest (biases, norm gains and shifts), nanoGPT's and Hugging Face's rule; one group otherwise, and where there
+    is no weight decay to apply."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.weight_decay_on == "all" or not cfg.weight_decay:
+        return params
+    return [{"params": [p for p in params if p.dim() >= 2]},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
 
 
 def build_optimizer(cfg: TrainConfig, params, device: torch.device) -> torch.optim.Optimizer:
@@ -174,7 +189,7 @@ class Trainer:
         self.model = model.to(self.device)  # what is evaluated and saved; self.net is what trains
         self.net = distributed.wrap(self.model, self.device) if self.world.active else self.model
         distributed.seed_rank(cfg.seed, self.world)
-        self.opt = build_optimizer(cfg, [p for p in model.parameters() if p.requires_grad], self.device)
+        self.opt = build_optimizer(cfg, parameter_groups(cfg, model), self.device)
         self.meta = meta or {}
         self.epoch, self.step_in_epoch, self.step, self.elapsed = 0, 0, 0, 0.0
         self.best: float | None = None
@@ -234,6 +249,12 @@ class Trainer:
         if trained_with and trained_with != self.cfg.optimizer:
             raise DlforgeError(f"--optimizer {self.cfg.optimizer}: this run was trained with {trained_with}; "
                                f"resume it with the same optimizer")
+        groups = meta.get("optimizer", {}).get("param_groups", [])
+        if len(groups) != len(self.opt.param_groups):  # --weight-decay-on changes how the parameters are grouped
+            decayed_on = meta.get("train", {}).get("weight_decay_on", "all")
+            raise DlforgeError(f"--weight-decay-on {self.cfg.weight_decay_on}: this run was trained with "
+                               f"--weight-decay-on {decayed_on} and --weight-decay "
+                               f"{meta.get('train', {}).get('weight_decay')}; resume it with the same")
         ckpt.restore_model(self.model, tensors, path)
         ckpt.restore_optimizer(self.opt, tensors, meta)
         ckpt.restore_rng(tensors)
