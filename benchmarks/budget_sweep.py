@@ -49,7 +49,7 @@ ARCHIVES = [RESULTS / "budget-sweep-sapphire-rapids.json", RESULTS / "budget-swe
 REPLAYS = RESULTS / "budget-replay.json"
 # Options whose change leaves a step's time as it was: a row replayed by its steps with only these changed is what
 # that variant would have done in the row's minutes on the row's machine, so it joins the fit as that machine's run.
-SAME_STEP_TIME = {"lr", "weight_decay", "optimizer", "warmup_steps", "beta2", "grad_clip", "min_lr_ratio", "ema_decay"}
+SAME_STEP_TIME = {"lr", "weight_decay", "weight_decay_on", "optimizer", "warmup_steps", "beta2", "grad_clip", "min_lr_ratio", "ema_decay"}
 
 # What every candidate shares: AdamW, warm-up then a cosine to lr/10 at the budget's end, β2 0.99, clip 1.
 COMMON = {"lr_schedule": "cosine", "beta2": 0.99, "weight_decay": 0.0, "grad_clip": 1.0}
@@ -63,6 +63,11 @@ CANDIDATES = {
                     "warmup_steps": 100, "dropout": 0.0, "bias": False, "eval_every": 500},
         "gpt-s16-lr3": {"layers": 4, "heads": 4, "width": 128, "block_size": 64, "batch_size": 16, "lr": 3e-3,
                         "warmup_steps": 100, "dropout": 0.0, "bias": False, "eval_every": 500},
+        # the 30-minute row's model with twice the context at the same tokens per step, with what the replays
+        # found for that row: weight decay 0.1 under AdamW and a 0.999 moving average
+        "gpt-s128": {"layers": 4, "heads": 4, "width": 128, "block_size": 128, "batch_size": 16, "lr": 2e-3,
+                     "warmup_steps": 50, "dropout": 0.0, "bias": False, "eval_every": 250, "weight_decay": 0.1,
+                     "optimizer": "adamw", "ema_decay": 0.999},
         "gpt-m": {"layers": 4, "heads": 4, "width": 192, "block_size": 128, "batch_size": 32, "lr": 2e-3,
                   "warmup_steps": 50, "dropout": 0.0, "bias": False, "eval_every": 250},
         "gpt-m-drop": {"layers": 4, "heads": 4, "width": 192, "block_size": 128, "batch_size": 32, "lr": 2e-3,
