@@ -100,6 +100,12 @@ def test_a_replay_that_keeps_the_step_time_joins_the_fit_as_the_rows_machine():
     j2 = joined_replays([row, other], [again])[0]
     assert j2["candidate"] == "a+weight_decay=0.2,optimizer=adamw" and j2["val_loss"] == 1.54
     assert j2["options"] == {"lr": 0.003, "weight_decay": 0.2, "optimizer": "adamw"}
+    # a change found by replay replaces what the budget had only when lower by the margin, as replays are made
+    tie = {**replay, "changes": {"weight_decay_on": "matrices"}, "val_loss": 1.5595}
+    near = joined_replays([row, other], [replay, {**tie, "val_loss_raw": 1.5595}])
+    assert fit([row, other, *near])["recipes"]["gpt"][0]["candidate"] == j["candidate"]  # 0.0005 lower: kept
+    far = joined_replays([row, other], [replay, {**tie, "val_loss_raw": 1.5585}])
+    assert fit([row, other, *far])["recipes"]["gpt"][0]["candidate"] == "a+weight_decay_on=matrices"
     # a replay carries its row's speeds: it is not one more measurement of the machine's
     slow = {**row, "candidate": "c", "minutes": 3, "gpt_gflops": 10.0}
     assert fit([row, slow, j])["gpt_gflops"] == fit([row, slow])["gpt_gflops"] == 30.0
