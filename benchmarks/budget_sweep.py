@@ -49,7 +49,8 @@ ARCHIVES = [RESULTS / "budget-sweep-sapphire-rapids.json", RESULTS / "budget-swe
 REPLAYS = RESULTS / "budget-replay.json"
 # Options whose change leaves a step's time as it was: a row replayed by its steps with only these changed is what
 # that variant would have done in the row's minutes on the row's machine, so it joins the fit as that machine's run.
-SAME_STEP_TIME = {"lr", "weight_decay", "weight_decay_on", "optimizer", "warmup_steps", "beta2", "grad_clip", "min_lr_ratio", "ema_decay"}
+SAME_STEP_TIME = {"lr", "weight_decay", "weight_decay_on", "optimizer", "warmup_steps", "beta2", "grad_clip",
+                  "min_lr_ratio", "ema_decay"}
 
 # What every candidate shares: AdamW, warm-up then a cosine to lr/10 at the budget's end, β2 0.99, clip 1.
 COMMON = {"lr_schedule": "cosine", "beta2": 0.99, "weight_decay": 0.0, "grad_clip": 1.0}

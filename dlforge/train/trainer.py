@@ -245,16 +245,16 @@ class Trainer:
         if meta.get("model", {}).get("name") != self.meta.get("model", {}).get("name"):
             raise DlforgeError(f"{path}: checkpoint of model {meta.get('model', {}).get('name')!r}, "
                                f"not {self.meta.get('model', {}).get('name')!r}")
-        trained_with = meta.get("train", {}).get("optimizer")
+        train = meta.get("train", {})
+        trained_with = train.get("optimizer")
         if trained_with and trained_with != self.cfg.optimizer:
             raise DlforgeError(f"--optimizer {self.cfg.optimizer}: this run was trained with {trained_with}; "
                                f"resume it with the same optimizer")
         groups = meta.get("optimizer", {}).get("param_groups", [])
         if len(groups) != len(self.opt.param_groups):  # --weight-decay-on changes how the parameters are grouped
-            decayed_on = meta.get("train", {}).get("weight_decay_on", "all")
             raise DlforgeError(f"--weight-decay-on {self.cfg.weight_decay_on}: this run was trained with "
-                               f"--weight-decay-on {decayed_on} and --weight-decay "
-                               f"{meta.get('train', {}).get('weight_decay')}; resume it with the same")
+                               f"--weight-decay-on {train.get('weight_decay_on', 'all')} and --weight-decay "
+                               f"{train.get('weight_decay')}; resume it with the same")
         ckpt.restore_model(self.model, tensors, path)
         ckpt.restore_optimizer(self.opt, tensors, meta)
         ckpt.restore_rng(tensors)
