@@ -413,6 +413,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                     help="separate input embedding and output head weights")
     lm.add_argument("--no-bias", dest="bias", action="store_const", const=False,
                     help="gpt: no biases in the linear layers and LayerNorms (nanoGPT's bias=False)")
+    lm.add_argument("--sampling",
+                    help="gpt: how training windows are drawn: shuffled (default; each epoch, every token once) or "
+                         "random (each window at its own random offset, as nanoGPT)")
     lm.add_argument("--eval-tokens", type=int, help="validation tokens per evaluation during training (default "
                                                     "32768; 0: all); the final report uses all")
     s2s = p.add_argument_group("encoder–decoder (transformer): --data numbers or --data-file PAIRS.tsv")

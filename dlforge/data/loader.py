@@ -85,6 +85,11 @@ class TokenLoader:
 
     windows — batch i of epoch e: B windows at offsets drawn from a generator seeded with (seed, e, i)
               (as nanoGPT samples them); an epoch is N / (B·T) batches.
+    tiles   — each epoch cuts the stream into windows of T that do not overlap, from a seeded shift of
+              0..T-1 tokens, and reads them in a seeded random order: every token once per epoch (sampling
+              without replacement), where independent windows cover some tokens twice and miss others.
+              gpt-small's 1,574-step recipe ends 0.003 and 0.019 lower at seeds 0 and 1 (README, "Against
+              nanoGPT").
     streams — truncated backpropagation through time: the stream (after a seeded per-epoch shift of
               0..T-1 tokens) is cut into B contiguous rows and batch i is columns [iT, (i+1)T) of every
               row, so row b of batch i+1 continues row b of batch i. reset is True on each epoch's first
@@ -92,12 +97,12 @@ class TokenLoader:
     """
 
     def __init__(self, ids: torch.Tensor, batch_size: int, block_size: int, mode: str = "windows", seed: int = 0):
-        assert mode in ("windows", "streams")
+        assert mode in ("windows", "streams", "tiles")
         self.ids, self.batch_size, self.block_size, self.mode, self.seed = ids, batch_size, block_size, mode, seed
 
     def __len__(self) -> int:
         n = len(self.ids) - 1
-        if self.mode == "windows":
+        if self.mode in ("windows", "tiles"):
             return max(1, n // (self.batch_size * self.block_size))
         return n // self.batch_size // self.block_size
 
@@ -111,8 +116,14 @@ class TokenLoader:
         """Each batch is read from the ids (a memory map for a large corpus) when it is needed, as int64."""
         T, ids = self.block_size, self.ids
         shift, span = self._shift(epoch) if self.mode == "streams" else (0, 0)
+        if self.mode == "tiles":
+            g = _seeded(self.seed, epoch, 3)
+            phase = int(torch.randint(min(T - 1, len(ids) - 1 - T) + 1, (1,), generator=g))
+            tiles = phase + T * torch.randperm((len(ids) - 1 - phase) // T, generator=g)
         for i in range(start, len(self)):
-            if self.mode == "windows":
+            if self.mode == "tiles":  # a text shorter than B windows repeats them within its one batch
+                off = tiles[torch.arange(i * self.batch_size, (i + 1) * self.batch_size) % len(tiles)].tolist()
+            elif self.mode == "windows":
                 off = torch.randint(len(ids) - T, (self.batch_size,), generator=_seeded(self.seed, epoch, i)).tolist()
             else:  # row b of batch i: columns [iT, (i+1)T] of the stream's b-th contiguous row
                 off = [shift + b * span + i * T for b in range(self.batch_size)]

@@ -36,6 +36,7 @@ TASK = "language-model"
 # of a run: gpt-small's 1,574-step recipe ends 0.010-0.012 nats lower than its last raw weights (README,
 # "Against nanoGPT"). Runs made before it have none.
 EMA_DECAY = 0.99
+SAMPLINGS = ("shuffled", "random")  # TextDataConfig.sampling; the first is new runs' default
 
 
 @dataclass
@@ -47,6 +48,10 @@ class TextDataConfig:
     val_fraction: float = 0.1     # the last 10% of the text validates
     block_size: int | None = None  # gpt: the context window; rnn: the truncated-BPTT length (None: the variant's)
     eval_tokens: int | None = 32768  # validation tokens per evaluation during training (None: all)
+    # gpt: how training windows are drawn. "shuffled" (new runs): each epoch, every token once (TokenLoader's
+    # tiles); "random": each window at its own random offset, as nanoGPT draws them (and runs made before this
+    # option, which have None). Recurrent models always read contiguous streams, each epoch once.
+    sampling: str | None = None
 
     def __post_init__(self) -> None:
         if self.tokenizer not in textdata.TOKENIZERS:
@@ -60,6 +65,8 @@ class TextDataConfig:
             raise DlforgeError(f"--val-fraction: expected 0 < f < 1 for a language model, got {self.val_fraction}")
         if self.block_size is not None and self.block_size < 1:
             raise DlforgeError(f"--block-size: expected at least 1, got {self.block_size}")
+        if self.sampling not in (None, *SAMPLINGS):
+            raise DlforgeError(f"--sampling: expected one of {', '.join(SAMPLINGS)}; got {self.sampling!r}")
         if self.eval_tokens == 0:  # --eval-tokens 0: all of them
             self.eval_tokens = None
         if self.eval_tokens is not None and self.eval_tokens < 1:
@@ -263,7 +270,7 @@ class LanguageModelRecipe(Recipe):
     task = "language-model"
     DataConfig = TextDataConfig
     default_data = "tinyshakespeare"
-    data_options = ("data_file", "tokenizer", "vocab_size", "val_fraction", "block_size", "eval_tokens")
+    data_options = ("data_file", "tokenizer", "vocab_size", "val_fraction", "block_size", "eval_tokens", "sampling")
     model_options = {"layers": "n_layer", "heads": "n_head", "width": "d_model", "dropout": "dropout",
                      "pos_encoding": "pos_encoding", "tie_weights": "tie_weights",
                      "bias": "bias"}
@@ -303,7 +310,7 @@ class LanguageModelRecipe(Recipe):
     def data_config(self, model: str, data, options: dict, out: Path) -> TextDataConfig:
         """data: a corpus name, a text file or a folder of them, or text in memory (a string with whitespace in
         it, or a list of strings, one per line), which is written to the run directory as corpus.txt."""
-        options = {"block_size": default_block_size(model), **options}
+        options = {"block_size": default_block_size(model), "sampling": SAMPLINGS[0], **options}
         if isinstance(data, (list, tuple)) and all(isinstance(t, str) for t in data):
             data = "\n".join(data)
         if _is_text(data):
@@ -344,10 +351,15 @@ class LanguageModelRecipe(Recipe):
                                  **cfg.task_options)  # runs made before the moving average have none
 
     def loader(self, cfg: RunConfig, data: TextData, tcfg: TrainConfig, task: LanguageModelTask) -> TokenLoader:
-        """gpt: random windows; recurrent models: contiguous streams, one per batch row (truncated BPTT)."""
+        """gpt: windows, shuffled or drawn at random (--sampling); recurrent models: contiguous streams, one per
+        batch row (truncated BPTT)."""
         dc = TextDataConfig(**cfg.data)
-        loader = TokenLoader(data.train, tcfg.batch_size, dc.block_size, "streams" if task.recurrent else "windows",
-                             tcfg.seed)
+        if task.recurrent and dc.sampling == "random":
+            raise DlforgeError(f"--sampling random: {cfg.model} is recurrent and reads the text as contiguous "
+                               f"streams (truncated backpropagation through time), each epoch once; only gpt draws "
+                               f"random windows")
+        mode = "streams" if task.recurrent else "tiles" if dc.sampling == "shuffled" else "windows"
+        loader = TokenLoader(data.train, tcfg.batch_size, dc.block_size, mode, tcfg.seed)
         if not len(loader):
             raise DlforgeError(f"--batch-size {tcfg.batch_size}: {len(data.train):,} training tokens make fewer than "
                                f"{tcfg.batch_size} streams of --block-size {dc.block_size}; use a smaller --batch-size")

@@ -164,6 +164,28 @@ def test_windows_never_repeat_across_epochs_and_batches():
     assert len(low) >= 60_000 - 2  # torch keeps 32 bits of a seed: those must differ (birthday: ~0.4 collisions)
 
 
+def test_shuffled_windows_read_every_token_once_an_epoch():
+    """tiles (--sampling shuffled): each epoch, windows of T that do not overlap, from a seeded shift, in a seeded
+    order; random windows (nanoGPT's) cover some tokens twice and miss others (issue 20, part 1)."""
+    ids = torch.arange(10_007)
+    loader = TokenLoader(ids, batch_size=8, block_size=16, mode="tiles", seed=4)
+    assert len(loader) == 78  # as many batches as random windows make: (N - 1) // (B·T)
+    for e in range(3):
+        batches = list(loader.epoch(e))
+        x = torch.cat([b[0] for b in batches])
+        assert len(batches) == 78 and torch.equal(torch.cat([b[1] for b in batches]), x + 1)
+        assert torch.equal(x, x[:, :1] + torch.arange(16))  # each row one window of the stream
+        starts = x[:, 0]
+        assert len(starts.unique()) == len(starts) == 78 * 8 and len((starts % 16).unique()) == 1  # no overlap
+        assert starts.diff().abs().min() < 16 * 5 and not bool((starts.diff() > 0).all())  # shuffled, not in order
+        assert torch.equal(list(loader.epoch(e, start=40))[0][0], batches[40][0])  # replayable from any batch
+    shifts = {int(list(loader.epoch(e))[0][0][0, 0]) % 16 for e in range(8)}
+    assert len(shifts) > 1  # each epoch its own shift: every token is some window's first over the epochs
+    short = TokenLoader(torch.arange(40), batch_size=8, block_size=16, mode="tiles", seed=0)  # 2 windows for 8 rows
+    (x, y, _), = short.epoch(0)
+    assert x.shape == (8, 16) and torch.equal(y, x + 1) and len(x[:, 0].unique()) == 2
+
+
 @pytest.mark.parametrize("kind", ["char", "word", "bpe"])
 def test_streamed_pieces_join_to_the_decoded_text(kind):
     """decode_stream decodes only the tokens not yet shown; its pieces still join to decode(all): bpe ids
