@@ -50,7 +50,12 @@ REPLAYS = RESULTS / "budget-replay.json"
 # Options whose change leaves a step's time as it was: a row replayed by its steps with only these changed is what
 # that variant would have done in the row's minutes on the row's machine, so it joins the fit as that machine's run.
 SAME_STEP_TIME = {"lr", "weight_decay", "weight_decay_on", "optimizer", "warmup_steps", "beta2", "grad_clip",
-                  "min_lr_ratio", "ema_decay"}
+                  "min_lr_ratio", "ema_decay", "sampling"}
+# The GPT runs recorded before --sampling drew their windows at random (what gpt runs now get with it "random"):
+# their rows, and replays of them, say so, so that a row trains as it was measured until a replay of it with
+# "shuffled" wins (a new run's default, which no sweep run had measured).
+BEFORE_SAMPLING = {"gpt": {"sampling": "random"}}
+SWEEP_SAMPLING = {"gpt": {"sampling": "shuffled"}}  # what a sweep run made now records (and trains with)
 
 # What every candidate shares: AdamW, warm-up then a cosine to lr/10 at the budget's end, β2 0.99, clip 1.
 COMMON = {"lr_schedule": "cosine", "beta2": 0.99, "weight_decay": 0.0, "grad_clip": 1.0}
@@ -103,7 +108,7 @@ DEFAULT_GRID = {  # which candidates each budget tries: the neighbours of the ex
 
 
 def run(model: str, name: str, minutes: float, work: Path) -> dict:
-    options = {**COMMON, **CANDIDATES[model][name]}
+    options = {**COMMON, **SWEEP_SAMPLING.get(model, {}), **CANDIDATES[model][name]}
     out = work / f"{name}-{minutes:g}"
     argv = [model, *option_argv(options), "--data", "tinyshakespeare", "--tokenizer", "char", "--max-time", f"{minutes:g}",
             "--eval-tokens", "32768"]
@@ -184,7 +189,7 @@ def replay(model: str, minutes: float, work: Path, changes: dict | None = None, 
         sys.exit(f"--replay: the table has no {model} row of {minutes:g} minutes")
     row = rows[0]
     out = work / f"replay-{row['candidate']}-{minutes:g}"
-    argv = [model, *option_argv({**row["options"], **(changes or {})}), "--data", "tinyshakespeare", "--tokenizer", "char",
+    argv = [model, *option_argv({**BEFORE_SAMPLING.get(model, {}), **row["options"], **(changes or {})}), "--data", "tinyshakespeare", "--tokenizer", "char",
             "--max-steps", str(row["steps"]), "--epochs", "1000", "--eval-tokens", "32768"]
     averages = work / "averages.safetensors"
     entry = ("-m", "benchmarks.budget_sweep", "_averages", str(averages), ",".join(map(str, decays))) if decays else ()
@@ -231,6 +236,7 @@ def table(sweep: list[dict], archives: list[list[dict]] = (), replays: list[dict
     peak is the median of its runs' (one measurement before a run moves by ±10% and more). archives: earlier
     sweeps (other machines or days), which add their mismatch measurements to the shortfall cost only.
     replays: a row's replays by its steps with --ema-decays choose its moving average's decay (averaging)."""
+    sweep = [{**r, "options": {**BEFORE_SAMPLING.get(r["model"], {}), **r["options"]}} for r in sweep]
     measured = [r for r in sweep if not r.get("replayed_on")]  # a replay carries its row's speeds: not a measurement
     medians = {key: statistics.median(xs) for key in sorted(set(SPEED.values()) | {"peak_gflops"})
                if (xs := [r[key] for r in measured if r.get(key)])}

@@ -224,12 +224,12 @@ def test_the_fit_gives_a_row_the_moving_average_decay_its_replay_scored_lowest()
               {**replay, "changes": {"lr": 0.001}, "val_loss_last_by_ema_decay": {"0.9": 1.0}},  # another recipe
               {**replay, "minutes": 3, "steps": 90, "val_loss_last_by_ema_decay": {f"{EMA_DECAY:g}": 1.7, "0.999": 1.7}}]
     rows = {r["minutes"]: r for r in fit([row, short], replays=[*not_it, replay])["recipes"]["gpt"]}
-    assert rows[30]["options"] == {"lr": 0.003, "ema_decay": 0.999}
+    assert rows[30]["options"] == {"sampling": "random", "lr": 0.003, "ema_decay": 0.999}
     assert rows[30]["val_loss_last_by_ema_decay"] == scored and rows[30]["val_loss"] == 1.5
-    assert rows[3]["options"] == {"lr": 0.003}  # a tie keeps the default
+    assert rows[3]["options"] == {"sampling": "random", "lr": 0.003}  # a tie keeps the default
     barely = {**replay, "val_loss_last_by_ema_decay": {f"{EMA_DECAY:g}": 1.51, "0.999": 1.5095}}
-    assert fit([row], replays=[barely])["recipes"]["gpt"][0]["options"] == {"lr": 0.003}  # within the margin
-    assert fit([row], replays=[])["recipes"]["gpt"][0]["options"] == {"lr": 0.003}
+    assert fit([row], replays=[barely])["recipes"]["gpt"][0]["options"] == {"sampling": "random", "lr": 0.003}  # within the margin
+    assert fit([row], replays=[])["recipes"]["gpt"][0]["options"] == {"sampling": "random", "lr": 0.003}
     # the row's own decay is what the table's recipe trains with
     assert lm.LanguageModelRecipe().split_options("gpt", {**rows[30]["options"], "max_time": 30})[3] == \
         {"ema_decay": 0.999}
@@ -259,3 +259,23 @@ def test_a_replays_side_averages_are_the_runs_own_update_and_leave_training_alon
     scores = _averages_scored(tmp_path / "with", averages)
     assert set(scores) == {"0.9", "0.5"} and scores["0.9"] != scores["0.5"]
     assert all(0 < v < 10 for v in scores.values())
+
+
+def test_gpt_runs_recorded_before_sampling_train_random_windows_until_a_shuffled_replay_wins():
+    """The sweep's GPT runs drew random windows (before --sampling); their rows say so, so that a run sized by the
+    table trains as the row was measured. A replay with sampling=shuffled keeps a step's time and joins the fit."""
+    from benchmarks.budget_sweep import table as fit, joined_replays
+    gpt = {"model": "gpt", "candidate": "a", "minutes": 30, "val_loss": 1.5, "options": {"lr": 0.003}, "steps": 900,
+           "parameters": 7, "peak_gflops": 100.0, "gpt_gflops": 50.0, "val_loss_raw": 1.52, "machine": "zen3"}
+    lstm = {**gpt, "model": "lstm", "lstm_gflops": 40.0}
+    rows = fit([gpt, lstm])["recipes"]
+    assert rows["gpt"][0]["options"] == {"sampling": "random", "lr": 0.003}
+    assert rows["lstm"][0]["options"] == {"lr": 0.003}  # recurrent models read streams: no such option
+    replay = {"model": "gpt", "minutes": 30, "candidate": "a", "steps": 900, "table_machine": "zen3",
+              "changes": {"sampling": "shuffled"}, "val_loss": 1.49, "val_loss_raw": 1.51, "machine": "zen4",
+              "command": "dlforge train gpt ..."}
+    joined = joined_replays([gpt], [replay])
+    assert [r["candidate"] for r in joined] == ["a+sampling=shuffled"]
+    row = fit([gpt, *joined])["recipes"]["gpt"][0]
+    assert row["candidate"] == "a+sampling=shuffled" and row["options"] == {"sampling": "shuffled", "lr": 0.003}
+    assert fit([gpt, *joined_replays([gpt], [{**replay, "val_loss": 1.4995}])])["recipes"]["gpt"][0]["candidate"] == "a"
