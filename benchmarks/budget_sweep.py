@@ -52,8 +52,8 @@ REPLAYS = RESULTS / "budget-replay.json"
 SAME_STEP_TIME = {"lr", "weight_decay", "weight_decay_on", "optimizer", "warmup_steps", "beta2", "grad_clip",
                   "min_lr_ratio", "ema_decay", "sampling"}
 # The GPT runs recorded before --sampling drew their windows at random (what gpt runs now get with it "random"):
-# their rows, and replays of them, say so, so that a row trains as it was measured until a replay of it with
-# "shuffled" wins (a new run's default, which no sweep run had measured).
+# their rows say so (table() fills it in; a replay trains by its row's options), so that a row trains as it was
+# measured until a replay of it with "shuffled" wins (a new run's default, which no sweep run had measured).
 BEFORE_SAMPLING = {"gpt": {"sampling": "random"}}
 SWEEP_SAMPLING = {"gpt": {"sampling": "shuffled"}}  # what a sweep run made now records (and trains with)
 
@@ -189,7 +189,7 @@ def replay(model: str, minutes: float, work: Path, changes: dict | None = None, 
         sys.exit(f"--replay: the table has no {model} row of {minutes:g} minutes")
     row = rows[0]
     out = work / f"replay-{row['candidate']}-{minutes:g}"
-    argv = [model, *option_argv({**BEFORE_SAMPLING.get(model, {}), **row["options"], **(changes or {})}), "--data", "tinyshakespeare", "--tokenizer", "char",
+    argv = [model, *option_argv({**row["options"], **(changes or {})}), "--data", "tinyshakespeare", "--tokenizer", "char",
             "--max-steps", str(row["steps"]), "--epochs", "1000", "--eval-tokens", "32768"]
     averages = work / "averages.safetensors"
     entry = ("-m", "benchmarks.budget_sweep", "_averages", str(averages), ",".join(map(str, decays))) if decays else ()
