@@ -8,6 +8,7 @@ first approach: several sizes trained to each budget, the best one kept).
     python -m benchmarks.budget_sweep --replay gpt:10 lstm:3  # those rows again by their steps, raw and averaged
     python -m benchmarks.budget_sweep --replay gpt:10 --set lr=0.004  # ... with an option changed
     python -m benchmarks.budget_sweep --replay gpt:30 --ema-decays 0.995 0.998  # ... and other averages beside its own
+    python -m benchmarks.budget_sweep --replay gpt:30 --set seed=1  # ... at another seed: the row's figure, their mean
 
 Every (budget, candidate) is one real `dlforge train MODEL --max-time M` with the candidate's flags and a
 cosine schedule that ends with the budget; its full-validation loss is read from the run's report (the moving
@@ -18,7 +19,9 @@ dlforge/recipes/budgets.json (what `dlforge train gpt --max-time M` uses when no
 from the sweep: at each budget, the candidate with the lowest loss, and the shortfall cost by which a budget
 between rows picks one (dlforge.recipes.language_model.budget_recipe). Replays (--replay) that changed only
 options that keep a step's time (SAME_STEP_TIME: learning rate, weight decay, optimizer...) join the fit as
-runs of the machine whose row they replayed (benchmarks/results/budget-replay.json). A replay with
+runs of the machine whose row they replayed (benchmarks/results/budget-replay.json); one with --set seed=S is
+another seed of the candidate its other changes name, whose figure is then the mean over its seeds, compared with
+another candidate's over the seeds both have (seeds_averaged). A replay with
 --ema-decays keeps moving averages of those decays beside the run's own (the training is unchanged by them: each
 one only reads the weights after every step) and scores each, and the run's own, at the last step; the fit
 gives the row the decay that scored lowest there (benchmarks.budget_sweep.averaging). The plot,
@@ -211,8 +214,9 @@ def joined_replays(sweep: list[dict], replays: list[dict]) -> list[dict]:
     moving average's, or the raw weights' where the sweep's run was made before runs kept an average."""
     out = []
     for rp in replays:
-        changes = rp.get("changes") or {}
-        if not changes or not set(changes) <= SAME_STEP_TIME:
+        changes = dict(rp.get("changes") or {})
+        seed = changes.pop("seed", 0)  # another seed of the candidate its other changes name (seeds_averaged)
+        if not (changes or seed) or not set(changes) <= SAME_STEP_TIME:
             continue
         # a row that a replay made (gpt-s+weight_decay=0.1,optimizer=adamw) is its sweep run with those changes
         candidate, _, made = rp["candidate"].partition("+")
@@ -220,12 +224,32 @@ def joined_replays(sweep: list[dict], replays: list[dict]) -> list[dict]:
         base = [r for r in sweep if (r["model"], r["candidate"], r["minutes"], r.get("machine")) ==
                 (rp["model"], candidate, rp["minutes"], rp["table_machine"]) and r["steps"] == rp["steps"]]
         if base:
-            name = candidate + "+" + ",".join(f"{k}={v}" for k, v in changes.items())
+            name = candidate + ("+" + ",".join(f"{k}={v}" for k, v in changes.items()) if changes else "")
             raw_only = "val_loss_raw" not in base[-1]  # a run from before the moving average: raw against raw
             out.append({**base[-1], "candidate": name, "options": {**base[-1]["options"], **changes},
                         "val_loss": rp["val_loss_raw"] if raw_only else rp["val_loss"],
                         "val_loss_raw": rp["val_loss_raw"], "val_loss_averaged": rp["val_loss"],
-                        "replayed_on": rp["machine"], "command": rp["command"]})
+                        **({"seed": seed} if seed else {}), "replayed_on": rp["machine"], "command": rp["command"]})
+    return out
+
+
+def seeds_averaged(sweep: list[dict]) -> list[dict]:
+    """One run per (model, budget, candidate): where a candidate was trained at several seeds (replays with
+    --set seed=S; a run without one is seed 0), the first of its runs with val_loss the mean over its seeds
+    (val_loss_raw too) and each seed's in val_loss_by_seed; at a seed run twice, the later run counts."""
+    groups: dict[tuple, dict[int, dict]] = {}
+    for r in sweep:
+        groups.setdefault((r["model"], r["minutes"], r["candidate"]), {})[r.get("seed", 0)] = r
+    out = []
+    for runs in groups.values():
+        if len(runs) == 1:
+            out.append(next(iter(runs.values())))
+            continue
+        first = min(runs.values(), key=lambda r: next(i for i, s in enumerate(sweep) if s is r))
+        mean = {k: statistics.mean(r[k] for r in runs.values()) for k in ("val_loss", "val_loss_raw")
+                if all(k in r for r in runs.values())}
+        out.append({**{k: v for k, v in first.items() if k != "seed"}, **mean,
+                    "val_loss_by_seed": {str(s): round(runs[s]["val_loss"], 4) for s in sorted(runs)}})
     return out
 
 
@@ -236,7 +260,7 @@ def table(sweep: list[dict], archives: list[list[dict]] = (), replays: list[dict
     peak is the median of its runs' (one measurement before a run moves by ±10% and more). archives: earlier
     sweeps (other machines or days), which add their mismatch measurements to the shortfall cost only.
     replays: a row's replays by its steps with --ema-decays choose its moving average's decay (averaging)."""
-    sweep = [{**r, "options": {**BEFORE_SAMPLING.get(r["model"], {}), **r["options"]}} for r in sweep]
+    sweep = seeds_averaged([{**r, "options": {**BEFORE_SAMPLING.get(r["model"], {}), **r["options"]}} for r in sweep])
     measured = [r for r in sweep if not r.get("replayed_on")]  # a replay carries its row's speeds: not a measurement
     medians = {key: statistics.median(xs) for key in sorted(set(SPEED.values()) | {"peak_gflops"})
                if (xs := [r[key] for r in measured if r.get(key)])}
@@ -249,6 +273,7 @@ def table(sweep: list[dict], archives: list[list[dict]] = (), replays: list[dict
                                               "options": {**r["options"], **decay},
                                               **({"val_loss_last_by_ema_decay": by_decay} if by_decay else {}),
                                               "val_loss": round(r["val_loss"], 4),
+                                              **({k: r[k] for k in ["val_loss_by_seed"] if k in r}),
                                               "steps": r["steps"], "parameters": r["parameters"],
                                               "peak_gflops": r.get("peak_gflops"),
                                               **({k: r[k] for k in [SPEED.get(model)] if k and k in r}),
@@ -265,7 +290,8 @@ def table(sweep: list[dict], archives: list[list[dict]] = (), replays: list[dict
                      "the row of least cost: ln(t/b) for a row of b minutes given t > b, shortfall_cost x ln(b/t) "
                      "given t < b (shortfall_cost: measured, see mismatch; null: the longest budget that fits). "
                      "Fitted on tinyshakespeare (char) by the command below; the losses are those measured in "
-                     "the sweep. The speeds at the top: the median of the runs', for rows without their own. "
+                     "the sweep (a row trained at several seeds: their mean, each in val_loss_by_seed). The "
+                     "speeds at the top: the median of the runs', for rows without their own. "
                      "A row's ema_decay, where it has one, is the moving average's decay that scored lowest at "
                      "the last step of its replay (val_loss_last_by_ema_decay), the family's default elsewhere.",
             "command": "flock /tmp/dlforge-cpu.lock python -m benchmarks.budget_sweep --save",
@@ -331,9 +357,19 @@ def _best(sweep: list[dict]) -> dict[tuple, dict]:
     for r in sweep:
         key = (r["model"], r["minutes"])
         margin = REPLAY_MARGIN if r.get("replayed_on") else 0.0
-        if key not in best or r["val_loss"] < best[key]["val_loss"] - margin:
+        if key not in best or _paired(r, best[key]) < _paired(best[key], r) - margin:
             best[key] = r
     return best
+
+
+def _paired(r: dict, other: dict) -> float:
+    """r's loss over the seeds both runs were trained at (seeds_averaged), its mean over its own where they share
+    none: two seeds' mean against one seed's run would compare the seeds' luck as much as the candidates."""
+    mine, theirs = r.get("val_loss_by_seed") or {}, other.get("val_loss_by_seed") or {}
+    seeds = (set(mine) or {str(r.get("seed") or 0)}) & (set(theirs) or {str(other.get("seed") or 0)})
+    if not mine or not seeds:
+        return r["val_loss"]
+    return statistics.mean(mine[s] for s in seeds)
 
 
 def mismatch_costs(sweep: list[dict], best: dict[tuple, dict]) -> tuple[list[float], list[float]]:
@@ -464,7 +500,7 @@ def main() -> None:
     fitted = table(sweep, [json.loads(p.read_text())["runs"] for p in ARCHIVES if p.exists()], replays)
     if args.save:
         TABLE.write_text(json.dumps(fitted, indent=1) + "\n")
-        plot(sweep, RESULTS / "budget-sweep.png")
+        plot(seeds_averaged(sweep), RESULTS / "budget-sweep.png")
     print(json.dumps(fitted["recipes"]))
 
 

@@ -279,3 +279,36 @@ def test_gpt_runs_recorded_before_sampling_train_random_windows_until_a_shuffled
     row = fit([gpt, *joined])["recipes"]["gpt"][0]
     assert row["candidate"] == "a+sampling=shuffled" and row["options"] == {"sampling": "shuffled", "lr": 0.003}
     assert fit([gpt, *joined_replays([gpt], [{**replay, "val_loss": 1.4995}])])["recipes"]["gpt"][0]["candidate"] == "a"
+
+
+def test_a_candidates_seeds_are_averaged_and_compared_on_the_seeds_both_have():
+    """Replays with --set seed=S are more seeds of the candidate their other changes name: the row's figure is the
+    mean over its seeds, and a one-seed challenger is compared with it on that seed only."""
+    from benchmarks.budget_sweep import joined_replays, table as fit
+    row = {"model": "gpt", "candidate": "a", "minutes": 30, "val_loss": 1.50, "val_loss_raw": 1.52,
+           "options": {"lr": 0.002}, "steps": 900, "parameters": 7, "peak_gflops": 100.0, "gpt_gflops": 50.0,
+           "machine": "zen3"}
+    rp = {"model": "gpt", "minutes": 30, "candidate": "a", "steps": 900, "table_machine": "zen3", "machine": "zen4",
+          "command": "dlforge train gpt ..."}
+    wd5 = {**rp, "changes": {"weight_decay": 0.5}, "val_loss": 1.44, "val_loss_raw": 1.47}
+    wd5_seed1 = {**rp, "candidate": "a+weight_decay=0.5", "changes": {"seed": 1}, "val_loss": 1.46,
+                 "val_loss_raw": 1.49}
+    joined = joined_replays([row], [wd5, wd5_seed1])
+    assert [(j["candidate"], j.get("seed", 0)) for j in joined] == [("a+weight_decay=0.5", 0), ("a+weight_decay=0.5", 1)]
+    kept = fit([row, *joined])["recipes"]["gpt"][0]
+    assert kept["candidate"] == "a+weight_decay=0.5" and kept["options"]["weight_decay"] == 0.5
+    assert kept["val_loss"] == 1.45 and kept["val_loss_by_seed"] == {"0": 1.44, "1": 1.46}
+    # the row's own candidate at another seed: averaged with the sweep's run
+    alone = fit([row, *joined_replays([row], [{**rp, "changes": {"seed": 1}, "val_loss": 1.48,
+                                                "val_loss_raw": 1.5}])])["recipes"]["gpt"][0]
+    assert alone["candidate"] == "a" and alone["val_loss"] == 1.49 and alone["val_loss_by_seed"] == {"0": 1.5, "1": 1.48}
+    # a later one-seed challenger at 1.445: above 1.44 on seed 0, though below the two seeds' mean of 1.45
+    wd7 = {**rp, "candidate": "a+weight_decay=0.5", "changes": {"weight_decay": 0.7}, "val_loss": 1.445,
+           "val_loss_raw": 1.46}
+    assert fit([row, *joined_replays([row], [wd5, wd5_seed1, wd7])])["recipes"]["gpt"][0]["candidate"] == "a+weight_decay=0.5"
+    # ... and at 1.43 on seed 0 it wins, with its one seed's figure
+    won = fit([row, *joined_replays([row], [wd5, wd5_seed1, {**wd7, "val_loss": 1.43}])])["recipes"]["gpt"][0]
+    assert won["candidate"] == "a+weight_decay=0.7" and won["val_loss"] == 1.43 and "val_loss_by_seed" not in won
+    # a seed that a replay redid: the later run counts
+    redo = joined_replays([row], [wd5, wd5_seed1, {**wd5_seed1, "val_loss": 1.45}])
+    assert fit([row, *redo])["recipes"]["gpt"][0]["val_loss_by_seed"] == {"0": 1.44, "1": 1.45}
