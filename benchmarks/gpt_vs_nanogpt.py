@@ -18,6 +18,7 @@ FlopCounterMode), as median (min–max).
 
 quality: both checkpoints after 1,574 steps scored by one evaluator, dlforge's full-validation loss (dlforge's
 run with its moving average of the weights, --ema-decay 0.99 by default, and with its last raw weights)
+(--ema-decays: more averages kept beside it, each scored at the last step)
 (lm_loss: non-overlapping windows of 128 over the whole last 10% of the text; nanoGPT's weights are loaded into
 dlforge's GPT, the same arithmetic), each on its own script's validation split (nanoGPT's is one character
 longer).
@@ -45,6 +46,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.budget_sweep import _averages_scored
 from benchmarks.pairs import interleave, spread, train_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -283,7 +285,12 @@ def quality_benchmark(args, work: Path) -> dict:
         print(json.dumps(out["runs"][-1]), file=sys.stderr)
     for seed in args.seeds:
         run = work / f"dlforge-seed{seed}"
-        r = run_dlforge(args.steps, run, seed=seed)
+        averages = work / f"averages-seed{seed}.safetensors"
+        entry = (("-m", "benchmarks.budget_sweep", "_averages", str(averages), ",".join(map(str, args.ema_decays)))
+                 if args.ema_decays else ())
+        r = run_dlforge(args.steps, run, seed=seed, entry=entry)
+        if args.ema_decays:  # the last step's loss by moving average's decay (the run's own among them)
+            r["full_val_loss_last_by_ema_decay"] = _averages_scored(run, averages)
         r["full_val_loss_last"] = dlforge_val_loss(run, "last")["loss"]   # the moving average: what the run loads
         r["full_val_loss_last_raw"] = dlforge_val_loss(run, "last", ema=False)["loss"]  # its last step's weights
         r["full_val_loss_best"] = r.pop("report")["loss"]
@@ -344,6 +351,9 @@ def main() -> None:
     ap.add_argument("--nanogpt-seeds", type=int, nargs="*", default=[0],
                     help="quality: nanoGPT's seeds (s: torch.manual_seed(1337 + s) in its train.py)")
     ap.add_argument("--skip-nanogpt", action="store_true", help="quality: dlforge's runs only")
+    ap.add_argument("--ema-decays", type=float, nargs="+", default=[], metavar="D",
+                    help="quality: keep moving averages of these decays beside the run's own and score each at the "
+                         "last step (the training is unchanged by them)")
     ap.add_argument("--work", type=Path, help="keep the runs here (default: a temporary folder)")
     ap.add_argument("--match-warmup", action="store_true", help="lockstep: nanoGPT's warm-up made dlforge's")
     ap.add_argument("--offset-seed", type=int, default=12345, help="lockstep: the seed the training windows are drawn with")
