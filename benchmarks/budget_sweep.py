@@ -419,7 +419,9 @@ def plot(sweep: list[dict], path: Path) -> None:
     import matplotlib.ticker
     sweep = _machine_speeds(sweep)
     models = sorted({r["model"] for r in sweep})
-    fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 5.2), squeeze=False)
+    entries = max(len({r["candidate"] for r in sweep if r["model"] == m}) for m in models)
+    # the legend goes below each panel (inside, the replays' names covered the 30-minute points)
+    fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 5.2 + 0.13 * entries), squeeze=False)
     for ax, model in zip(axes[0], models):
         key = _speed_key(model, [r for r in sweep if r["model"] == model])
         joined = sorted({r["candidate"] for r in sweep if r["model"] == model} - set(CANDIDATES[model]))
@@ -447,7 +449,7 @@ def plot(sweep: list[dict], path: Path) -> None:
         ax.set_title(f"{model}: tinyshakespeare, char level")
         ax.set_ylim(top=top)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6.5, loc="upper right")
+        ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
