@@ -164,7 +164,13 @@ def averages_entry(argv: list[str]) -> int:
     return code
 
 
-def _averages_scored(run: Path, averages: Path) -> dict[str, float]:
+def averages_cli(path: Path, decays) -> tuple:
+    """train_cli's entry that keeps side averages of `decays` (averages_entry) and saves them to `path`; () for
+    dlforge's plain CLI when there are none."""
+    return ("-m", "benchmarks.budget_sweep", "_averages", str(path), ",".join(map(str, decays))) if decays else ()
+
+
+def averages_scored(run: Path, averages: Path) -> dict[str, float]:
     """Full-validation loss of the run's last checkpoint with its own moving average and with each of `averages`."""
     import dlforge
     from safetensors.torch import load_file
@@ -195,15 +201,14 @@ def replay(model: str, minutes: float, work: Path, changes: dict | None = None, 
     argv = [model, *option_argv({**row["options"], **(changes or {})}), "--data", "tinyshakespeare", "--tokenizer", "char",
             "--max-steps", str(row["steps"]), "--epochs", "1000", "--eval-tokens", "32768"]
     averages = work / "averages.safetensors"
-    entry = ("-m", "benchmarks.budget_sweep", "_averages", str(averages), ",".join(map(str, decays))) if decays else ()
-    report, meta, wall = train_cli(argv, out, entry)
+    report, meta, wall = train_cli(argv, out, averages_cli(averages, decays))
     r = {"model": model, "minutes": minutes, "candidate": row["candidate"], "changes": changes or {},
          "steps": meta["step"],
          "table_val_loss": row["val_loss"], "table_machine": row["machine"],
          "val_loss": report["loss"], "val_loss_raw": _raw_weights(out).evaluate()["loss"],
          "wall_s": round(wall, 1), "machine": cpu_name(), "command": "dlforge train " + " ".join(argv)}
     if decays:  # the last step's loss by moving average's decay (the run's own among them)
-        r["val_loss_last_by_ema_decay"] = _averages_scored(out, averages)
+        r["val_loss_last_by_ema_decay"] = averages_scored(out, averages)
     return r
 
 
@@ -235,7 +240,7 @@ def joined_replays(sweep: list[dict], replays: list[dict]) -> list[dict]:
 
 def seeds_averaged(sweep: list[dict]) -> list[dict]:
     """One run per (model, budget, candidate): where a candidate was trained at several seeds (replays with
-    --set seed=S; a run without one is seed 0), the first of its runs with val_loss the mean over its seeds
+    --set seed=S; a run without one is seed 0), its first seed's run with val_loss the mean over its seeds
     (val_loss_raw too) and each seed's in val_loss_by_seed; at a seed run twice, the later run counts."""
     groups: dict[tuple, dict[int, dict]] = {}
     for r in sweep:
@@ -245,7 +250,7 @@ def seeds_averaged(sweep: list[dict]) -> list[dict]:
         if len(runs) == 1:
             out.append(next(iter(runs.values())))
             continue
-        first = min(runs.values(), key=lambda r: next(i for i, s in enumerate(sweep) if s is r))
+        first = next(iter(runs.values()))  # its options, steps and machine are every seed's
         mean = {k: statistics.mean(r[k] for r in runs.values()) for k in ("val_loss", "val_loss_raw")
                 if all(k in r for r in runs.values())}
         out.append({**{k: v for k, v in first.items() if k != "seed"}, **mean,

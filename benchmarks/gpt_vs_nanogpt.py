@@ -46,7 +46,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.budget_sweep import _averages_scored
+from benchmarks.budget_sweep import averages_cli, averages_scored
 from benchmarks.pairs import interleave, spread, train_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -286,11 +286,9 @@ def quality_benchmark(args, work: Path) -> dict:
     for seed in args.seeds:
         run = work / f"dlforge-seed{seed}"
         averages = work / f"averages-seed{seed}.safetensors"
-        entry = (("-m", "benchmarks.budget_sweep", "_averages", str(averages), ",".join(map(str, args.ema_decays)))
-                 if args.ema_decays else ())
-        r = run_dlforge(args.steps, run, seed=seed, entry=entry)
+        r = run_dlforge(args.steps, run, seed=seed, entry=averages_cli(averages, args.ema_decays))
         if args.ema_decays:  # the last step's loss by moving average's decay (the run's own among them)
-            r["full_val_loss_last_by_ema_decay"] = _averages_scored(run, averages)
+            r["full_val_loss_last_by_ema_decay"] = averages_scored(run, averages)
         r["full_val_loss_last"] = dlforge_val_loss(run, "last")["loss"]   # the moving average: what the run loads
         r["full_val_loss_last_raw"] = dlforge_val_loss(run, "last", ema=False)["loss"]  # its last step's weights
         r["full_val_loss_best"] = r.pop("report")["loss"]

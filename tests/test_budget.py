@@ -239,7 +239,7 @@ def test_a_replays_side_averages_are_the_runs_own_update_and_leave_training_alon
     decay kept beside it equals its task.ema.*, bit for bit), the weights trained are those of a run without
     them, and each is scored at the last step."""
     import torch
-    from benchmarks.budget_sweep import _averages_scored, averages_entry
+    from benchmarks.budget_sweep import averages_scored, averages_entry
     from dlforge.train.checkpoint import load_checkpoint
     text = tmp_path / "t.txt"
     text.write_text("the cat sat on the mat. a dog ran in the fog.\n" * 100)
@@ -256,7 +256,7 @@ def test_a_replays_side_averages_are_the_runs_own_update_and_leave_training_alon
     own = {k[len("task.ema."):]: v for k, v in with_.items() if k.startswith("task.ema.")}
     assert own and all(torch.equal(side[f"0.9/{k}"], v) for k, v in own.items())
     assert not all(torch.equal(side[f"0.5/{k}"], v) for k, v in own.items())
-    scores = _averages_scored(tmp_path / "with", averages)
+    scores = averages_scored(tmp_path / "with", averages)
     assert set(scores) == {"0.9", "0.5"} and scores["0.9"] != scores["0.5"]
     assert all(0 < v < 10 for v in scores.values())
 
