@@ -57,9 +57,10 @@ def main() -> None:
     ap.add_argument("--sweep-only", action="store_true",
                     help="after training, only the guidance sweep: writes diffusion-guidance-<data>-<model>.json")
     ap.add_argument("--out", default="runs/bench-diffusion")
-    ap.add_argument("--recipe", default="--batch-size 128 --lr 2e-3 --lr-schedule cosine --warmup-steps 200 "
+    ap.add_argument("--recipe", default="--batch-size 256 --lr 2e-3 --lr-schedule cosine --warmup-steps 100 "
                                         "--min-lr-ratio 0.05 --eval-every 1000 --grad-clip 1",
-                    help="extra `dlforge train diffusion` options")
+                    help="extra `dlforge train diffusion` options (add --seed S for another training seed); batch 256: "
+                         "higher prompt accuracy in the same minutes than 128 (README, Measured)")
     ap.add_argument("--model", default="diffusion", help="diffusion (= unet), unet-small, ...")
     args = ap.parse_args()
     out = Path(args.out) / args.data
