@@ -57,14 +57,16 @@ def main() -> None:
     ap.add_argument("--sweep-only", action="store_true",
                     help="after training, only the guidance sweep: writes diffusion-guidance-<data>-<model>.json")
     ap.add_argument("--out", default="runs/bench-diffusion")
-    ap.add_argument("--suffix", default="", help="appended to the results file's name (e.g. -seed1): runs that differ "
-                                                 "only in --recipe keep their own files")
+    ap.add_argument("--suffix", default="", help="appended to the results file's name after a dash (e.g. seed1: "
+                                                 "...-unet-fast-seed1.json): runs that differ only in --recipe keep "
+                                                 "their own files")
     ap.add_argument("--recipe", default="--batch-size 256 --lr 2e-3 --lr-schedule cosine --warmup-steps 100 "
                                         "--min-lr-ratio 0.05 --eval-every 1000 --grad-clip 1",
                     help="extra `dlforge train diffusion` options (add --seed S for another training seed); batch 256: "
                          "higher prompt accuracy in the same minutes than 128 (README, Measured)")
     ap.add_argument("--model", default="diffusion", help="diffusion (= unet), unet-small, ...")
     args = ap.parse_args()
+    suffix = "-" + args.suffix.lstrip("-") if args.suffix else ""  # a value may not start with a dash on the line
     out = Path(args.out) / args.data
     cls, dif = out / "classifier", out / "diffusion"
     res: dict = {"benchmark": "diffusion_quality", "data": args.data, "recipe": args.recipe, "model": args.model}
@@ -90,7 +92,7 @@ def main() -> None:
                                                     "frechet", "frechet_real", "kid", "kid_std", "images_per_s")}
                                  for r in sweep]
     if args.sweep_only:
-        path = RESULTS / f"diffusion-guidance-{args.data}-{args.model}{args.suffix}.json"
+        path = RESULTS / f"diffusion-guidance-{args.data}-{args.model}{suffix}.json"
         path.write_text(json.dumps(res, indent=1) + "\n")
         print(f"wrote {path}", file=sys.stderr)
         return
@@ -108,7 +110,7 @@ def main() -> None:
                            "frechet_ratio": a["frechet"] / b["frechet"],
                            "kid": [a["kid"], b["kid"]], "kid_std": [a["kid_std"], b["kid_std"]]}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"diffusion-quality-{args.data}-{args.model}{args.suffix}.json"
+    path = RESULTS / f"diffusion-quality-{args.data}-{args.model}{suffix}.json"
     path.write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps({k: res[k] for k in ("data", "train_seconds", "train_steps", "ddim_vs_ddpm")}))
     print(f"wrote {path}", file=sys.stderr)
