@@ -203,6 +203,8 @@ def replay(model: str, minutes: float, work: Path, changes: dict | None = None, 
     averages = work / "averages.safetensors"
     report, meta, wall = train_cli(argv, out, averages_cli(averages, decays))
     r = {"model": model, "minutes": minutes, "candidate": row["candidate"], "changes": changes or {},
+         # what it trained with: the row's options (with a decay the table chose) and the changes, but the seed
+         "options": {k: v for k, v in {**row["options"], **(changes or {})}.items() if k != "seed"},
          "steps": meta["step"],
          "table_val_loss": row["val_loss"], "table_machine": row["machine"],
          "val_loss": report["loss"], "val_loss_raw": _raw_weights(out).evaluate()["loss"],
@@ -231,7 +233,10 @@ def joined_replays(sweep: list[dict], replays: list[dict]) -> list[dict]:
         if base:
             name = candidate + ("+" + ",".join(f"{k}={v}" for k, v in changes.items()) if changes else "")
             raw_only = "val_loss_raw" not in base[-1]  # a run from before the moving average: raw against raw
-            out.append({**base[-1], "candidate": name, "options": {**base[-1]["options"], **changes},
+            # the options it trained with: the sweep run's, those the table had added to its row (a moving
+            # average's decay: `options`, recorded by replays made since) and the changes
+            out.append({**base[-1], "candidate": name, "options": {**base[-1]["options"], **rp.get("options", {}),
+                                                                   **changes},
                         "val_loss": rp["val_loss_raw"] if raw_only else rp["val_loss"],
                         "val_loss_raw": rp["val_loss_raw"], "val_loss_averaged": rp["val_loss"],
                         **({"seed": seed} if seed else {}), "replayed_on": rp["machine"], "command": rp["command"]})

@@ -100,6 +100,11 @@ def test_a_replay_that_keeps_the_step_time_joins_the_fit_as_the_rows_machine():
     j2 = joined_replays([row, other], [again])[0]
     assert j2["candidate"] == "a+weight_decay=0.2,optimizer=adamw" and j2["val_loss"] == 1.54
     assert j2["options"] == {"lr": 0.003, "weight_decay": 0.2, "optimizer": "adamw"}
+    # a replay of a row to which the table added a moving average's decay trained with it: its options keep it
+    decayed = {**replay, "changes": {"sampling": "shuffled", "seed": 1},
+               "options": {"lr": 0.003, "weight_decay": 0.0, "ema_decay": 0.998, "sampling": "shuffled"}}
+    assert joined_replays([row, other], [decayed])[0]["options"] == {"lr": 0.003, "weight_decay": 0.0,
+                                                                    "ema_decay": 0.998, "sampling": "shuffled"}
     # a change found by replay replaces what the budget had only when lower by the margin, as replays are made
     tie = {**replay, "changes": {"weight_decay_on": "matrices"}, "val_loss": 1.5595}
     near = joined_replays([row, other], [replay, {**tie, "val_loss_raw": 1.5595}])
