@@ -6,6 +6,8 @@ kernel reaches inside dlforge's real training steps, and the share of the step's
                                                                               # gradients against dlforge's
     python -m benchmarks.peak_ceiling --ab 5 --ab-switch ema --steps 10      # the cnn step without and with the
                                                                               # moving average of the weights
+    python -m benchmarks.peak_ceiling --ab 5 --ab-switch channels-last --steps 5  # the unet-fast text-to-image
+                                                                              # step, NCHW against channels-last
 
 Issue 20 part 3 asks for CNN training at >= 85% of the 2048² fp32 matmul peak, CNN evaluation at >= 90% and the
 GPT training step at >= 80%. A step is FLOPs / seconds; its FLOPs are almost all in convolutions and matrix
@@ -89,6 +91,30 @@ def gpt_step() -> tuple[Callable[[], None], str]:
     return step, "gpt-small train: 4 x 4 x 192, batch 32 x 128, AdamW, clip 1"
 
 
+def unet_step(channels_last: bool) -> tuple[Callable[[], None], str]:
+    """The `unet-fast` text-to-image training step as `dlforge train unet-fast --data fashion-mnist` takes it at
+    batch 256: DenoiseTask's loss (t, ε, Min-SNR weights, caption dropout), AdamW (fused), clip 1, the moving
+    average; captions of 16 token ids from a vocabulary of 34, as the Fashion-MNIST captions have."""
+    from dlforge.registry import create_model
+    from dlforge.train.tasks import DenoiseTask
+    torch.manual_seed(0)
+    model = create_model("unet-fast", vocab_size=34, img_size=28, max_len=16, in_channels=1)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    opt = torch.optim.AdamW(model.parameters(), 2e-3, weight_decay=0.0, fused=True)
+    task = DenoiseTask()
+    x0 = (torch.rand(256, 1, 28, 28) * 2 - 1).contiguous(memory_format=fmt)
+    cond = torch.randint(1, 34, (256, 16))
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        task.step(model, (x0, cond))[0].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        task.after_step(model)
+    return step, f"unet-fast train: batch 256, 1 x 28 x 28, {'channels-last' if channels_last else 'NCHW'}, AdamW, clip 1"
+
+
 def flops_by_op(step: Callable[[], None]) -> dict[str, float]:
     from torch.utils.flop_counter import FlopCounterMode
     with FlopCounterMode(display=False) as fc:
@@ -164,18 +190,35 @@ def _set_ema(step, on: bool) -> None:
     step.task.ema_decay = EMA_DECAY if on else 0.0  # 0: after_step returns at once
 
 
-# --ab-switch: (name of the step without, name with, how to set it)
-SWITCHES = {"conv-weight-grad": ("onednn", "gemm", _set_conv), "ema": ("no-average", "average", _set_ema)}
+def _pair_of_unet_steps() -> tuple[Callable[[], None], str]:
+    """Two unet-fast steps, NCHW and channels-last (the same initial weights), one of them run at a time."""
+    (off, what), (on, _) = unet_step(False), unet_step(True)
+
+    def step() -> None:
+        step.current()  # type: ignore[attr-defined]
+    step.off, step.on, step.current = off, on, off  # type: ignore[attr-defined]
+    return step, what.replace("NCHW", "NCHW or channels-last")
+
+
+def _set_channels_last(step, on: bool) -> None:
+    step.current = step.on if on else step.off
+
+
+# --ab-switch: (name of the step without, name with, how to set it, the step)
+SWITCHES = {"conv-weight-grad": ("onednn", "gemm", _set_conv, cnn_step),
+            "ema": ("no-average", "average", _set_ema, cnn_step),
+            "channels-last": ("nchw", "channels-last", _set_channels_last, _pair_of_unet_steps)}
 
 
 def ab(steps: int, rounds: int, switch: str) -> dict:
-    """The cnn training step without and with one thing (SWITCHES: dlforge's product for conv2's and conv3's weight
-    gradients instead of oneDNN's, or the moving average of the weights), alternated in one process: `rounds` pairs
-    of `steps` steps, each pair's ratio of the step's time without to with."""
+    """A training step without and with one thing (SWITCHES: for the cnn step, dlforge's product for conv2's and
+    conv3's weight gradients instead of oneDNN's, or the moving average of the weights; for the unet-fast step,
+    channels-last memory), alternated in one process: `rounds` pairs of `steps` steps, each pair's ratio of the
+    step's time without to with."""
     import statistics
     torch.manual_seed(0)
-    step, what = cnn_step()
-    off_name, on_name, setter = SWITCHES[switch]
+    off_name, on_name, setter, make = SWITCHES[switch]
+    step, what = make()
     ms: dict[str, list[float]] = {off_name: [], on_name: []}
     peaks = []
     for r in range(rounds + 1):  # the first round warms up both
@@ -188,7 +231,8 @@ def ab(steps: int, rounds: int, switch: str) -> dict:
             if r:
                 ms[name].append(1e3 * (time.perf_counter() - t) / steps)
     ratios = [a / b for a, b in zip(ms[off_name], ms[on_name])]
-    return {"model": "cnn-train", "what": what, "switch": switch, "steps": steps, "rounds": rounds,
+    model = "unet-train" if make is _pair_of_unet_steps else "cnn-train"
+    return {"model": model, "what": what, "switch": switch, "steps": steps, "rounds": rounds,
             "fp32_matmul_peak_gflops": [round(p, 1) for p in peaks[1:]],
             "ms_per_step": {k: [round(x, 1) for x in v] for k, v in ms.items()},
             "median_ms_per_step": {k: round(statistics.median(v), 1) for k, v in ms.items()},
@@ -206,11 +250,12 @@ def main() -> None:
                          "oneDNN's, as before (dlforge.models.conv)")
     ap.add_argument("--save", action="store_true", help="also write the JSON to --out")
     ap.add_argument("--out", type=Path, default=RESULTS / "peak-ceiling.json")
-    ap.add_argument("--ab", type=int, metavar="ROUNDS", help="instead: the cnn training step without and with "
+    ap.add_argument("--ab", type=int, metavar="ROUNDS", help="instead: a training step without and with "
                     "--ab-switch alternated, ROUNDS pairs of --steps steps")
     ap.add_argument("--ab-switch", choices=sorted(SWITCHES), default="conv-weight-grad",
-                    help="with --ab: oneDNN's convolution weight gradients against dlforge's (default), or the step "
-                         "without and with the moving average of the weights")
+                    help="with --ab: the cnn step with oneDNN's convolution weight gradients against dlforge's "
+                         "(default), or without and with the moving average of the weights; or the unet-fast step "
+                         "in NCHW against channels-last memory (channels-last)")
     args = ap.parse_args()
     if args.steps < 1:
         sys.exit("--steps: expected 1 or more")

@@ -296,6 +296,11 @@ class DenoiseRecipe(Recipe):
     def load_artifacts(self, run: Run) -> C.CaptionTokenizer:
         return C.CaptionTokenizer.load(run.path / "captions.json")
 
+    def ready_model(self, model: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
+        """Channels-last memory, for training and sampling: the unet-fast training step 1.065x faster at batch 256
+        (benchmarks.peak_ceiling --ab-switch channels-last), sampling 1.1-1.5x."""
+        return model.to(memory_format=torch.channels_last)
+
     def make_task(self, cfg: RunConfig, model: torch.nn.Module) -> DenoiseTask:
         return DenoiseTask(**cfg.task_options)
 
@@ -361,7 +366,6 @@ class Diffuser(Handle):
         super().__init__(run, device, which, ema)
         text_encoder = self.config.data.get("text_encoder", "own")
         self.cond_fn = Conditioner(self.artifacts, None if text_encoder == "own" else text_encoder)
-        self.model = self.model.to(memory_format=torch.channels_last)  # 1.1-1.5x faster sampling on CPU
 
     def generate(self, prompts: str | list[str], n: int = 1, sampler: str = "ddim", steps: int | None = None,
                  guidance: float = 3.0, eta: float | None = None, seed: int = 0,
