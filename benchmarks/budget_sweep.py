@@ -384,8 +384,9 @@ def _paired(r: dict, other: dict) -> float:
 
 def mismatch_costs(sweep: list[dict], best: dict[tuple, dict]) -> tuple[list[float], list[float]]:
     """What a kept candidate loses at a budget it was not kept for, per unit of log budget ratio, against that
-    budget's best: (run for less time than its row's, run for more). Only candidates kept at one budget and
-    beaten at the other count: one that wins both says nothing about the cost of a mismatch."""
+    budget's best: (run for less time than its row's, run for more), over the seeds both were trained at
+    (_paired). Only candidates kept at one budget and beaten at the other count: one that wins both says nothing
+    about the cost of a mismatch."""
     short, long = [], []
     for r in sweep:
         here = best.get((r["model"], r["minutes"]))
@@ -394,7 +395,7 @@ def mismatch_costs(sweep: list[dict], best: dict[tuple, dict]) -> tuple[list[flo
         for (model, minutes), kept in best.items():
             if model == r["model"] and kept["candidate"] == r["candidate"] and minutes != r["minutes"]:
                 ratio = compute(r, kept) / compute(kept, r)  # runs on different days differ by their peaks too
-                cost = (r["val_loss"] - here["val_loss"]) / abs(math.log(ratio))
+                cost = (_paired(r, here) - _paired(here, r)) / abs(math.log(ratio))
                 (short if ratio < 1 else long).append(cost)
     return short, long
 

@@ -68,6 +68,10 @@ def test_the_sweep_fits_the_shortfall_cost_from_candidates_run_off_their_budget(
     assert t["mismatch"]["shorter_budget_than_sized"] == [round(0.3 / 2.302585, 4)]
     assert [r["candidate"] for r in t["recipes"]["gpt"]] == ["a", "b"]
     assert fit(sweep[4:])["shortfall_cost"] is None  # no mismatch measured: the longest budget that fits
+    # a budget's best trained at two seeds is compared with a one-seed run on the seed both have, not its mean
+    two_seeds = [run("gpt", "a", 1, 2.0), run("gpt", "b", 1, 2.3), run("gpt", "a", 10, 1.6),
+                 {**run("gpt", "b", 10, 1.5), "seed": 0}, {**run("gpt", "b", 10, 1.7), "seed": 1}]
+    assert fit(two_seeds)["mismatch"]["longer_budget_than_sized"] == [round(0.1 / 2.302585, 4)]  # not -0.0
     archived = fit(sweep[4:], archives=[sweep[:4]])  # an earlier sweep's mismatches count; its rows do not
     assert archived["shortfall_cost"] == 3.0 and list(archived["recipes"]) == ["lstm"]
 
