@@ -204,10 +204,10 @@ def _set_channels_last(step, on: bool) -> None:
     step.current = step.on if on else step.off
 
 
-# --ab-switch: (name of the step without, name with, how to set it, the step)
-SWITCHES = {"conv-weight-grad": ("onednn", "gemm", _set_conv, cnn_step),
-            "ema": ("no-average", "average", _set_ema, cnn_step),
-            "channels-last": ("nchw", "channels-last", _set_channels_last, _pair_of_unet_steps)}
+# --ab-switch: (name of the step without, name with, how to set it, the step's model, the step)
+SWITCHES = {"conv-weight-grad": ("onednn", "gemm", _set_conv, "cnn-train", cnn_step),
+            "ema": ("no-average", "average", _set_ema, "cnn-train", cnn_step),
+            "channels-last": ("nchw", "channels-last", _set_channels_last, "unet-train", _pair_of_unet_steps)}
 
 
 def ab(steps: int, rounds: int, switch: str) -> dict:
@@ -217,7 +217,7 @@ def ab(steps: int, rounds: int, switch: str) -> dict:
     step's time without to with."""
     import statistics
     torch.manual_seed(0)
-    off_name, on_name, setter, make = SWITCHES[switch]
+    off_name, on_name, setter, model, make = SWITCHES[switch]
     step, what = make()
     ms: dict[str, list[float]] = {off_name: [], on_name: []}
     peaks = []
@@ -231,7 +231,6 @@ def ab(steps: int, rounds: int, switch: str) -> dict:
             if r:
                 ms[name].append(1e3 * (time.perf_counter() - t) / steps)
     ratios = [a / b for a, b in zip(ms[off_name], ms[on_name])]
-    model = "unet-train" if make is _pair_of_unet_steps else "cnn-train"
     return {"model": model, "what": what, "switch": switch, "steps": steps, "rounds": rounds,
             "fp32_matmul_peak_gflops": [round(p, 1) for p in peaks[1:]],
             "ms_per_step": {k: [round(x, 1) for x in v] for k, v in ms.items()},

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dlforge.cli import main
@@ -93,7 +94,6 @@ def test_resume_continues_with_the_moving_average(run, tmp_path):
 def test_resume_equals_uninterrupted(tmp_path):
     """Stopped at step 20 and resumed to 40: the weights (channels-last, as the recipe trains them), AdamW's
     moments, the moving average and the validation loss at step 40 are bit for bit those of one run of 40 steps."""
-    import torch
     argv = ["train", "unet-tiny", *FAST, "--seed", "5"]
     assert main([*argv, "--max-steps", "40", "--out", str(tmp_path / "whole")]) == 0
     assert main([*argv, "--max-steps", "20", "--out", str(tmp_path / "part")]) == 0
