@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 
 from benchmarks.budget_sweep import averages_cli, averages_scored
-from benchmarks.pairs import interleave, spread, train_cli
+from benchmarks.pairs import cpu_name, interleave, spread, train_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -281,18 +281,19 @@ def quality_benchmark(args, work: Path) -> dict:
         r = run_nanogpt(tree, args.steps, work / f"nanogpt-seed{seed}")
         r.pop("losses")  # per-step losses are for lockstep's comparison, not kept here
         r["full_val_loss"] = nanogpt_val_loss(tree, Path(r["checkpoint"]))["loss"]
-        out["runs"].append({"who": "nanogpt", "seed": seed, **r})
+        out["runs"].append({"who": "nanogpt", "seed": seed, **r, "machine": cpu_name()})
         print(json.dumps(out["runs"][-1]), file=sys.stderr)
     for seed in args.seeds:
         run = work / f"dlforge-seed{seed}"
         averages = work / f"averages-seed{seed}.safetensors"
-        r = run_dlforge(args.steps, run, seed=seed, entry=averages_cli(averages, args.ema_decays))
+        r = run_dlforge(args.steps, run, seed=seed, extra=tuple(args.dlforge_flags.split()),
+                        entry=averages_cli(averages, args.ema_decays))
         if args.ema_decays:  # the last step's loss by moving average's decay (the run's own among them)
             r["full_val_loss_last_by_ema_decay"] = averages_scored(run, averages)
         r["full_val_loss_last"] = dlforge_val_loss(run, "last")["loss"]   # the moving average: what the run loads
         r["full_val_loss_last_raw"] = dlforge_val_loss(run, "last", ema=False)["loss"]  # its last step's weights
         r["full_val_loss_best"] = r.pop("report")["loss"]
-        out["runs"].append({"who": "dlforge", "seed": seed, **r})
+        out["runs"].append({"who": "dlforge", "seed": seed, **r, "machine": cpu_name()})
         print(json.dumps(out["runs"][-1]), file=sys.stderr)
     return out
 
@@ -348,6 +349,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1], help="quality: dlforge's seeds (none: nanoGPT only)")
     ap.add_argument("--nanogpt-seeds", type=int, nargs="*", default=[0],
                     help="quality: nanoGPT's seeds (s: torch.manual_seed(1337 + s) in its train.py)")
+    ap.add_argument("--dlforge-flags", default="", metavar="'FLAGS'",
+                    help="quality: more flags for dlforge's runs, after the recipe's (e.g. '--sampling random', "
+                         "the training windows before December 2026)")
     ap.add_argument("--skip-nanogpt", action="store_true", help="quality: dlforge's runs only")
     ap.add_argument("--ema-decays", type=float, nargs="+", default=[], metavar="D",
                     help="quality: keep moving averages of these decays beside the run's own and score each at the "
