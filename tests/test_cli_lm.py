@@ -147,6 +147,25 @@ def test_resume_equals_uninterrupted(model, corpus, tmp_path):
     assert ra == rb
 
 
+def test_a_recurrent_models_validation_subset_spans_the_whole_text(corpus, tmp_path):
+    """--eval-tokens N on an LSTM: up to 64 contiguous rows spread from the start to the end of the validation
+    text, the state carried along each row (on tinyshakespeare its first tokens scored 0.07 below the whole);
+    a run made before the change keeps reading the first N tokens, so its best checkpoint stays comparable."""
+    from dlforge.recipes.language_model import TextDataConfig, _eval_batches
+    lstm, ids, T, n = type("M", (), {"recurrent": True})(), torch.arange(10_001), 16, 2048
+    batches = list(_eval_batches(lstm, ids, T, n, 32768))
+    x, y = (torch.cat([b[k] for b in batches], 1) for k in (0, 1))
+    assert x.shape == (64, 32) and torch.equal(y, x + 1) and [b[2] for b in batches] == [0, 1]
+    assert torch.equal(x, x[:, :1] + torch.arange(32))                  # each row contiguous across its chunks
+    assert x[0, 0] == 0 and y[-1, -1] == 10_000 and (x[1:, 0] > x[:-1, -1]).all()   # start to end, no overlap
+    first = torch.cat([b[0] for b in _eval_batches(lstm, ids, T, n, 32768, spread=False)], 1)
+    assert first.max() < n + 1 and first.numel() == n
+    out = tmp_path / "lstm"
+    assert main(["train", "lstm-small", "--data-file", str(corpus), *FAST, "--max-steps", "1", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["data"]["eval_spread"] is True
+    assert TextDataConfig(name="tinyshakespeare").eval_spread is False  # a config saved before the field
+
+
 def test_named_corpus_tinyshakespeare(tmp_path, capsys):
     if not SHAKESPEARE.is_file():
         pytest.skip(f"the local tinyshakespeare copy is not at {SHAKESPEARE} (../shared is absent)")

@@ -52,6 +52,10 @@ class TextDataConfig:
     # tiles); "random": each window at its own random offset, as nanoGPT draws them (and runs made before this
     # option, which have None). Recurrent models always read contiguous streams, each epoch once.
     sampling: str | None = None
+    # recurrent models under --eval-tokens: True (new runs) reads that many tokens as up to 64 contiguous rows
+    # spread evenly over the whole validation text, as transformers' windows are; False (runs made before):
+    # its first tokens, which on tinyshakespeare's scored 0.07 below the whole text (README, Language models)
+    eval_spread: bool = False
 
     def __post_init__(self) -> None:
         if self.tokenizer not in textdata.TOKENIZERS:
@@ -208,17 +212,18 @@ def default_block_size(model: str) -> int:
 # ---------------------------------------------------------------- evaluation
 @torch.no_grad()
 def lm_loss(model: torch.nn.Module, ids: torch.Tensor, block_size: int, device: torch.device, precision: str = "fp32",
-            max_tokens: int | None = None, batch_tokens: int = 32768) -> dict:
+            max_tokens: int | None = None, batch_tokens: int = 32768, spread: bool = True) -> dict:
     """Mean next-token cross-entropy (nats) and accuracy over a token stream, eval mode.
     Transformers: non-overlapping windows of block_size (evenly spread when max_tokens cuts them);
-    recurrent models: contiguous rows with the state carried, as in training."""
+    recurrent models: contiguous rows with the state carried, as in training (when max_tokens cuts them,
+    evenly spread rows; spread=False: the first max_tokens tokens, as runs made before read them)."""
     model.eval()
     T, n = block_size, len(ids) - 1
     # at most 2^24 logits (64 MB of fp32) at once: a 8,000-token vocabulary would otherwise hold 1 GB a batch
     batch_tokens = min(batch_tokens, max(T, (1 << 24) // model.head.out_features))
     nll, correct, count, state = 0.0, 0, 0, None
     with torch.inference_mode(), autocast(precision, device):
-        for x, y, state_key in _eval_batches(model, ids, T, max_tokens, batch_tokens):
+        for x, y, state_key in _eval_batches(model, ids, T, max_tokens, batch_tokens, spread):
             if getattr(model, "recurrent", False):
                 logits, state = model(x.to(device).long(), None if state_key == 0 else state)
             else:
@@ -232,12 +237,19 @@ def lm_loss(model: torch.nn.Module, ids: torch.Tensor, block_size: int, device: 
     return {"loss": nll / count, "accuracy": correct / count, "tokens": count}
 
 
-def _eval_batches(model, ids, T: int, max_tokens: int | None, batch_tokens: int):
+def _eval_batches(model, ids, T: int, max_tokens: int | None, batch_tokens: int, spread: bool = True):
     """-> (x, y, i) batches; i is the chunk index (0: a recurrent state starts from zero). ids is a tensor
     or a TokenArray: every batch is sliced from it, so a long validation tail is never held whole."""
+    recurrent = getattr(model, "recurrent", False)
     if max_tokens is not None and len(ids) > max_tokens + 1:
-        if getattr(model, "recurrent", False):
+        if recurrent and not spread:
             ids = ids[:max_tokens + 1]
+        elif recurrent:  # rows of contiguous text spread over the whole of it: the text's end is as hard as any
+            rows = max(1, min(64, max_tokens // T))
+            L = max_tokens // rows
+            starts = torch.linspace(0, len(ids) - L - 1, rows).long().tolist()
+            yield from _streams(ids, starts, L, T)
+            return
         else:  # evenly spread windows over the whole validation text
             k = max(1, max_tokens // T)
             starts = torch.linspace(0, len(ids) - T - 1, k).long().tolist()
@@ -246,12 +258,10 @@ def _eval_batches(model, ids, T: int, max_tokens: int | None, batch_tokens: int)
                 c = chunks[i:i + max(1, batch_tokens // T)]
                 yield c[:, :-1], c[:, 1:], i
             return
-    if getattr(model, "recurrent", False):  # rows contiguous streams of L tokens, read T columns at a time
+    if recurrent:  # rows contiguous streams of L tokens, read T columns at a time
         rows = max(1, min(64, (len(ids) - 1) // T))
         L = (len(ids) - 1) // rows
-        for i, j in enumerate(range(0, L, T)):
-            c = torch.stack([ids[r * L + j: r * L + min(j + T, L) + 1] for r in range(rows)])
-            yield c[:, :-1], c[:, 1:], i
+        yield from _streams(ids, [r * L for r in range(rows)], L, T)
         return
     w = (len(ids) - 1) // T
     step = max(1, batch_tokens // T)
@@ -259,6 +269,13 @@ def _eval_batches(model, ids, T: int, max_tokens: int | None, batch_tokens: int)
         k = min(step, w - i)
         c = ids[i * T: (i + k) * T + 1]                  # (k·T + 1,) the windows of this batch and one more
         yield c[:k * T].view(k, T), c[1:k * T + 1].view(k, T), i
+
+
+def _streams(ids, starts: list[int], L: int, T: int):
+    """Rows of L tokens from each start, read T columns at a time, the state carried along each row."""
+    for i, j in enumerate(range(0, L, T)):
+        c = torch.stack([ids[s + j: s + min(j + T, L) + 1] for s in starts])
+        yield c[:, :-1], c[:, 1:], i
 
 
 def figures(loss: float, tokens_per_char: float) -> dict:
@@ -310,7 +327,7 @@ class LanguageModelRecipe(Recipe):
     def data_config(self, model: str, data, options: dict, out: Path) -> TextDataConfig:
         """data: a corpus name, a text file or a folder of them, or text in memory (a string with whitespace in
         it, or a list of strings, one per line), which is written to the run directory as corpus.txt."""
-        options = {"block_size": default_block_size(model), "sampling": SAMPLINGS[0], **options}
+        options = {"block_size": default_block_size(model), "sampling": SAMPLINGS[0], "eval_spread": True, **options}
         if isinstance(data, (list, tuple)) and all(isinstance(t, str) for t in data):
             data = "\n".join(data)
         if _is_text(data):
@@ -372,7 +389,7 @@ class LanguageModelRecipe(Recipe):
         def evaluate(model: torch.nn.Module) -> dict:
             dev = next(model.parameters()).device
             with task.averaged(model):
-                r = lm_loss(model, data.val, dc.block_size, dev, tcfg.precision, dc.eval_tokens)
+                r = lm_loss(model, data.val, dc.block_size, dev, tcfg.precision, dc.eval_tokens, spread=dc.eval_spread)
             return {"loss": r["loss"], "accuracy": r["accuracy"], **figures(r["loss"], tpc)}
         return evaluate
 
