@@ -240,28 +240,25 @@ def lm_loss(model: torch.nn.Module, ids: torch.Tensor, block_size: int, device: 
 def _eval_batches(model, ids, T: int, max_tokens: int | None, batch_tokens: int, spread: bool = True):
     """-> (x, y, i) batches; i is the chunk index (0: a recurrent state starts from zero). ids is a tensor
     or a TokenArray: every batch is sliced from it, so a long validation tail is never held whole."""
-    recurrent = getattr(model, "recurrent", False)
-    if max_tokens is not None and len(ids) > max_tokens + 1:
-        if recurrent and not spread:
-            ids = ids[:max_tokens + 1]
-        elif recurrent:  # rows of contiguous text spread over the whole of it: the text's end is as hard as any
-            rows = max(1, min(64, max_tokens // T))
-            L = max_tokens // rows
-            starts = torch.linspace(0, len(ids) - L - 1, rows).long().tolist()
-            yield from _streams(ids, starts, L, T)
-            return
-        else:  # evenly spread windows over the whole validation text
-            k = max(1, max_tokens // T)
-            starts = torch.linspace(0, len(ids) - T - 1, k).long().tolist()
-            chunks = torch.stack([ids[s:s + T + 1] for s in starts])
-            for i in range(0, k, max(1, batch_tokens // T)):
-                c = chunks[i:i + max(1, batch_tokens // T)]
-                yield c[:, :-1], c[:, 1:], i
-            return
-    if recurrent:  # rows contiguous streams of L tokens, read T columns at a time
-        rows = max(1, min(64, (len(ids) - 1) // T))
-        L = (len(ids) - 1) // rows
-        yield from _streams(ids, [r * L for r in range(rows)], L, T)
+    cut = max_tokens is not None and len(ids) > max_tokens + 1
+    if getattr(model, "recurrent", False):  # rows contiguous streams of L tokens, read T columns at a time
+        n = max_tokens if cut else len(ids) - 1
+        rows = max(1, min(64, n // T))
+        L = n // rows
+        # cut: rows spread over the whole text, whose end is as hard as any (spread=False: its first n tokens)
+        starts = torch.linspace(0, len(ids) - L - 1, rows).long().tolist() if cut and spread else \
+            [r * L for r in range(rows)]
+        for i, j in enumerate(range(0, L, T)):
+            c = torch.stack([ids[s + j: s + min(j + T, L) + 1] for s in starts])
+            yield c[:, :-1], c[:, 1:], i
+        return
+    if cut:  # evenly spread windows over the whole validation text
+        k = max(1, max_tokens // T)
+        starts = torch.linspace(0, len(ids) - T - 1, k).long().tolist()
+        chunks = torch.stack([ids[s:s + T + 1] for s in starts])
+        for i in range(0, k, max(1, batch_tokens // T)):
+            c = chunks[i:i + max(1, batch_tokens // T)]
+            yield c[:, :-1], c[:, 1:], i
         return
     w = (len(ids) - 1) // T
     step = max(1, batch_tokens // T)
@@ -269,13 +266,6 @@ def _eval_batches(model, ids, T: int, max_tokens: int | None, batch_tokens: int,
         k = min(step, w - i)
         c = ids[i * T: (i + k) * T + 1]                  # (k·T + 1,) the windows of this batch and one more
         yield c[:k * T].view(k, T), c[1:k * T + 1].view(k, T), i
-
-
-def _streams(ids, starts: list[int], L: int, T: int):
-    """Rows of L tokens from each start, read T columns at a time, the state carried along each row."""
-    for i, j in enumerate(range(0, L, T)):
-        c = torch.stack([ids[s + j: s + min(j + T, L) + 1] for s in starts])
-        yield c[:, :-1], c[:, 1:], i
 
 
 def figures(loss: float, tokens_per_char: float) -> dict:
