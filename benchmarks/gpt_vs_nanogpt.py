@@ -6,6 +6,7 @@ dropout, no biases (nanoGPT's default bias=False; dlforge's --no-bias), fp32 on 
 --compile=False (its README's CPU recipe).
 
     python -m benchmarks.gpt_vs_nanogpt steps --save     # training step time, 3 interleaved pairs of 100 steps
+    python -m benchmarks.gpt_vs_nanogpt steps --save --out benchmarks/results/gpt-vs-nanogpt-steps-MACHINE.json
     python -m benchmarks.gpt_vs_nanogpt quality --save   # 1,574 steps: nanoGPT, then dlforge seeds 0 and 1
     python -m benchmarks.gpt_vs_nanogpt quality --seeds --nanogpt-seeds 1 --save   # another nanoGPT seed, kept beside
     python -m benchmarks.gpt_vs_nanogpt lockstep --save  # both from nanoGPT's initial weights, on the same windows
@@ -263,7 +264,7 @@ def steps_benchmark(args, work: Path) -> dict:
                       args.pairs, log=lambda m: print(m[:300], file=sys.stderr))
     return {"benchmark": "gpt_vs_nanogpt steps", "pairs": args.pairs, "steps_per_run": args.steps,
             "command": "python -m benchmarks.gpt_vs_nanogpt steps " + " ".join(sys.argv[2:]),
-            "step_flops": flops,
+            "machine": cpu_name(), "step_flops": flops,
             "nanogpt_ms_per_step": spread([r["nanogpt"]["ms_per_step"] for r in rows], 1),
             "dlforge_ms_per_step": spread([r["dlforge"]["ms_per_step"] for r in rows], 1),
             "speedup": spread([r["nanogpt"]["ms_per_step"] / r["dlforge"]["ms_per_step"] for r in rows], 3),
@@ -360,6 +361,7 @@ def main() -> None:
     ap.add_argument("--match-warmup", action="store_true", help="lockstep: nanoGPT's warm-up made dlforge's")
     ap.add_argument("--offset-seed", type=int, default=12345, help="lockstep: the seed the training windows are drawn with")
     ap.add_argument("--save", action="store_true", help="also write benchmarks/results/gpt-vs-nanogpt-WHAT.json")
+    ap.add_argument("--out", type=Path, help="with --save: write this file instead (e.g. another machine's run)")
     args = ap.parse_args()
     args.steps = args.steps or (100 if args.what == "steps" else 1574)
     with tempfile.TemporaryDirectory() as tmp:
@@ -369,7 +371,7 @@ def main() -> None:
                   "lockstep": lockstep_benchmark}[args.what](args, work)
     print(json.dumps(result))
     if args.save:
-        path = RESULTS / f"gpt-vs-nanogpt-{args.what}{'-warmup-matched' if args.match_warmup else ''}.json"
+        path = args.out or RESULTS / f"gpt-vs-nanogpt-{args.what}{'-warmup-matched' if args.match_warmup else ''}.json"
         runs = [{**r, "command_of_benchmark": result["command"]} for r in result.get("runs", [])]
         if args.what == "quality" and path.is_file():  # the runs already there (other seeds, other code) are kept
             old = json.loads(path.read_text())
