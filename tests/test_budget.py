@@ -201,6 +201,22 @@ def test_flags_given_win_and_a_size_flag_turns_the_table_off(table, capsys):
     assert r.budget_options("gpt-tiny", {"epochs": 1}) == {"epochs": 1}  # no time budget
 
 
+@pytest.mark.parametrize("minutes", ["0", "-1"])
+def test_a_budget_that_is_not_positive_is_one_error_before_any_speed_is_measured(table, tmp_path, monkeypatch, capsys,
+                                                                                 minutes):
+    def no_speed(key):
+        raise AssertionError("the machine's speed was measured for a budget that is refused")
+    monkeypatch.setattr(lm, "machine_speed", no_speed)
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on the mat.\n" * 200)
+    assert main(["train", "gpt-tiny", "--data-file", str(text), "--max-time", minutes, "--no-progress",
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"dlforge: error: --max-time: expected a positive number of minutes, got "
+                                        f"{float(minutes)}"]
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_timed_run_without_sizes_trains_the_tables_model(table, tmp_path, capsys):
     text = tmp_path / "t.txt"
     text.write_text("the cat sat on the mat.\n" * 200)

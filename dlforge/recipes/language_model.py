@@ -296,6 +296,8 @@ class LanguageModelRecipe(Recipe):
         the user sizes the model and the table is not used."""
         if options.get("max_time") is None or any(k in options for k in SIZE_OPTIONS):
             return options
+        if not options["max_time"] > 0:  # the trainer's check names it, before any speed is measured or shown
+            return options
         if not _budget_table(BUDGETS)["recipes"].get(model):  # no rows for this model: its own defaults
             return options
         key = speed_measure(model)
