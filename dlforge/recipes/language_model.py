@@ -294,9 +294,8 @@ class LanguageModelRecipe(Recipe):
         benchmarks/budget_sweep.py) gives this model for M minutes of this machine's compute: width, depth,
         context, batch, learning rate and schedule. Flags given still win, each one; any size flag given means
         the user sizes the model and the table is not used."""
-        if options.get("max_time") is None or any(k in options for k in SIZE_OPTIONS):
-            return options
-        if not options["max_time"] > 0:  # the trainer's check names it, before any speed is measured or shown
+        # no budget, one the trainer refuses (its check names it, before any speed is measured), or sizes given
+        if options.get("max_time") is None or not options["max_time"] > 0 or any(k in options for k in SIZE_OPTIONS):
             return options
         if not _budget_table(BUDGETS)["recipes"].get(model):  # no rows for this model: its own defaults
             return options
