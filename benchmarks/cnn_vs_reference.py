@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.pairs import cpu_name, interleave, spread
+from benchmarks.pairs import cpu_name, flop_counter, interleave, spread
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT.parent / "shared" / "peers"
@@ -59,17 +59,16 @@ def _train_seconds(run: Path) -> dict:
 
 
 def flops_per_image() -> tuple[float, float]:
-    """(training, evaluation) FLOPs per 48×48 image of MY_NET, counted by torch's FlopCounterMode."""
+    """(training, evaluation) FLOPs per 48×48 image of MY_NET, counted by torch's FlopCounterMode (benchmarks.pairs.flop_counter)."""
     import torch
     import torch.nn.functional as F
-    from torch.utils.flop_counter import FlopCounterMode
     from dlforge.registry import create_model
     m = create_model("cnn")
     x, y = torch.randn(8, 3, 48, 48), torch.randint(0, 10, (8,))
-    with FlopCounterMode(display=False) as fc:
+    with flop_counter() as fc:
         F.cross_entropy(m(x), y).backward()
     train = fc.get_total_flops() / 8
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
+    with flop_counter() as fc, torch.no_grad():
         m(x)
     return train, fc.get_total_flops() / 8
 

@@ -15,7 +15,7 @@ dropout, no biases (nanoGPT's default bias=False; dlforge's --no-bias), fp32 on 
 steps: nanoGPT then dlforge, --pairs times (benchmarks/pairs.py), the fp32 matmul peak measured before each
 pair. Step time: nanoGPT's own per-iteration log without its first 10 steps, dlforge's training clock over all
 its steps (its first steps count: slightly against dlforge). Neither includes start-up or evaluation. The ratio of each pair, and dlforge's share of that pair's peak (FLOPs of one step counted by
-FlopCounterMode), as median (min–max).
+FlopCounterMode, attention included: benchmarks.pairs.flop_counter), as median (min–max).
 
 quality: both checkpoints after 1,574 steps scored by one evaluator, dlforge's full-validation loss (dlforge's
 run with its moving average of the weights, --ema-decay 0.99 by default, and with its last raw weights)
@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 
 from benchmarks.budget_sweep import averages_cli, averages_scored
-from benchmarks.pairs import cpu_name, interleave, spread, train_cli
+from benchmarks.pairs import cpu_name, flop_counter, interleave, spread, train_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -203,11 +203,10 @@ def step_flops() -> float:
     """FLOPs of one training step (forward and backward) of the recipe's model, batch 32 × 128."""
     import torch
     import torch.nn.functional as F
-    from torch.utils.flop_counter import FlopCounterMode
     from dlforge.registry import create_model
     m = create_model("gpt-small", vocab_size=65, bias=False)
     x = torch.randint(65, (SHAPE["batch"], SHAPE["block_size"]))
-    with FlopCounterMode(display=False) as fc:
+    with flop_counter() as fc:
         F.cross_entropy(m(x)[0].flatten(0, 1), x.flatten()).backward()
     return fc.get_total_flops()
 

@@ -17,7 +17,7 @@ import json
 import time
 from pathlib import Path
 
-from benchmarks.pairs import train_cli
+from benchmarks.pairs import flop_counter, train_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -63,10 +63,9 @@ def _sample(run: Path) -> str:
 
 def throughput(name: str, steps: int, precision: str) -> dict:
     """Training steps/s of the recipe's model on random tokens (the data pipeline is negligible), and
-    achieved GFLOP/s = FLOPs of one step counted by FlopCounterMode / measured step time."""
+    achieved GFLOP/s = FLOPs of one step counted by FlopCounterMode (benchmarks.pairs.flop_counter) / measured step time."""
     import torch
     import torch.nn.functional as F
-    from torch.utils.flop_counter import FlopCounterMode
     from dlforge.registry import create_model
     from dlforge.train.trainer import autocast
     model_name, kw, B, T = _recipe_kwargs(RECIPES[name])
@@ -82,7 +81,7 @@ def throughput(name: str, steps: int, precision: str) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    with FlopCounterMode(display=False) as fc:
+    with flop_counter() as fc:
         step()
     flops = fc.get_total_flops() + _recurrent_flops(model, B * T)
     step()

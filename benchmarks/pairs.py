@@ -46,6 +46,34 @@ def matmul_peak() -> float:
     return peak(2048, 10)
 
 
+def flop_counter():
+    """torch's FlopCounterMode, also counting CPU attention. torch has FLOP formulas for its GPU attention
+    kernels only, so on a CPU a Transformer's attention (`_scaled_dot_product_flash_attention_for_cpu` and its
+    backward: about 5% of gpt-small's step) counted as nothing, and its share of the peak read low. Counted
+    here as the same attention written out is counted (q @ k^T, softmax, @ v): two products forward and four
+    backward. Not torch's GPU formula for the backward, which adds a fifth, the scores that flash attention
+    computes again: that is the kernel's choice, not the model's work. And for causal attention only the
+    products it needs, the lower triangle with its diagonal ((T+1)/2T of them), as the CPU kernel skips the
+    blocks above it. Conventions that count the full square (nanoGPT's MFU, PaLM's) give more FLOPs for the
+    same step, so a higher share."""
+    import torch
+    from torch.utils import flop_counter as fcm
+    aten = torch.ops.aten
+
+    def causal(q_shape, k_shape, is_causal: bool) -> float:
+        t_q, t_k = q_shape[-2], k_shape[-2]
+        return (t_q + 1) / (2 * t_k) if is_causal and t_q == t_k else 1.0
+
+    def forward(q, k, v, dropout_p=0.0, is_causal=False, *args, out_shape=None, **kwargs) -> int:
+        return round(fcm.sdpa_flop_count(q, k, v) * causal(q, k, is_causal))
+
+    def backward(grad, q, k, v, out, lse, dropout_p=0.0, is_causal=False, *args, out_shape=None, **kwargs) -> int:
+        return round(2 * fcm.sdpa_flop_count(q, k, v) * causal(q, k, is_causal))
+    return fcm.FlopCounterMode(display=False, custom_mapping={
+        aten._scaled_dot_product_flash_attention_for_cpu: forward,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: backward})
+
+
 def interleave(first: tuple[str, Callable[[], dict]], second: tuple[str, Callable[[], dict]], pairs: int,
                log: Callable[[str], None] = print) -> list[dict]:
     """Run first, second, first, second, ... `pairs` times, the matmul peak measured before each pair.

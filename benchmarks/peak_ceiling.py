@@ -15,7 +15,8 @@ products, and those are oneDNN's and MKL's kernels, not dlforge's. So a step can
 kernels reach on its own shapes, and every other op (ReLU, pooling, dropout, LayerNorm, softmax, GELU, the
 optimiser) only adds time. This benchmark measures both inside the step:
 
-- FLOPs by aten op: torch.utils.flop_counter.FlopCounterMode over one step;
+- FLOPs by aten op: torch.utils.flop_counter.FlopCounterMode over one step, CPU attention included
+  (benchmarks.pairs.flop_counter);
 - time by aten op: torch.profiler over `--steps` steps (self CPU time), after 3 warm-up steps;
 - for each FLOP-counted op: its GFLOP/s and share of the peak (the kernel's ceiling on these shapes);
 - the whole step without the profiler, timed alone: its share of the peak, as the side-by-side benchmarks
@@ -39,7 +40,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from benchmarks.pairs import cpu_name, matmul_peak
+from benchmarks.pairs import cpu_name, flop_counter, matmul_peak
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -116,8 +117,7 @@ def unet_step(channels_last: bool) -> tuple[Callable[[], None], str]:
 
 
 def flops_by_op(step: Callable[[], None]) -> dict[str, float]:
-    from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as fc:
+    with flop_counter() as fc:
         step()
     return {str(op).removeprefix("aten."): float(n) for op, n in fc.get_flop_counts()["Global"].items()}
 

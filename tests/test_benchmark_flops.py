@@ -1,0 +1,48 @@
+"""The FLOP count that every benchmark's share of the matmul peak divides by (benchmarks/pairs.py)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmarks.pairs import flop_counter
+
+
+def _count(fn, counter) -> int:
+    with counter as fc:
+        fn()
+    return fc.get_total_flops()
+
+
+def _qkv(t: int = 16):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(2, 4, t, 8, generator=g, requires_grad=True) for _ in range(3)]
+
+
+def test_cpu_flash_attention_counts_as_the_same_attention_written_out():
+    from torch.utils.flop_counter import FlopCounterMode
+    q, k, v = _qkv()
+    fused = lambda: F.scaled_dot_product_attention(q, k, v).sum().backward()                       # noqa: E731
+    written = lambda: (torch.softmax(q @ k.transpose(-1, -2) / 8 ** 0.5, -1) @ v).sum().backward()  # noqa: E731
+    assert _count(fused, FlopCounterMode(display=False)) == 0     # what torch alone counts on a CPU
+    # 2 products forward, 4 backward, each 2 · (2·4) · 16 · 16 · 8
+    assert _count(fused, flop_counter()) == _count(written, flop_counter()) == 6 * 2 * 8 * 16 * 16 * 8
+
+
+@pytest.mark.parametrize("t", [16, 128])
+def test_causal_attention_counts_the_lower_triangle_with_its_diagonal(t):
+    q, k, v = _qkv(t)
+    full = _count(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward(), flop_counter())
+    causal = _count(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward(), flop_counter())
+    assert 0 < causal < full and causal * 2 * t == full * (t + 1)   # the blocks above the diagonal are skipped
+
+
+def test_a_gpt_step_counts_its_attention_beside_its_matrix_products():
+    from dlforge.registry import create_model
+    torch.manual_seed(0)
+    m = create_model("gpt-tiny", vocab_size=65)
+    x = torch.randint(65, (2, 32))
+    with flop_counter() as fc:
+        F.cross_entropy(m(x)[0].flatten(0, 1), x.flatten()).backward()
+    ops = {str(op).removeprefix("aten."): n for op, n in fc.get_flop_counts()["Global"].items()}
+    attention = ops["_scaled_dot_product_flash_attention_for_cpu"]
+    assert attention > 0 and ops["_scaled_dot_product_flash_attention_for_cpu_backward"] == 2 * attention
+
