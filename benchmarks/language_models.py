@@ -36,10 +36,10 @@ RECIPES = {
 def _recipe_kwargs(recipe: list[str]) -> tuple[str, dict, int, int]:
     """-> (model name, model kwargs, batch size, block size) of a recipe, as the CLI would build them."""
     from dlforge.cli import parser
-    args = parser().parse_args(["train", *recipe])
-    kw = {k: v for k, v in (("n_layer", args.layers), ("n_head", args.heads), ("d_model", args.width),
-                            ("dropout", args.dropout)) if v is not None}
-    return args.model, kw, args.batch_size, args.block_size
+    args = vars(parser().parse_args(["train", *recipe]))  # `train` leaves out the options not given (SUPPRESS)
+    kw = {k: args[o] for k, o in (("n_layer", "layers"), ("n_head", "heads"), ("d_model", "width"),
+                                  ("dropout", "dropout")) if args.get(o) is not None}
+    return args["model"], kw, args["batch_size"], args["block_size"]
 
 
 def train(name: str, minutes: float, out: Path, extra: list[str]) -> dict:

@@ -46,3 +46,9 @@ def test_a_gpt_step_counts_its_attention_beside_its_matrix_products():
     attention = ops["_scaled_dot_product_flash_attention_for_cpu"]
     assert attention > 0 and ops["_scaled_dot_product_flash_attention_for_cpu_backward"] == 2 * attention
 
+
+def test_the_language_model_throughput_benchmark_reads_its_recipes_as_the_cli_does():
+    # `dlforge train` leaves out the options a command does not give: the benchmark read them as attributes
+    from benchmarks.language_models import RECIPES, _recipe_kwargs
+    assert _recipe_kwargs(RECIPES["gpt"]) == ("gpt-small", {}, 32, 128)
+    assert _recipe_kwargs(RECIPES["lstm"]) == ("lstm", {"n_layer": 1, "d_model": 512}, 128, 64)
