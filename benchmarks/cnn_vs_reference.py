@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.pairs import cpu_name, flop_counter, interleave, spread
+from benchmarks.pairs import cpu_name, flop_counter, interleave, save_options, saved_path, spread
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT.parent / "shared" / "peers"
@@ -78,8 +78,7 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=100, help="training steps per run (0: full epochs)")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--pairs", type=int, default=3, help="reference/dlforge pairs, run A B A B (at least 3)")
-    ap.add_argument("--save", action="store_true", help="also write the JSON to --out")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cnn-vs-reference.json")
+    save_options(ap, "benchmarks/results/cnn-vs-reference.json")
     args = ap.parse_args()
     import torch
     train_flops, eval_flops = flops_per_image()
@@ -106,8 +105,8 @@ def main() -> None:
         "threads": torch.get_num_threads(), "torch": torch.__version__, "pairs_raw": rows,
     }
     print(json.dumps(result))
-    if args.save:
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    if path := saved_path(args, ROOT / "benchmarks" / "results" / "cnn-vs-reference.json"):
+        path.write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

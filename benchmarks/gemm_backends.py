@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.pairs import cpu_name
+from benchmarks.pairs import cpu_name, save_options, saved_path
 from dlforge.perf import best_gflops, lstm_gflops, matmul_peak
 
 RESULT = Path(__file__).resolve().parent / "results" / "gemm-backends.json"
@@ -25,8 +25,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2048)
     ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--save", action="store_true", help="also write the JSON to --out")
-    ap.add_argument("--out", type=Path, default=RESULT)
+    save_options(ap, "benchmarks/results/gemm-backends.json")
     args = ap.parse_args()
     n, flops = args.n, 2.0 * args.n ** 3
     x, w = torch.randn(1, n, 1, n), torch.randn(n, n, 1, 1)
@@ -40,8 +39,8 @@ def main() -> None:
               "lstm_layer_gflops": round(lstm_gflops(), 1),  # what the budget table converts LSTM rows by
               "command": "python -m benchmarks.gemm_backends"}
     print(json.dumps(result))
-    if args.save:
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    if path := saved_path(args, RESULT):
+        path.write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

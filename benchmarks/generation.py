@@ -25,7 +25,7 @@ import torch
 
 from dlforge.recipes.language_model import generate_ids  # the handle's loop (dlforge.models.sampling)
 from dlforge.registry import create_model
-from benchmarks.pairs import cpu_name, spread
+from benchmarks.pairs import cpu_name, save_options, saved_path, spread
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = ("gpt-tiny", "gpt-small", "gpt")
@@ -92,8 +92,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=3, help="cached/uncached pairs per size (at least 3)")
     ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--profile", action="store_true", help="print where a cached step's time goes instead")
-    ap.add_argument("--save", action="store_true", help="also write the JSON to --out")
-    ap.add_argument("--out", type=Path, default=RESULTS / "lm-generate-cache.json")
+    save_options(ap, "benchmarks/results/lm-generate-cache.json")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,9 +113,8 @@ def main() -> None:
                        "threads": torch.get_num_threads(), "torch": torch.__version__, "load_average_1min": load},
            "results": [measure(label, model, args.tokens, max(1, args.pairs)) for label, model in models]}
     print(json.dumps(res, indent=2))
-    if args.save:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=2) + "\n")
+    if path := saved_path(args, RESULTS / "lm-generate-cache.json"):
+        path.write_text(json.dumps(res, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 
 from benchmarks.budget_sweep import averages_cli, averages_scored
-from benchmarks.pairs import cpu_name, flop_counter, interleave, spread, train_cli
+from benchmarks.pairs import cpu_name, flop_counter, interleave, save_options, saved_path, spread, train_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -359,8 +359,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, help="keep the runs here (default: a temporary folder)")
     ap.add_argument("--match-warmup", action="store_true", help="lockstep: nanoGPT's warm-up made dlforge's")
     ap.add_argument("--offset-seed", type=int, default=12345, help="lockstep: the seed the training windows are drawn with")
-    ap.add_argument("--save", action="store_true", help="also write benchmarks/results/gpt-vs-nanogpt-WHAT.json")
-    ap.add_argument("--out", type=Path, help="with --save: write this file instead (e.g. another machine's run)")
+    save_options(ap, "benchmarks/results/gpt-vs-nanogpt-WHAT.json")
     args = ap.parse_args()
     args.steps = args.steps or (100 if args.what == "steps" else 1574)
     with tempfile.TemporaryDirectory() as tmp:
@@ -369,8 +368,7 @@ def main() -> None:
         result = {"steps": steps_benchmark, "quality": quality_benchmark,
                   "lockstep": lockstep_benchmark}[args.what](args, work)
     print(json.dumps(result))
-    if args.save:
-        path = args.out or RESULTS / f"gpt-vs-nanogpt-{args.what}{'-warmup-matched' if args.match_warmup else ''}.json"
+    if path := saved_path(args, RESULTS / f"gpt-vs-nanogpt-{args.what}{'-warmup-matched' if args.match_warmup else ''}.json"):
         runs = [{**r, "command_of_benchmark": result["command"]} for r in result.get("runs", [])]
         if args.what == "quality" and path.is_file():  # the runs already there (other seeds, other code) are kept
             old = json.loads(path.read_text())

@@ -46,6 +46,22 @@ def matmul_peak() -> float:
     return peak(2048, 10)
 
 
+def save_options(ap, default: str) -> None:
+    """A benchmark's --save and --out. --out alone also saves: a command that names a file and writes nothing
+    (as `--out` without `--save` once did) loses the run it was made for."""
+    ap.add_argument("--save", action="store_true", help=f"also write the JSON to --out (default {default})")
+    ap.add_argument("--out", type=Path, help="write the JSON to this file instead (implies --save): e.g. "
+                                             "another machine's run, kept beside the default's")
+
+
+def saved_path(args, default: Path) -> Path | None:
+    """Where save_options' --save and --out write the result: --out, else the default with --save, else nowhere."""
+    path = args.out or (default if args.save else None)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def flop_counter():
     """torch's FlopCounterMode, also counting CPU attention. torch has FLOP formulas for its GPU attention
     kernels only, so on a CPU a Transformer's attention (`_scaled_dot_product_flash_attention_for_cpu` and its

@@ -40,7 +40,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from benchmarks.pairs import cpu_name, flop_counter, matmul_peak
+from benchmarks.pairs import cpu_name, flop_counter, matmul_peak, save_options, saved_path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -247,8 +247,7 @@ def main() -> None:
     ap.add_argument("--conv-weight-grad", choices=["gemm", "onednn"], default="gemm",
                     help="the cnn's conv2/conv3 weight gradients: dlforge's im2col product (default, as trained) or "
                          "oneDNN's, as before (dlforge.models.conv)")
-    ap.add_argument("--save", action="store_true", help="also write the JSON to --out")
-    ap.add_argument("--out", type=Path, default=RESULTS / "peak-ceiling.json")
+    save_options(ap, "benchmarks/results/peak-ceiling.json")
     ap.add_argument("--ab", type=int, metavar="ROUNDS", help="instead: a training step without and with "
                     "--ab-switch alternated, ROUNDS pairs of --steps steps")
     ap.add_argument("--ab-switch", choices=sorted(SWITCHES), default="conv-weight-grad",
@@ -266,8 +265,8 @@ def main() -> None:
                   "machine": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                   "rows": [ab(args.steps, args.ab, args.ab_switch)]}
         print(json.dumps(result, indent=1))
-        if args.save:
-            args.out.write_text(json.dumps(result, indent=1) + "\n")
+        if path := saved_path(args, RESULTS / "peak-ceiling.json"):
+            path.write_text(json.dumps(result, indent=1) + "\n")
         return
     if args.conv_weight_grad == "onednn":
         import dlforge.models.conv
@@ -281,8 +280,8 @@ def main() -> None:
               "machine": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(),
               "conv_weight_grad": args.conv_weight_grad, "rows": rows}
     print(json.dumps(result, indent=1))
-    if args.save:
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    if path := saved_path(args, RESULTS / "peak-ceiling.json"):
+        path.write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The FLOP count that every benchmark's share of the matmul peak divides by (benchmarks/pairs.py)."""
+"""The benchmarks' shared parts (benchmarks/pairs.py): the FLOP count every share of the matmul peak divides by, and
+where a result is saved."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -52,3 +53,27 @@ def test_the_language_model_throughput_benchmark_reads_its_recipes_as_the_cli_do
     from benchmarks.language_models import RECIPES, _recipe_kwargs
     assert _recipe_kwargs(RECIPES["gpt"]) == ("gpt-small", {}, 32, 128)
     assert _recipe_kwargs(RECIPES["lstm"]) == ("lstm", {"n_layer": 1, "d_model": 512}, 128, 64)
+
+
+def test_out_alone_saves_save_alone_writes_the_default_and_neither_writes_nothing(tmp_path):
+    import argparse
+    from benchmarks.pairs import save_options, saved_path
+    ap = argparse.ArgumentParser()
+    save_options(ap, "benchmarks/results/x.json")
+    default, mine = tmp_path / "x.json", tmp_path / "another" / "machine.json"
+    assert saved_path(ap.parse_args([]), default) is None
+    assert saved_path(ap.parse_args(["--save"]), default) == default
+    assert saved_path(ap.parse_args(["--out", str(mine)]), default) == mine and mine.parent.is_dir()
+    assert saved_path(ap.parse_args(["--save", "--out", str(mine)]), default) == mine
+
+
+def test_a_benchmark_given_only_out_writes_its_result_there(tmp_path):
+    # before, --out without --save ran the benchmark and wrote nothing
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    out = tmp_path / "gemm.json"
+    subprocess.run([sys.executable, "-m", "benchmarks.gemm_backends", "--n", "64", "--reps", "1", "--out", str(out)],
+                   cwd=Path(__file__).resolve().parents[1], check=True, capture_output=True)
+    assert json.loads(out.read_text())["n"] == 64
