@@ -130,6 +130,18 @@ def test_minutes_on_a_slower_machine_buy_a_shorter_budgets_recipe(table, monkeyp
     assert "(200 GFLOP/s) makes that 6 min" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("minutes, warned", [(12, False), (15, False), (16, True), (16.0 * 8, True)])
+def test_a_budget_well_past_the_tables_longest_says_the_model_may_overfit(table, capsys, minutes, warned):
+    """The table's longest row is 10 minutes: past 1.5× that, no row is sized for the time, and the longest one's
+    model, trained longer, can overfit (the LSTM's 30-minute row at 62.7 minutes did). The budget line says so
+    and how to stop early, unless --early-stop is given."""
+    assert lm.LanguageModelRecipe().budget_options("gpt-tiny", {"max_time": minutes})["width"] == 48
+    err = capsys.readouterr().err
+    assert ("may overfit" in err and "--early-stop 10" in err) == warned and len(err.splitlines()) == 1
+    lm.LanguageModelRecipe().budget_options("gpt-tiny", {"max_time": minutes, "early_stop": 3})
+    assert "overfit" not in capsys.readouterr().err
+
+
 def test_each_row_converts_by_the_peak_of_the_machine_it_was_measured_on(table):
     """Rows measured on different machines: the 1-minute row at 100 GFLOP/s, the 10-minute one at 400. 12
     minutes at 200 GFLOP/s are 24 minutes of the first row's machine and 6 of the second's. Longest that fits:

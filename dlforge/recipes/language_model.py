@@ -145,6 +145,9 @@ def speed_measure(model: str) -> str:
     return key if key in SPEEDS and all(r.get(key) or table.get(key) for r in rows) else "peak_gflops"
 
 
+OVERFIT_PAST = 1.5  # budget_options: past this multiple of the table's longest budget, the overfitting hint
+
+
 def budget_recipe(model: str, minutes: float, speed: float | None = None) -> tuple[dict, float] | None:
     """The budget table's row for `model` and a budget of `minutes` on a machine of `speed` (GFLOP/s of the
     model's speed_measure: the fp32 matmul peak, or its own step's speed), and those minutes converted
@@ -305,9 +308,16 @@ class LanguageModelRecipe(Recipe):
         chosen = {**row["options"], **options}
         shown = " ".join(option_argv({k: v for k, v in row["options"].items() if k not in options}))
         fitted = f" ({row[key]:.0f} GFLOP/s)" if row.get(key) else ""
+        longest = max(r["minutes"] for r in _budget_table(BUDGETS)["recipes"][model])
+        # Past its longest row the table sizes no model: the longest row's, trained longer, can overfit. Measured:
+        # lstm --max-time 30 on a machine that made it 62.7 minutes of the 30-minute row's was best at step 4,200
+        # of 9,188 (README, "Time budgets"); --early-stop 10 would have ended it after 17.8 of the 30 minutes.
+        beyond = (f"; that is over {OVERFIT_PAST:g}× the table's longest budget, so this model may overfit before the "
+                  f"end: the best checkpoint is kept, and --early-stop 10 ends the run once validation stops improving"
+                  if row["minutes"] == longest and there > OVERFIT_PAST * longest and "early_stop" not in options else "")
         print(f"dlforge: {model} for --max-time {options['max_time']:g} min without sizes: this machine's {SPEEDS[key]} "
               f"({speed:.0f} GFLOP/s) makes that {there:.3g} min of the machine{fitted} the budget table's "
-              f"{row['minutes']:g}-minute recipe was measured on; that recipe: {shown} (flags given win)",
+              f"{row['minutes']:g}-minute recipe was measured on; that recipe: {shown} (flags given win){beyond}",
               file=sys.stderr)
         return chosen
 
