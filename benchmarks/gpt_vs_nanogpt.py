@@ -171,6 +171,9 @@ def locked_dlforge(argv: list[str]) -> int:
         log.close()
 
 
+SKIPPED = 10  # nanoGPT's first iterations, left out of its step time (warm-up; dlforge's clock counts them)
+
+
 def run_nanogpt(tree: Path, steps: int, out: Path, eval_iters: int = 20, env: dict | None = None) -> dict:
     """nanoGPT's train.py for `steps` updates; -> its per-iteration times and loss, the checkpoint path."""
     cmd = [sys.executable, "train.py", *NANOGPT, f"--max_iters={steps}", f"--lr_decay_iters={steps}",
@@ -182,8 +185,8 @@ def run_nanogpt(tree: Path, steps: int, out: Path, eval_iters: int = 20, env: di
     iters = [(int(i), float(loss), float(ms))
              for i, loss, ms in re.findall(r"iter (\d+): loss ([\d.]+), time ([\d.]+)ms", proc.stdout)]
     # iteration 0 carries the first evaluation, and the last one the final evaluation: left out
-    times = [ms for i, _, ms in iters if 10 <= i < steps]
-    return {"ms_per_step": sum(times) / len(times), "steps": steps, "wall_s": time.perf_counter() - t0,
+    times = [ms for i, _, ms in iters if SKIPPED <= i < steps]  # none in a run this short (quality, lockstep)
+    return {"ms_per_step": sum(times) / len(times) if times else None, "steps": steps, "wall_s": time.perf_counter() - t0,
             "checkpoint": str(out / "ckpt.pt"), "command": "python train.py " + " ".join(cmd[2:]),
             "losses": [loss for i, loss, _ in iters if i < steps]}
 
@@ -361,7 +364,11 @@ def main() -> None:
     ap.add_argument("--offset-seed", type=int, default=12345, help="lockstep: the seed the training windows are drawn with")
     save_options(ap, "benchmarks/results/gpt-vs-nanogpt-WHAT.json")
     args = ap.parse_args()
-    args.steps = args.steps or (100 if args.what == "steps" else 1574)
+    if args.steps is None:
+        args.steps = 100 if args.what == "steps" else 1574
+    if args.steps < 1 or (args.what == "steps" and args.steps <= SKIPPED):
+        sys.exit(f"--steps: expected {SKIPPED + 1 if args.what == 'steps' else 1} or more"
+                 + (f" (nanoGPT's first {SKIPPED} iterations are left out of its step time)" if args.what == "steps" else ""))
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)

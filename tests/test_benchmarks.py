@@ -77,3 +77,16 @@ def test_a_benchmark_given_only_out_writes_its_result_there(tmp_path):
     subprocess.run([sys.executable, "-m", "benchmarks.gemm_backends", "--n", "64", "--reps", "1", "--out", str(out)],
                    cwd=Path(__file__).resolve().parents[1], check=True, capture_output=True)
     assert json.loads(out.read_text())["n"] == 64
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["steps", "--steps", "10"], "--steps: expected 11 or more (nanoGPT's first 10 iterations are left out of its step time)"),
+    (["quality", "--steps", "0"], "--steps: expected 1 or more")])
+def test_gpt_vs_nanogpt_refuses_a_step_count_it_cannot_measure_before_it_trains(argv, message):
+    # before: `steps --steps 10` trained nanoGPT and then divided by zero; `quality --steps 0` ran 1,574 steps
+    import subprocess
+    import sys
+    from pathlib import Path
+    r = subprocess.run([sys.executable, "-m", "benchmarks.gpt_vs_nanogpt", *argv], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parents[1], timeout=60)
+    assert r.returncode == 1 and r.stderr.strip() == message and not r.stdout
