@@ -31,9 +31,10 @@ def dlforge(*argv: str) -> dict:
     """Run one dlforge command; -> its last stdout line as JSON (stderr passes through: progress, notes)."""
     t0 = time.perf_counter()
     print("$ dlforge " + " ".join(argv), file=sys.stderr, flush=True)
-    out = subprocess.run([sys.executable, "-m", "dlforge", *argv], check=True, stdout=subprocess.PIPE, text=True,
-                         cwd=ROOT).stdout
-    r = json.loads(out.strip().splitlines()[-1])
+    proc = subprocess.run([sys.executable, "-m", "dlforge", *argv], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    if proc.returncode:  # its own error is already on stderr, above
+        sys.exit(f"benchmarks.diffusion_quality: `dlforge {argv[0]}` failed (exit status {proc.returncode})")
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
     r["wall_seconds"] = round(time.perf_counter() - t0, 1)
     return r
 
