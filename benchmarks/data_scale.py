@@ -7,7 +7,9 @@ The corpus is real text found on this machine (every .py file of the virtual env
 site-packages, /usr/share/doc's text files, ../shared's tinyshakespeare; ASCII files only), concatenated in a fixed order and
 repeated until it reaches each size (the machine holds about 0.35 GB of such text). Each training run is a
 fresh process (`dlforge train gpt-small --data-file FOLDER --max-steps 30`) whose peak RSS is read by
-/usr/bin/time; the token cache of each corpus is made in that run, so the figure includes tokenizing.
+/usr/bin/time; the token cache of each corpus is made in that run (a fresh cache folder every time the
+benchmark runs; `data prepare`'s throughput is measured in a cache of its own), so the figure includes
+tokenizing.
 Results: benchmarks/results/data-scale.json.
 
 Images (`--images`; results: benchmarks/results/data-scale-images.json):
@@ -27,6 +29,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -259,13 +262,19 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if args.images:
         return images_benchmark(out, env, args.pairs)
+    # the corpora are kept between runs; token caches and training runs are made again, so that tokenizing is
+    # measured every time, not read from an earlier run's cache (a downloaded corpus in the cache stays)
+    for old in [out / "cache" / "tokens", out / "cache-prepare", *out.glob("run-*"), *out.glob("disk-*"),
+                *out.glob("memory-*")]:
+        shutil.rmtree(old, ignore_errors=True)
     files = sources()
     available = sum(f.stat().st_size for f in files) / 1e6
     print(f"{len(files):,} source files, {available:,.0f} MB of real text", flush=True)
     results = {"machine": os.uname().nodename, "source_files": len(files), "source_mb": available, "sizes": []}
     sizes = [int(s) for s in args.sizes.split(",")]
     small = build(out / f"corpus-{sizes[0]}", sizes[0], files)
-    results["tokenize"] = [tokenize_throughput(small, k, env) for k in ("char", "bpe")]
+    prepare_env = {**env, "DLFORGE_CACHE": str((out / "cache-prepare").resolve())}  # not the training runs' cache
+    results["tokenize"] = [tokenize_throughput(small, k, prepare_env) for k in ("char", "bpe")]
     for r in results["tokenize"]:
         r["mb_s"] = sizes[0] / r["wall_s"]
         print(f"tokenize {r['tokenizer']}: {sizes[0]} MB in {r['wall_s']:.1f} s = {r['mb_s']:.1f} MB/s end to end "
