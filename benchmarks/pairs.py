@@ -1,5 +1,6 @@
 """What every side-by-side benchmark shares: runs interleaved A B A B, the median with its spread, and the
-fp32 matmul peak measured in the same run.
+fp32 matmul peak measured in the same run. And what every benchmark shares: the FLOP count that a share of that
+peak divides by (flop_counter), the machine's name (cpu_name), and --save/--out (save_options, saved_path).
 
 One-off ratios do not hold on a shared machine: the same CNN benchmark gave 2.18x, 1.37x and 1.54x on three
 days, and the 2048² matmul 179, 101.7 and 149.4 GFLOP/s. So a benchmark runs its peer and dlforge one after
