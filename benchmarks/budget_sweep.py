@@ -490,6 +490,14 @@ def main() -> None:
         sys.exit(f"--ema-decays: expected decays in (0, 1), got {' '.join(map(str, args.ema_decays))}")
     if args.replay:
         return replay_rows(args.replay, dict(_setting(kv) for kv in args.set or ()), args.ema_decays)
+    # every --candidates name checked before the first run: each model runs the names that are its own
+    for name in args.candidates or ():
+        if not args.fit_only and not any(name in CANDIDATES[m] for m in args.models):
+            sys.exit(f"--candidates: {name!r} is not a candidate of --models {' '.join(args.models)} "
+                     f"({', '.join(c for m in args.models for c in CANDIDATES[m])})")
+    for model in [] if args.fit_only or not args.candidates else args.models:
+        if not any(name in CANDIDATES[model] for name in args.candidates):
+            sys.exit(f"--candidates: none of them is a {model} candidate ({', '.join(CANDIDATES[model])})")
     sweep = json.loads(SWEEP.read_text())["runs"] if SWEEP.exists() else []
     with tempfile.TemporaryDirectory() as tmp:
         if args.fit_only:
@@ -497,10 +505,9 @@ def main() -> None:
         for model in args.models:
             grid = DEFAULT_GRID[model]
             for minutes in args.budgets or sorted(grid):
-                names = args.candidates or grid.get(minutes) or list(CANDIDATES[model])
+                names = ([n for n in args.candidates if n in CANDIDATES[model]] if args.candidates
+                         else grid.get(minutes) or list(CANDIDATES[model]))
                 for name in names:
-                    if name not in CANDIDATES[model]:
-                        sys.exit(f"--candidates: {name!r} is not a {model} candidate ({', '.join(CANDIDATES[model])})")
                     done = [r for r in sweep if (r["model"], r["candidate"], r["minutes"]) == (model, name, minutes)]
                     if done and not args.rerun:
                         continue

@@ -1,6 +1,7 @@
 """`dlforge train gpt|lstm --max-time M` without sizes takes its recipe from the budget table
 (dlforge/recipes/budgets.json, fitted by benchmarks/budget_sweep.py); flags given win; --no-bias."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -349,3 +350,16 @@ def test_a_candidates_seeds_are_averaged_and_compared_on_the_seeds_both_have():
     # a seed that a replay redid: the later run counts
     redo = joined_replays([row], [wd5, wd5_seed1, {**wd5_seed1, "val_loss": 1.45}])
     assert fit([row, *redo])["recipes"]["gpt"][0]["val_loss_by_seed"] == {"0": 1.44, "1": 1.45}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--models", "gpt", "lstm", "--candidates", "gpt-s"], "--candidates: none of them is a lstm candidate"),
+    (["--models", "gpt", "--candidates", "gpt-s", "nope"], "--candidates: 'nope' is not a candidate of --models gpt")])
+def test_the_sweep_checks_every_candidate_before_its_first_run(argv, message):
+    """Before, each model's names were checked when the sweep reached it: `--models gpt lstm --candidates gpt-s`
+    trained the gpt runs and then stopped at lstm."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "benchmarks.budget_sweep", *argv, "--budgets", "0.01"],
+                       capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=60)
+    assert r.returncode == 1 and r.stderr.startswith(message) and len(r.stderr.splitlines()) == 1
