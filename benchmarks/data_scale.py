@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.pairs import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
@@ -227,7 +229,7 @@ def images_benchmark(out: Path, env: dict, pairs: int) -> None:
     import shutil
     root = write_png_folder(out / "fashion-png")
     shutil.rmtree(out / "cache" / "images", ignore_errors=True)  # the cache's build is part of the figure
-    results = {"machine": os.uname().nodename, "folder": str(root), "cache": cache_build(root)}
+    results = {"machine": cpu_name(), "folder": str(root), "cache": cache_build(root)}
     c = results["cache"]
     print(f"image cache: {c['images']:,} PNG files decoded in {c['build_s']:.1f} s ({c['images_per_s']:,.0f} "
           f"images/s), {c['cache_mb']:.0f} MB; reopened in {c['reopen_s']:.2f} s", flush=True)
@@ -270,7 +272,7 @@ def main() -> None:
     files = sources()
     available = sum(f.stat().st_size for f in files) / 1e6
     print(f"{len(files):,} source files, {available:,.0f} MB of real text", flush=True)
-    results = {"machine": os.uname().nodename, "source_files": len(files), "source_mb": available, "sizes": []}
+    results = {"machine": cpu_name(), "source_files": len(files), "source_mb": available, "sizes": []}
     sizes = [int(s) for s in args.sizes.split(",")]
     small = build(out / f"corpus-{sizes[0]}", sizes[0], files)
     prepare_env = {**env, "DLFORGE_CACHE": str((out / "cache-prepare").resolve())}  # not the training runs' cache
