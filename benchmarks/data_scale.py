@@ -288,7 +288,11 @@ def main() -> None:
         print(f"{mb} MB: peak RSS {r['peak_rss_mb']:.0f} MB, {r['wall_s']:.0f} s, {r['tokens']} tokens, "
               f"tokenized at {r['tokenize_mb_s']} MB/s", flush=True)
     if not args.skip_disk_vs_memory:
-        results["disk_vs_memory"] = disk_vs_memory(out)
+        from dlforge.errors import DlforgeError
+        try:
+            results["disk_vs_memory"] = disk_vs_memory(out)
+        except DlforgeError as e:  # e.g. no ../shared and no network to download tinyshakespeare
+            sys.exit(f"benchmarks.data_scale, the token file against memory: {e} (--skip-disk-vs-memory skips it)")
         print(f"tokens/s disk / memory: {results['disk_vs_memory']['ratio_disk_over_memory']:.3f} "
               f"{results['disk_vs_memory']['best']}", flush=True)
     dest = ROOT / "benchmarks" / "results" / "data-scale.json"
