@@ -77,7 +77,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max-steps", type=int, default=100, help="training steps per run (0: full epochs)")
     ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--pairs", type=int, default=3, help="reference/dlforge pairs, run A B A B (at least 3)")
+    ap.add_argument("--pairs", type=int, default=3, help="reference/dlforge pairs, run A B A B (3 or more for a reported figure; fewer for a quick try)")
     save_options(ap, "benchmarks/results/cnn-vs-reference.json")
     args = ap.parse_args()
     import torch

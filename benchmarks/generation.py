@@ -89,7 +89,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(SIZES), choices=SIZES)
     ap.add_argument("--run", type=Path, help="a trained gpt run instead of the random-weight sizes")
     ap.add_argument("--tokens", type=int, default=500)
-    ap.add_argument("--pairs", type=int, default=3, help="cached/uncached pairs per size (at least 3)")
+    ap.add_argument("--pairs", type=int, default=3, help="cached/uncached pairs per size (3 or more for a reported figure; fewer for a quick try)")
     ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--profile", action="store_true", help="print where a cached step's time goes instead")
     save_options(ap, "benchmarks/results/lm-generate-cache.json")
