@@ -142,7 +142,9 @@ def main() -> None:
     ap.add_argument("--cnn", help="a cnn run on fashion-mnist")
     ap.add_argument("--gpt", help="a gpt-small run")
     ap.add_argument("--seconds", type=float, default=3.0, help="timing per measurement")
-    ap.add_argument("--out", default="benchmarks/results/export.json")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "export.json"),
+                    help="the results file, kept in the repository whatever the current folder "
+                         "(default benchmarks/results/export.json)")
     a = ap.parse_args()
     result = {"torch": torch.__version__, "onnxruntime": ort.__version__, "threads": torch.get_num_threads()}
     if Path(a.out).is_file():  # a family not measured this time keeps its last figures
