@@ -490,14 +490,15 @@ def main() -> None:
         sys.exit(f"--ema-decays: expected decays in (0, 1), got {' '.join(map(str, args.ema_decays))}")
     if args.replay:
         return replay_rows(args.replay, dict(_setting(kv) for kv in args.set or ()), args.ema_decays)
-    # every --candidates name checked before the first run: each model runs the names that are its own
-    for name in args.candidates or ():
-        if not args.fit_only and not any(name in CANDIDATES[m] for m in args.models):
-            sys.exit(f"--candidates: {name!r} is not a candidate of --models {' '.join(args.models)} "
-                     f"({', '.join(c for m in args.models for c in CANDIDATES[m])})")
-    for model in [] if args.fit_only or not args.candidates else args.models:
-        if not any(name in CANDIDATES[model] for name in args.candidates):
-            sys.exit(f"--candidates: none of them is a {model} candidate ({', '.join(CANDIDATES[model])})")
+    if args.candidates and not args.fit_only:  # all checked before the first run; each model runs its own names
+        known = [c for m in args.models for c in CANDIDATES[m]]
+        for name in args.candidates:
+            if name not in known:
+                sys.exit(f"--candidates: {name!r} is not a candidate of --models {' '.join(args.models)} "
+                         f"({', '.join(known)})")
+        for model in args.models:
+            if not set(args.candidates) & set(CANDIDATES[model]):
+                sys.exit(f"--candidates: none of them is a {model} candidate ({', '.join(CANDIDATES[model])})")
     sweep = json.loads(SWEEP.read_text())["runs"] if SWEEP.exists() else []
     with tempfile.TemporaryDirectory() as tmp:
         if args.fit_only:

@@ -59,7 +59,8 @@ def _train_seconds(run: Path) -> dict:
 
 
 def flops_per_image() -> tuple[float, float]:
-    """(training, evaluation) FLOPs per 48×48 image of MY_NET, counted by torch's FlopCounterMode (benchmarks.pairs.flop_counter)."""
+    """(training, evaluation) FLOPs per 48×48 image of MY_NET, counted by torch's FlopCounterMode
+    (benchmarks.pairs.flop_counter)."""
     import torch
     import torch.nn.functional as F
     from dlforge.registry import create_model
@@ -77,8 +78,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max-steps", type=int, default=100, help="training steps per run (0: full epochs)")
     ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--pairs", type=int, default=3, help="reference/dlforge pairs, run A B A B (3 or more for a reported figure; fewer for a quick try)")
-    save_options(ap, "benchmarks/results/cnn-vs-reference.json")
+    ap.add_argument("--pairs", type=int, default=3, help="reference/dlforge pairs, run A B A B "
+                                                           "(3 or more for a reported figure; fewer for a quick try)")
+    save_options(ap, ROOT / "benchmarks" / "results" / "cnn-vs-reference.json")
     args = ap.parse_args()
     import torch
     train_flops, eval_flops = flops_per_image()
@@ -105,7 +107,7 @@ def main() -> None:
         "threads": torch.get_num_threads(), "torch": torch.__version__, "pairs_raw": rows,
     }
     print(json.dumps(result))
-    if path := saved_path(args, ROOT / "benchmarks" / "results" / "cnn-vs-reference.json"):
+    if path := saved_path(args):
         path.write_text(json.dumps(result, indent=1) + "\n")
 
 

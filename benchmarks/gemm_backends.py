@@ -25,7 +25,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2048)
     ap.add_argument("--reps", type=int, default=10)
-    save_options(ap, "benchmarks/results/gemm-backends.json")
+    save_options(ap, RESULT)
     args = ap.parse_args()
     n, flops = args.n, 2.0 * args.n ** 3
     x, w = torch.randn(1, n, 1, n), torch.randn(n, n, 1, 1)
@@ -39,7 +39,7 @@ def main() -> None:
               "lstm_layer_gflops": round(lstm_gflops(), 1),  # what the budget table converts LSTM rows by
               "command": "python -m benchmarks.gemm_backends"}
     print(json.dumps(result))
-    if path := saved_path(args, RESULT):
+    if path := saved_path(args):
         path.write_text(json.dumps(result, indent=1) + "\n")
 
 

@@ -89,10 +89,11 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(SIZES), choices=SIZES)
     ap.add_argument("--run", type=Path, help="a trained gpt run instead of the random-weight sizes")
     ap.add_argument("--tokens", type=int, default=500)
-    ap.add_argument("--pairs", type=int, default=3, help="cached/uncached pairs per size (3 or more for a reported figure; fewer for a quick try)")
+    ap.add_argument("--pairs", type=int, default=3, help="cached/uncached pairs per size "
+                                                           "(3 or more for a reported figure; fewer for a quick try)")
     ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--profile", action="store_true", help="print where a cached step's time goes instead")
-    save_options(ap, "benchmarks/results/lm-generate-cache.json")
+    save_options(ap, RESULTS / "lm-generate-cache.json")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -113,7 +114,7 @@ def main() -> None:
                        "threads": torch.get_num_threads(), "torch": torch.__version__, "load_average_1min": load},
            "results": [measure(label, model, args.tokens, max(1, args.pairs)) for label, model in models]}
     print(json.dumps(res, indent=2))
-    if path := saved_path(args, RESULTS / "lm-generate-cache.json"):
+    if path := saved_path(args):
         path.write_text(json.dumps(res, indent=2) + "\n")
 
 

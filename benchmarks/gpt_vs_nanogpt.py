@@ -362,13 +362,13 @@ def main() -> None:
     ap.add_argument("--work", type=Path, help="keep the runs here (default: a temporary folder)")
     ap.add_argument("--match-warmup", action="store_true", help="lockstep: nanoGPT's warm-up made dlforge's")
     ap.add_argument("--offset-seed", type=int, default=12345, help="lockstep: the seed the training windows are drawn with")
-    save_options(ap, "benchmarks/results/gpt-vs-nanogpt-WHAT.json")
+    save_options(ap, RESULTS / "gpt-vs-nanogpt-WHAT.json")
     args = ap.parse_args()
     if args.steps is None:
         args.steps = 100 if args.what == "steps" else 1574
-    if args.steps < 1 or (args.what == "steps" and args.steps <= SKIPPED):
-        sys.exit(f"--steps: expected {SKIPPED + 1 if args.what == 'steps' else 1} or more"
-                 + (f" (nanoGPT's first {SKIPPED} iterations are left out of its step time)" if args.what == "steps" else ""))
+    if args.steps < (least := SKIPPED + 1 if args.what == "steps" else 1):
+        why = f" (nanoGPT's first {SKIPPED} iterations are left out of its step time)" if args.what == "steps" else ""
+        sys.exit(f"--steps: expected {least} or more{why}")
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)

@@ -47,17 +47,20 @@ def matmul_peak() -> float:
     return peak(2048, 10)
 
 
-def save_options(ap, default: str) -> None:
-    """A benchmark's --save and --out. --out alone also saves: a command that names a file and writes nothing
-    (as `--out` without `--save` once did) loses the run it was made for."""
-    ap.add_argument("--save", action="store_true", help=f"also write the JSON to --out (default {default})")
+def save_options(ap, default: Path) -> None:
+    """A benchmark's --save and --out, `default` the file --save writes. --out alone also saves: a command that
+    names a file and writes nothing (as `--out` without `--save` once did) loses the run it was made for."""
+    shown = default.relative_to(ROOT) if default.is_relative_to(ROOT) else default
+    ap.add_argument("--save", action="store_true", help=f"also write the JSON to --out (default {shown})")
     ap.add_argument("--out", type=Path, help="write the JSON to this file instead (implies --save): e.g. "
                                              "another machine's run, kept beside the default's")
+    ap.set_defaults(save_default=default)
 
 
-def saved_path(args, default: Path) -> Path | None:
-    """Where save_options' --save and --out write the result: --out, else the default with --save, else nowhere."""
-    path = args.out or (default if args.save else None)
+def saved_path(args, default: Path | None = None) -> Path | None:
+    """Where save_options' --save and --out write the result: --out, else with --save the default (save_options'
+    unless the result names its own, e.g. by sub-command), else nowhere."""
+    path = args.out or ((default or args.save_default) if args.save else None)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
     return path

@@ -247,7 +247,7 @@ def main() -> None:
     ap.add_argument("--conv-weight-grad", choices=["gemm", "onednn"], default="gemm",
                     help="the cnn's conv2/conv3 weight gradients: dlforge's im2col product (default, as trained) or "
                          "oneDNN's, as before (dlforge.models.conv)")
-    save_options(ap, "benchmarks/results/peak-ceiling.json")
+    save_options(ap, RESULTS / "peak-ceiling.json")
     ap.add_argument("--ab", type=int, metavar="ROUNDS", help="instead: a training step without and with "
                     "--ab-switch alternated, ROUNDS pairs of --steps steps")
     ap.add_argument("--ab-switch", choices=sorted(SWITCHES), default="conv-weight-grad",
@@ -265,7 +265,7 @@ def main() -> None:
                   "machine": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                   "rows": [ab(args.steps, args.ab, args.ab_switch)]}
         print(json.dumps(result, indent=1))
-        if path := saved_path(args, RESULTS / "peak-ceiling.json"):
+        if path := saved_path(args):
             path.write_text(json.dumps(result, indent=1) + "\n")
         return
     if args.conv_weight_grad == "onednn":
@@ -280,7 +280,7 @@ def main() -> None:
               "machine": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(),
               "conv_weight_grad": args.conv_weight_grad, "rows": rows}
     print(json.dumps(result, indent=1))
-    if path := saved_path(args, RESULTS / "peak-ceiling.json"):
+    if path := saved_path(args):
         path.write_text(json.dumps(result, indent=1) + "\n")
 
 

@@ -1,10 +1,18 @@
 """The benchmarks' shared parts (benchmarks/pairs.py): the FLOP count every share of the matmul peak divides by, and
 where a result is saved."""
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.pairs import flop_counter
+from benchmarks.pairs import flop_counter, save_options, saved_path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _count(fn, counter) -> int:
@@ -56,11 +64,9 @@ def test_the_language_model_throughput_benchmark_reads_its_recipes_as_the_cli_do
 
 
 def test_out_alone_saves_save_alone_writes_the_default_and_neither_writes_nothing(tmp_path):
-    import argparse
-    from benchmarks.pairs import save_options, saved_path
     ap = argparse.ArgumentParser()
-    save_options(ap, "benchmarks/results/x.json")
     default, mine = tmp_path / "x.json", tmp_path / "another" / "machine.json"
+    save_options(ap, default)
     assert saved_path(ap.parse_args([]), default) is None
     assert saved_path(ap.parse_args(["--save"]), default) == default
     assert saved_path(ap.parse_args(["--out", str(mine)]), default) == mine and mine.parent.is_dir()
@@ -69,13 +75,9 @@ def test_out_alone_saves_save_alone_writes_the_default_and_neither_writes_nothin
 
 def test_a_benchmark_given_only_out_writes_its_result_there(tmp_path):
     # before, --out without --save ran the benchmark and wrote nothing
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
     out = tmp_path / "gemm.json"
     subprocess.run([sys.executable, "-m", "benchmarks.gemm_backends", "--n", "64", "--reps", "1", "--out", str(out)],
-                   cwd=Path(__file__).resolve().parents[1], check=True, capture_output=True)
+                   cwd=ROOT, check=True, capture_output=True)
     assert json.loads(out.read_text())["n"] == 64
 
 
@@ -84,9 +86,6 @@ def test_a_benchmark_given_only_out_writes_its_result_there(tmp_path):
     (["quality", "--steps", "0"], "--steps: expected 1 or more")])
 def test_gpt_vs_nanogpt_refuses_a_step_count_it_cannot_measure_before_it_trains(argv, message):
     # before: `steps --steps 10` trained nanoGPT and then divided by zero; `quality --steps 0` ran 1,574 steps
-    import subprocess
-    import sys
-    from pathlib import Path
     r = subprocess.run([sys.executable, "-m", "benchmarks.gpt_vs_nanogpt", *argv], capture_output=True, text=True,
-                       cwd=Path(__file__).resolve().parents[1], timeout=60)
+                       cwd=ROOT, timeout=60)
     assert r.returncode == 1 and r.stderr.strip() == message and not r.stdout
