@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.pairs import cpu_name, flop_counter, interleave, save_options, saved_path, spread
+from benchmarks.pairs import cpu_name, flop_counter, interleave, report, save_options, saved_path, spread
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT.parent / "shared" / "peers"
@@ -46,11 +46,11 @@ def run_dlforge(max_steps: int, epochs: int) -> dict:
         if max_steps:
             cmd += ["--max-steps", str(max_steps)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
-        report = json.loads(out.strip().splitlines()[-1])
+        printed = json.loads(out.strip().splitlines()[-1])
         ckpt_meta = _train_seconds(Path(tmp) / "run")
     images = ckpt_meta["step"] * 64
-    return {"train_img_per_s": images / ckpt_meta["elapsed"], "eval_img_per_s": report["eval_images_per_s"],
-            "test_acc": 100 * report["accuracy"], "train_s": ckpt_meta["elapsed"]}
+    return {"train_img_per_s": images / ckpt_meta["elapsed"], "eval_img_per_s": printed["eval_images_per_s"],
+            "test_acc": 100 * printed["accuracy"], "train_s": ckpt_meta["elapsed"]}
 
 
 def _train_seconds(run: Path) -> dict:
@@ -106,9 +106,7 @@ def main() -> None:
         "cpu_bf16_native": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "pairs_raw": rows,
     }
-    print(json.dumps(result))
-    if path := saved_path(args):
-        path.write_text(json.dumps(result, indent=1) + "\n")
+    report(result, saved_path(args))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Text corpora larger than memory (issue 16): tokenization throughput and peak resident memory of training
 `gpt-small` against the corpus size, and tokens/s of the token-file path against the in-memory one.
 
-    python -m benchmarks.data_scale --sizes 250,1000,2000 --out runs/bench-data-scale
+    python -m benchmarks.data_scale --sizes 250,1000,2000 --save
 
 The corpus is real text found on this machine (every .py file of the virtual environment's
 site-packages, /usr/share/doc's text files, ../shared's tinyshakespeare; ASCII files only), concatenated in a fixed order and
@@ -10,11 +10,12 @@ fresh process (`dlforge train gpt-small --data-file FOLDER --max-steps 30`) whos
 /usr/bin/time; the token cache of each corpus is made in that run (a fresh cache folder every time the
 benchmark runs; `data prepare`'s throughput is measured in a cache of its own), so the figure includes
 tokenizing.
-Results: benchmarks/results/data-scale.json.
+Results: printed; --save writes benchmarks/results/data-scale.json. Corpora, caches and runs: --work (default
+runs/bench-data-scale).
 
-Images (`--images`; results: benchmarks/results/data-scale-images.json):
+Images (`--images`; --save writes benchmarks/results/data-scale-images.json):
 
-    python -m benchmarks.data_scale --images --out runs/bench-data-scale
+    python -m benchmarks.data_scale --images --save
 
 writes Fashion-MNIST's 60,000 training and 10,000 test images as a PNG folder (train/<class>/, test/<class>/),
 decodes it into the image cache (timed: the first run's cost), then trains `cnn-small` for one epoch at 28×28
@@ -36,9 +37,10 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.pairs import cpu_name
+from benchmarks.pairs import cpu_name, report, save_options, saved_path
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
 
@@ -225,7 +227,7 @@ def pipeline_epoch(root: Path) -> dict:
     return out
 
 
-def images_benchmark(out: Path, env: dict, pairs: int) -> None:
+def images_benchmark(out: Path, env: dict, pairs: int) -> dict:
     import shutil
     root = write_png_folder(out / "fashion-png")
     shutil.rmtree(out / "cache" / "images", ignore_errors=True)  # the cache's build is part of the figure
@@ -245,25 +247,25 @@ def images_benchmark(out: Path, env: dict, pairs: int) -> None:
                    median_ratio=statistics.median(ratios), pipeline_images_per_s=pipeline_epoch(root))
     print(f"training epoch, cache / memory: {', '.join(f'{r:.3f}' for r in ratios)}; pipeline alone "
           f"{results['pipeline_images_per_s']}", flush=True)
-    dest = ROOT / "benchmarks" / "results" / "data-scale-images.json"
-    dest.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {dest}")
+    return results
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="250,1000,2000", help="corpus sizes in MB")
-    ap.add_argument("--out", default="runs/bench-data-scale")
     ap.add_argument("--skip-disk-vs-memory", action="store_true")
-    ap.add_argument("--images", action="store_true", help="the image benchmark instead of the text one")
+    ap.add_argument("--images", action="store_true", help="the image benchmark instead of the text one "
+                                                          "(--save writes benchmarks/results/data-scale-images.json)")
     ap.add_argument("--pairs", type=int, default=2, help="--images: interleaved cache/memory training epochs")
+    save_options(ap, RESULTS / "data-scale.json", work="runs/bench-data-scale")
     args = ap.parse_args()
-    out = Path(args.out)
+    out = args.work
     out.mkdir(parents=True, exist_ok=True)
     os.environ["DLFORGE_CACHE"] = str((out / "cache").resolve())
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if args.images:
-        return images_benchmark(out, env, args.pairs)
+        return report(images_benchmark(out, env, args.pairs), saved_path(args, RESULTS / "data-scale-images.json"),
+                      indent=2)
     # the corpora are kept between runs; token caches and training runs are made again, so that tokenizing is
     # measured every time, not read from an earlier run's cache (a downloaded corpus in the cache stays)
     for old in [out / "cache" / "tokens", out / "cache-prepare", *out.glob("run-*"), *out.glob("disk-*"),
@@ -295,9 +297,7 @@ def main() -> None:
             sys.exit(f"benchmarks.data_scale, the token file against memory: {e} (--skip-disk-vs-memory skips it)")
         print(f"tokens/s disk / memory: {results['disk_vs_memory']['ratio_disk_over_memory']:.3f} "
               f"{results['disk_vs_memory']['best']}", flush=True)
-    dest = ROOT / "benchmarks" / "results" / "data-scale.json"
-    dest.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {dest}")
+    report(results, saved_path(args), indent=2)
 
 
 if __name__ == "__main__":

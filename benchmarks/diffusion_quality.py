@@ -7,12 +7,13 @@
 4. DDPM-1000 and DDIM-50 on the same --n-ddpm images and seed: the quality ratio at equal sample count
    (the Fréchet distance is biased by the sample count, so only equal counts compare; the kernel distance is
    unbiased, with its spread over subsets) and the speed ratio.
-Writes benchmarks/results/diffusion-quality-<data>-<model>.json.
+Prints the results; --save writes benchmarks/results/diffusion-quality-<data>-<model>.json. The classifier and
+the diffusion run are kept in --work (default runs/bench-diffusion): a second command there trains neither again.
 
-    python -m benchmarks.diffusion_quality --data fashion-mnist --minutes 40
-    python -m benchmarks.diffusion_quality --data digits --minutes 5 --n 360 --n-ddpm 100
+    python -m benchmarks.diffusion_quality --data fashion-mnist --minutes 40 --save
+    python -m benchmarks.diffusion_quality --data digits --minutes 5 --n 360 --n-ddpm 100 --save
     python -m benchmarks.diffusion_quality --data fashion-mnist --minutes 40 --model unet-fast \
-        --guidance-sweep 3 5 8 --sweep-only      # prompt accuracy and Fréchet distance against the guidance
+        --guidance-sweep 3 5 8 --sweep-only --save  # prompt accuracy and Fréchet distance against the guidance
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmarks.pairs import report, save_options, saved_path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -56,8 +59,8 @@ def main() -> None:
                          "(guidance_sweep in the results)")
     ap.add_argument("--sweep-n", type=int, default=500)
     ap.add_argument("--sweep-only", action="store_true",
-                    help="after training, only the guidance sweep: writes diffusion-guidance-<data>-<model>.json")
-    ap.add_argument("--out", default="runs/bench-diffusion")
+                    help="after training, only the guidance sweep: --save writes "
+                         "diffusion-guidance-<data>-<model>.json")
     ap.add_argument("--suffix", default="", help="appended to the results file's name after a dash (e.g. seed1: "
                                                  "...-unet-fast-seed1.json): runs that differ only in --recipe keep "
                                                  "their own files")
@@ -66,9 +69,10 @@ def main() -> None:
                     help="extra `dlforge train diffusion` options (add --seed S for another training seed); batch 256: "
                          "higher prompt accuracy in the same minutes than 128 (README, Measured)")
     ap.add_argument("--model", default="diffusion", help="diffusion (= unet), unet-small, ...")
+    save_options(ap, RESULTS / "diffusion-quality-<data>-<model>[-<suffix>].json", work="runs/bench-diffusion")
     args = ap.parse_args()
     suffix = "-" + args.suffix.lstrip("-") if args.suffix else ""  # a value may not start with a dash on the line
-    out = Path(args.out) / args.data
+    out = args.work / args.data
     cls, dif = out / "classifier", out / "diffusion"
     res: dict = {"benchmark": "diffusion_quality", "data": args.data, "recipe": args.recipe, "model": args.model}
     if not (cls / "report.json").is_file():
@@ -93,10 +97,7 @@ def main() -> None:
                                                     "frechet", "frechet_real", "kid", "kid_std", "images_per_s")}
                                  for r in sweep]
     if args.sweep_only:
-        path = RESULTS / f"diffusion-guidance-{args.data}-{args.model}{suffix}.json"
-        path.write_text(json.dumps(res, indent=1) + "\n")
-        print(f"wrote {path}", file=sys.stderr)
-        return
+        return report(res, saved_path(args, RESULTS / f"diffusion-guidance-{args.data}-{args.model}{suffix}.json"))
     common = ["--classifier", str(cls), "--guidance", str(args.guidance), "--json", "--seed", "0"]
     ddim = lambda n, eta: dlforge("eval", str(dif), "--n", str(n), "--sampler", "ddim", "--steps", "50",  # noqa: E731
                                   "--eta", str(eta), *common)
@@ -110,11 +111,8 @@ def main() -> None:
                            "frechet": [a["frechet"], b["frechet"]],
                            "frechet_ratio": a["frechet"] / b["frechet"],
                            "kid": [a["kid"], b["kid"]], "kid_std": [a["kid_std"], b["kid_std"]]}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"diffusion-quality-{args.data}-{args.model}{suffix}.json"
-    path.write_text(json.dumps(res, indent=1) + "\n")
-    print(json.dumps({k: res[k] for k in ("data", "train_seconds", "train_steps", "ddim_vs_ddpm")}))
-    print(f"wrote {path}", file=sys.stderr)
+    print(json.dumps({k: res[k] for k in ("data", "train_seconds", "train_steps", "ddim_vs_ddpm")}), file=sys.stderr)
+    report(res, saved_path(args, RESULTS / f"diffusion-quality-{args.data}-{args.model}{suffix}.json"))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@
                         with its KVCache, and against GPTDecoder, what `dlforge generate` runs), batch 1 and 256;
                         validation loss fp32 / int8 (logits.onnx)
 
-    python -m benchmarks.export --cnn RUN --gpt RUN [--seconds 3] [--out benchmarks/results/export.json]
+    python -m benchmarks.export --cnn RUN --gpt RUN [--seconds 3] [--save | --out FILE.json]
+
+With --save (or --out) a family not measured this time keeps its figures from the file it writes.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import onnxruntime as ort
 import torch
 
 import dlforge
+from benchmarks.pairs import ROOT, report, save_options, saved_path
 from dlforge.models.layers import KVCache
 
 
@@ -142,13 +145,12 @@ def main() -> None:
     ap.add_argument("--cnn", help="a cnn run on fashion-mnist")
     ap.add_argument("--gpt", help="a gpt-small run")
     ap.add_argument("--seconds", type=float, default=3.0, help="timing per measurement")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "export.json"),
-                    help="the results file, kept in the repository whatever the current folder "
-                         "(default benchmarks/results/export.json)")
+    save_options(ap, ROOT / "benchmarks" / "results" / "export.json")
     a = ap.parse_args()
     result = {"torch": torch.__version__, "onnxruntime": ort.__version__, "threads": torch.get_num_threads()}
-    if Path(a.out).is_file():  # a family not measured this time keeps its last figures
-        result = {**json.loads(Path(a.out).read_text()), **result}
+    path = saved_path(a)
+    if path is not None and path.is_file():  # a family not measured this time keeps its last figures
+        result = {**json.loads(path.read_text()), **result}
     if a.cnn:
         result["cnn"] = bench_cnn(a.cnn, a.seconds)
     if a.gpt:
@@ -161,9 +163,8 @@ def main() -> None:
             if "torch_decoder" in r:  # against what `dlforge generate` runs
                 r["speedup_vs_torch_decoder"] = {f"{k}_batch_{b}": r[k][f"tokens_per_s_batch_{b}"] / r["torch_decoder"][
                     f"tokens_per_s_batch_{b}"] for k in ("onnxruntime_fp32", "onnxruntime_int8") for b in (1, 256)}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({f: result[f]["speedup_vs_torch"] for f in ("cnn", "gpt") if f in result}, indent=1))
+    report(result, path, indent=2)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,11 @@ the CI machine's kind) it was 0.8-0.95 of it (gemm-backends-epyc-avx2.json).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
-from benchmarks.pairs import cpu_name, save_options, saved_path
+from benchmarks.pairs import cpu_name, report, save_options, saved_path
 from dlforge.perf import best_gflops, lstm_gflops, matmul_peak
 
 RESULT = Path(__file__).resolve().parent / "results" / "gemm-backends.json"
@@ -38,9 +37,7 @@ def main() -> None:
                   best_gflops(lambda: torch.nn.functional.conv2d(xc, wc), flops, args.reps), 1),
               "lstm_layer_gflops": round(lstm_gflops(), 1),  # what the budget table converts LSTM rows by
               "command": "python -m benchmarks.gemm_backends"}
-    print(json.dumps(result))
-    if path := saved_path(args):
-        path.write_text(json.dumps(result, indent=1) + "\n")
+    report(result, saved_path(args))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """What every side-by-side benchmark shares: runs interleaved A B A B, the median with its spread, and the
 fp32 matmul peak measured in the same run. And what every benchmark shares: the FLOP count that a share of that
-peak divides by (flop_counter), the machine's name (cpu_name), and --save/--out (save_options, saved_path).
+peak divides by (flop_counter), the machine's name (cpu_name), and --save/--out (save_options, saved_path,
+report).
 
 One-off ratios do not hold on a shared machine: the same CNN benchmark gave 2.18x, 1.37x and 1.54x on three
 days, and the 2048² matmul 179, 101.7 and 149.4 GFLOP/s. So a benchmark runs its peer and dlforge one after
@@ -9,6 +10,7 @@ each pair and the share of that pair's peak, as median (min–max). Drift of the
 """
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
@@ -47,13 +49,26 @@ def matmul_peak() -> float:
     return peak(2048, 10)
 
 
-def save_options(ap, default: Path) -> None:
-    """A benchmark's --save and --out, `default` the file --save writes. --out alone also saves: a command that
-    names a file and writes nothing (as `--out` without `--save` once did) loses the run it was made for."""
+def save_options(ap, default: Path, work: str | None = None) -> None:
+    """A benchmark's --save and --out, `default` the file --save writes: a run without them only prints its result,
+    so that trying a benchmark leaves the committed results alone. --out alone also saves: a command that names a
+    file and writes nothing (as `--out` without `--save` once did) loses the run it was made for. `work`: the
+    default of --work, the folder for a benchmark's own runs and data, where it has one (it was --out once, so an
+    --out that is not a .json file is refused before any work, naming --work)."""
     shown = default.relative_to(ROOT) if default.is_relative_to(ROOT) else default
+    hint = " (the folder for the benchmark's own runs and data is --work)" if work else ""
+
+    def results_file(value: str) -> Path:
+        if not value.endswith(".json") or Path(value).is_dir():
+            raise argparse.ArgumentTypeError(f"expected the results file, a .json, got {value!r}{hint}")
+        return Path(value)
+
     ap.add_argument("--save", action="store_true", help=f"also write the JSON to --out (default {shown})")
-    ap.add_argument("--out", type=Path, help="write the JSON to this file instead (implies --save): e.g. "
-                                             "another machine's run, kept beside the default's")
+    ap.add_argument("--out", type=results_file, help="write the JSON to this .json file instead (implies --save): "
+                                                     "e.g. another machine's run, kept beside the default's")
+    if work:
+        ap.add_argument("--work", type=Path, default=Path(work),
+                        help=f"the folder for the benchmark's own runs and data (default {work})")
     ap.set_defaults(save_default=default)
 
 
@@ -64,6 +79,15 @@ def saved_path(args, default: Path | None = None) -> Path | None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def report(result: dict, path: Path | None, indent: int = 1) -> None:
+    """Print a benchmark's result as one line of JSON, the last on stdout; and write it to `path` (saved_path:
+    --save, --out) when there is one."""
+    if path is not None:
+        path.write_text(json.dumps(result, indent=indent) + "\n")
+        print(f"wrote {path}", file=sys.stderr)
+    print(json.dumps(result), flush=True)
 
 
 def flop_counter():

@@ -10,8 +10,7 @@ clients. The server is `dlforge serve` in its own process; the clients (a minima
 asyncio, one connection each) share the machine's cores with it. Without --cnn/--gpt/--unet the three runs are trained here for a few steps: throughput does not
 depend on what the weights learned.
 
-    python -m benchmarks.serve_load [--cnn RUN --gpt RUN --unet RUN] [--seconds 5]
-                                    [--out benchmarks/results/serve-load.json]
+    python -m benchmarks.serve_load [--cnn RUN --gpt RUN --unet RUN] [--seconds 5] [--save | --out FILE.json]
 """
 from __future__ import annotations
 
@@ -32,7 +31,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.pairs import ROOT, report, save_options, saved_path
 LEVELS = (1, 8, 32, 64)
 
 
@@ -154,7 +153,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cnn"), ap.add_argument("--gpt"), ap.add_argument("--unet")
     ap.add_argument("--seconds", type=float, default=5.0, help="measured seconds per level (default 5)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve-load.json"))
+    save_options(ap, ROOT / "benchmarks" / "results" / "serve-load.json")
     args = ap.parse_args()
     tmp = tempfile.TemporaryDirectory()
     runs = train_runs(Path(tmp.name)) if not (args.cnn and args.gpt and args.unet) else \
@@ -188,9 +187,7 @@ def main() -> None:
                                              "speedup": round(on["requests_per_s"] / off["requests_per_s"], 2)}
     print(f"dynamic batching, predict at 32 clients: on {on['requests_per_s']:.1f} req/s, off "
           f"{off['requests_per_s']:.1f} req/s: {result['batching_predict_32_clients']['speedup']:.2f}×")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    report(result, saved_path(args), indent=2)
 
 
 if __name__ == "__main__":

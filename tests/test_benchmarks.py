@@ -2,6 +2,7 @@
 where a result is saved."""
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.pairs import flop_counter, save_options, saved_path
+from benchmarks.pairs import flop_counter, report, save_options, saved_path
 
 ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # a benchmark run from another folder
 
 
 def _count(fn, counter) -> int:
@@ -79,6 +81,50 @@ def test_a_benchmark_given_only_out_writes_its_result_there(tmp_path):
     subprocess.run([sys.executable, "-m", "benchmarks.gemm_backends", "--n", "64", "--reps", "1", "--out", str(out)],
                    cwd=ROOT, check=True, capture_output=True)
     assert json.loads(out.read_text())["n"] == 64
+
+
+def test_a_benchmarks_out_is_a_json_file_and_its_work_folder_is_work(tmp_path, capsys):
+    # data_scale's and diffusion_quality's --out was their work folder: given as before, it would have become the
+    # name of a results file, so it is refused before any work, naming --work
+    ap = argparse.ArgumentParser()
+    save_options(ap, tmp_path / "x.json", work="runs/bench")
+    assert ap.parse_args([]).work == Path("runs/bench")
+    assert ap.parse_args(["--work", str(tmp_path)]).work == tmp_path
+    for bad in ("runs/bench-diffusion-v3", str(tmp_path), str(tmp_path / "x.txt")):
+        with pytest.raises(SystemExit):
+            ap.parse_args(["--out", bad])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.endswith(f"argument --out: expected the results file, a .json, got {bad!r} (the folder for "
+                            "the benchmark's own runs and data is --work)")
+
+
+def test_a_result_is_printed_and_written_only_where_saved_path_says(tmp_path, capsys):
+    result = {"benchmark": "x", "figure": 1.5}
+    report(result, None)
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == result and not list(tmp_path.iterdir())
+    report(result, tmp_path / "x.json", indent=2)
+    out = capsys.readouterr()
+    assert json.loads(out.out.splitlines()[-1]) == result and out.err.strip() == f"wrote {tmp_path / 'x.json'}"
+    assert (tmp_path / "x.json").read_text() == json.dumps(result, indent=2) + "\n"
+
+
+def test_the_export_benchmark_writes_only_when_saved_and_keeps_the_family_it_did_not_measure(tmp_path):
+    # before, every run (a quick try included) rewrote the repository's benchmarks/results/export.json
+    committed = ROOT / "benchmarks" / "results" / "export.json"
+    before = committed.read_bytes()
+    run = [sys.executable, "-m", "benchmarks.export", "--seconds", "0"]
+    r = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env=ENV)
+    assert r.returncode == 0, r.stderr
+    printed = json.loads(r.stdout.strip().splitlines()[-1])
+    assert printed["torch"] == torch.__version__ and "cnn" not in printed
+    assert committed.read_bytes() == before and not list(tmp_path.iterdir())
+    mine = tmp_path / "export.json"
+    mine.write_text(json.dumps({"cnn": json.loads(before)["cnn"], "torch": "old"}))
+    subprocess.run([*run, "--out", str(mine)], cwd=tmp_path, capture_output=True, check=True, timeout=120,
+                   env=ENV)
+    saved = json.loads(mine.read_text())
+    assert saved["cnn"] == json.loads(before)["cnn"] and saved["torch"] == torch.__version__
 
 
 @pytest.mark.parametrize("argv, message", [
