@@ -1,6 +1,7 @@
 """End to end through the command line, on tiny real data (digits at 8×8)."""
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -135,9 +136,20 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monke
                        "one line on stderr, exit code 2")
 
 
-def test_resume_with_another_optimizer_is_refused(cnn_run, capsys):
-    assert main(["train", "cnn", *FAST, "--epochs", "4", "--out", str(cnn_run), "--resume", "--optimizer", "sgd"]) == 2
+def test_resume_with_another_optimizer_is_refused_and_leaves_the_run_resumable(cnn_run, capsys, tmp_path,
+                                                                              reliability):
+    run = tmp_path / "cnn"
+    shutil.copytree(cnn_run, run)
+    config = (run / "config.json").read_bytes()
+    assert main(["train", "cnn", *FAST, "--epochs", "4", "--out", str(run), "--resume", "--optimizer", "sgd"]) == 2
     assert "--optimizer sgd: this run was trained with adam" in capsys.readouterr().err
+    # the refused command changed nothing: before, config.json kept "sgd" and every later --resume was refused
+    assert (run / "config.json").read_bytes() == config
+    assert main(["train", "cnn", *FAST, "--epochs", "4", "--out", str(run), "--resume"]) == 0
+    train = json.loads((run / "config.json").read_text())["train"]
+    assert (train["optimizer"], train["epochs"]) == ("adam", 4)
+    reliability.record("`train --resume` with an option the checkpoint cannot take (`--optimizer sgd` on an adam run)",
+                       "exit 2, one line; config.json untouched, so a later `--resume` continues")
 
 
 def test_resume_uses_the_runs_own_data_and_model(tmp_path, capsys):

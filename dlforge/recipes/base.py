@@ -344,7 +344,6 @@ def train(model: str, data: Any = None, *, out: str | Path | None = None, resume
         cfg.train = asdict(tcfg)
         dc = recipe.DataConfig(**cfg.data)
         prepared = recipe.prepare(dc, cfg.facts.get("data_seed", tcfg.seed), recipe.load_artifacts(run))
-        Run.create(out, cfg)
     else:
         tcfg = TrainConfig(**{**recipe.train_defaults, **train_opts})
         dc = recipe.data_config(model, data, data_opts, out)
@@ -361,21 +360,24 @@ def train(model: str, data: Any = None, *, out: str | Path | None = None, resume
     loader = recipe.loader(cfg, prepared, tcfg, task)
     trainer = Trainer(task, net, loader, tcfg, run, recipe.validator(cfg, prepared, task, tcfg), meta=cfg.meta(),
                       callbacks=[*recipe.callbacks(cfg, prepared, task, run), *callbacks])
-    if not fit(trainer, resume, out, cfg.model, recipe.describe(cfg, prepared, loader, dc)):
+    if not fit(trainer, resume, out, cfg, recipe.describe(cfg, prepared, loader, dc)):
         return None  # torchrun: rank 0 reports
     handle = recipe.handle(run, device=tcfg.device)
     handle.report = recipe.after_training(handle, prepared)
     return handle
 
 
-def fit(trainer: Trainer, resume: bool, out: Path, name: str, what: str) -> bool:
+def fit(trainer: Trainer, resume: bool, out: Path, cfg: RunConfig, what: str) -> bool:
     """Resume the trainer from its run's last checkpoint when asked, say what trains on what and what will
-    stop it, train. -> whether this process reports (under torchrun only rank 0 does)."""
+    stop it, train. -> whether this process reports (under torchrun only rank 0 does). A resumed run's
+    config.json takes the changed options only once the checkpoint has taken them: a refused --resume (another
+    --optimizer, ...) leaves the run as it was, resumable as before."""
     if resume:
         trainer.resume()
+        Run.create(out, cfg)
         print(f"dlforge: resuming {out} at epoch {trainer.epoch + 1}, step {trainer.step}", file=sys.stderr)
     params = sum(p.numel() for p in trainer.model.parameters())
-    print(f"dlforge: training {name} ({params / 1e6:.2f}M parameters) on {what} on {trainer.device}; "
+    print(f"dlforge: training {cfg.model} ({params / 1e6:.2f}M parameters) on {what} on {trainer.device}; "
           f"{_budget(trainer)}", file=sys.stderr)
     trainer.fit()
     return trainer.world.main
