@@ -94,6 +94,13 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, capsys, reliability)
     err = capsys.readouterr().err
     assert code == 2 and "at step" in err and "lower --lr" in err
     assert (out / "checkpoints" / "last.safetensors").read_bytes() == before
+    assert f"the last good checkpoint ({out / 'checkpoints' / 'last.safetensors'}) is kept" in err
+    # before its first checkpoint there is none to keep, and the message does not name one
+    assert main(["train", "cnn", *FAST, "--max-steps", "2", "--out", str(tmp_path / "new"), "--lr", "1e30"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == ("dlforge: error: loss became nan at step 2; the run stopped before its first checkpoint, so "
+                       "none is kept — try a lower --lr or --grad-clip")
+    assert not (tmp_path / "new" / "checkpoints" / "last.safetensors").exists()
     reliability.record("loss becomes NaN/Inf (`--lr 1e12`)", "stopped with the step number; last good checkpoint untouched")
 
 
@@ -121,6 +128,7 @@ def test_mlp_with_hidden_sizes_and_activation(tmp_path, capsys):
     (["train", "cnn", "--optimizer", "lion"], "--optimizer: expected one of adam, adamw, sgd, rmsprop"),
     (["train", "cnn", "--loss", "hinge"], "--loss: expected one of cross-entropy, bce, mse"),
     (["train", "cnn", "--img-size", "2"], "--img-size"),
+    (["train", "cnn", "--lr", "inf"], "--lr: expected a positive number, got inf"),  # was taken, and lost the run
     (["train", "cnn", "--device", "cuda"], "--device"),
     (["eval", "/nonexistent/run"], "not a dlforge run directory"),
     (["predict", "/nonexistent/run", "x.png"], "not a dlforge run directory"),

@@ -74,11 +74,12 @@ class TrainConfig:
         checks = [("--optimizer", self.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
                   ("--precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
                   ("--epochs", self.epochs is None or self.epochs >= 1, "at least 1"), ("--batch-size", self.batch_size >= 1, "at least 1"),
-                  ("--lr", self.lr > 0, "a positive number"), ("--weight-decay", self.weight_decay >= 0, "0 or more"),
+                  ("--lr", 0 < self.lr < math.inf, "a positive number"),
+                  ("--weight-decay", 0 <= self.weight_decay < math.inf, "0 or more"),
                   ("--weight-decay-on", self.weight_decay_on in DECAY_ON, f"one of {', '.join(DECAY_ON)}"),
                   ("--max-steps", self.max_steps is None or self.max_steps >= 1, "at least 1"),
-                  ("--max-time", self.max_time is None or self.max_time > 0, "a positive number of minutes"),
-                  ("--grad-clip", self.grad_clip is None or self.grad_clip > 0, "a positive number"),
+                  ("--max-time", self.max_time is None or 0 < self.max_time < math.inf, "a positive number of minutes"),
+                  ("--grad-clip", self.grad_clip is None or 0 < self.grad_clip < math.inf, "a positive number"),
                   ("--lr-schedule", self.lr_schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
                   ("--warmup-steps", self.warmup_steps >= 0, "0 or more"),
                   ("--min-lr-ratio", 0 <= self.min_lr_ratio <= 1, "a number in [0, 1]"),
@@ -365,8 +366,11 @@ class Trainer:
 
     def _check_finite(self, value: float) -> None:
         if not math.isfinite(value):
-            raise DlforgeError(f"loss became {value} at step {self.step + 1}; the last good checkpoint "
-                               f"({self.run.checkpoint('last')}) is kept — try a lower --lr or --grad-clip")
+            last = self.run.checkpoint("last")
+            kept = (f"the last good checkpoint ({last}) is kept" if last.is_file() else
+                    "the run stopped before its first checkpoint, so none is kept")
+            raise DlforgeError(f"loss became {value} at step {self.step + 1}; {kept} — try a lower --lr or "
+                               f"--grad-clip")
 
     def _accumulate(self, batch, counts: bool) -> tuple[float, int, int]:
         """--grad-accum K: the batch as K micro-batches of rows, one forward and backward each, so that only a
