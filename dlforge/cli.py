@@ -94,19 +94,33 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
+    """Per leaf layer: type, output shape (image classifiers, from a forward pass of a zero image) and parameters.
+    Any other model: its layers and parameters at its default sizes (a run's data can change some, e.g. the
+    vocabulary), with no forward pass, as what it takes differs by family."""
     from dlforge.recipes.classify import summary
-    from dlforge.registry import create_model
-    kw = {"in_channels": args.in_channels, "img_size": args.img_size, "num_classes": args.num_classes}
-    model = create_model(args.model, **kw)
-    rows, total = summary(model, (args.in_channels, args.img_size, args.img_size))
-    print(f"{args.model}: input (B, {args.in_channels}, {args.img_size}, {args.img_size})")
-    print(f"{'layer':<12} {'type':<12} {'output shape':<22} {'parameters':>12}")
-    print("-" * 60)
+    from dlforge.registry import create_model, get_entry
+    image = {"in_channels": args.in_channels, "img_size": args.img_size, "num_classes": args.num_classes}
+    task = get_entry(args.model).task
+    if task != "classify":
+        given = [f"--{k.replace('_', '-')}" for k, v in image.items() if v is not None]
+        if given:
+            raise DlforgeError(f"{given[0]}: applies to image classifiers only; {args.model} is not one (task: {task})")
+        rows, total = summary(create_model(args.model), None)
+        print(f"{args.model} ({task}), at its default sizes (a run's data can change some, e.g. its vocabulary); "
+              f"output shapes are shown for image classifiers")
+    else:
+        kw = {"in_channels": 3, "img_size": 48, "num_classes": 10,
+              **{k: v for k, v in image.items() if v is not None}}
+        rows, total = summary(create_model(args.model, **kw), (kw["in_channels"], kw["img_size"], kw["img_size"]))
+        print(f"{args.model}: input (B, {kw['in_channels']}, {kw['img_size']}, {kw['img_size']})")
+    width = max([12, *(len(name) for name, *_ in rows)])
+    print(f"{'layer':<{width}} {'type':<12} {'output shape':<22} {'parameters':>12}")
+    print("-" * (width + 48))
     for name, kind, shape, n in rows:
-        dims = "(B, " + ", ".join(map(str, shape[1:])) + ")"
-        print(f"{name:<12} {kind:<12} {dims:<22} {n:>12,}")
-    print("-" * 60)
-    print(f"{'total':<47} {total:>12,}")
+        dims = "(B, " + ", ".join(map(str, shape[1:])) + ")" if shape else ""
+        print(f"{name:<{width}} {kind:<12} {dims:<22} {n:>12,}")
+    print("-" * (width + 48))
+    print(f"{'total':<{width + 35}} {total:>12,}")
 
 
 # ---------------------------------------------------------------- train / eval / predict
@@ -517,10 +531,10 @@ def _add_next(p: argparse.ArgumentParser) -> None:
 
 
 def _add_summary(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model")
-    p.add_argument("--img-size", type=int, default=48)
-    p.add_argument("--in-channels", type=int, default=3)
-    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("model", help="a registered model (dlforge models)")
+    p.add_argument("--img-size", type=int, help="image classifiers: the input side (default 48)")
+    p.add_argument("--in-channels", type=int, help="image classifiers: input channels (default 3)")
+    p.add_argument("--num-classes", type=int, help="image classifiers: classes (default 10)")
 
 
 def _add_backprop(p: argparse.ArgumentParser) -> None:

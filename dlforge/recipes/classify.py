@@ -319,15 +319,28 @@ def _one_image(item: Any, size: int, mode: str) -> torch.Tensor:
     return resize(x.float(), size).round().clamp(0, 255).to(torch.uint8)[0] if x.shape[-2:] != (size, size) else x[0]
 
 
-def summary(model: torch.nn.Module, input_shape: tuple[int, ...]) -> tuple[list[tuple[str, str, tuple, int]], int]:
-    """Per leaf layer: (name, type, output shape, parameters); and the total parameter count."""
-    rows: list[tuple[str, str, tuple, int]] = []
-    hooks = []
+def summary(model: torch.nn.Module, input_shape: tuple[int, ...] | None
+            ) -> tuple[list[tuple[str, str, tuple | None, int]], int]:
+    """Per leaf layer: (name, type, output shape, parameters); and the total parameter count. Without an
+    input_shape, no forward pass: the leaf layers in order of definition, with no shapes. A parameter shared
+    by two layers (a GPT's head tied to its embedding) counts once, at its first layer: the second's type reads
+    "Linear (tied)", so that the rows add up to the total."""
+    owner = {}
     for name, m in model.named_modules():
-        if name and not list(m.children()):
-            hooks.append(m.register_forward_hook(
-                lambda mod, inp, out, name=name: rows.append(
-                    (name, type(mod).__name__, tuple(out.shape), sum(p.numel() for p in mod.parameters(recurse=False))))))
+        for p in m.parameters(recurse=False):
+            owner.setdefault(id(p), name)
+
+    def row(name: str, m: torch.nn.Module, shape: tuple | None) -> tuple[str, str, tuple | None, int]:
+        ps = list(m.parameters(recurse=False))
+        own = [p for p in ps if owner[id(p)] == name]
+        return name, type(m).__name__ + (" (tied)" if len(own) < len(ps) else ""), shape, sum(p.numel() for p in own)
+
+    leaves = [(name, m) for name, m in model.named_modules() if name and not list(m.children())]
+    if input_shape is None:
+        return [row(name, m, None) for name, m in leaves], sum(p.numel() for p in model.parameters())
+    rows: list[tuple[str, str, tuple | None, int]] = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: rows.append(row(name, mod, tuple(out.shape))))
+             for name, m in leaves]
     model.eval()
     with torch.no_grad():
         model(torch.zeros(1, *input_shape))

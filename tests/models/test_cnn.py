@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -25,6 +26,25 @@ def test_summary_command_prints_layers_and_total(capsys):
     out = capsys.readouterr().out
     for text in ("conv1", "896", "18,496", "73,856", "9,437,696", "5,130", "9,536,074", "(B, 64, 24, 24)"):
         assert text in out
+
+
+@pytest.mark.parametrize("model", ["gpt-tiny", "unet-tiny", "transformer-tiny", "asr-lstm-small", "lstm"])
+def test_summary_of_any_model_lists_its_layers_and_its_rows_add_up_to_the_total(model, capsys):
+    # before, every model but the image classifiers failed with "unexpected keyword argument 'in_channels'"
+    assert main(["summary", model]) == 0
+    out = capsys.readouterr().out.splitlines()
+    total = sum(p.numel() for p in create_model(model).parameters())
+    assert out[-1].split()[-1] == f"{total:,}"
+    rows = out[3:-2]  # title, header, rule ... rule, total
+    assert len(rows) > 3 and sum(int(r.split()[-1].replace(",", "")) for r in rows) == total
+    if model in ("gpt-tiny", "transformer-tiny"):  # the head shares the embedding's matrix: counted once
+        assert any(r.split()[:3] == ["head", "Linear", "(tied)"] and r.split()[-1] == "0" for r in rows)
+
+
+def test_summary_refuses_image_options_for_other_models(capsys):
+    assert main(["summary", "gpt-tiny", "--img-size", "28"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["dlforge: error: --img-size: applies to image classifiers only; gpt-tiny is not one (task: language-model)"]
 
 
 def test_sizes_are_parameters():
