@@ -107,6 +107,24 @@ def _tsv(path: Path, n: int = 400) -> Path:
     return path
 
 
+def test_an_untrained_byte_level_model_is_evaluated_and_its_attention_drawn(tmp_path, capsys):
+    # a 3-step model with the default BPE writes bytes that are not UTF-8; each decodes to U+FFFD, which encodes
+    # again as three bytes, so drawing its attention (the last step of training, eval, translate
+    # --attention-map) failed: "a sequence of 382 tokens is longer than the model's maximum length (128)"
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("".join(f"{n}\t{str(n)[::-1]}\n" for n in range(100, 400)))
+    run = tmp_path / "bpe"
+    assert main(["train", "transformer-tiny", "--data-file", str(tsv), "--max-steps", "3", "--no-progress",
+                 "--out", str(run)]) == 0
+    assert (run / "report.json").is_file() and (run / "attention.png").is_file()
+    assert main(["translate", str(run), "123", "--attention-map", str(tmp_path / "a.png")]) == 0
+    assert (tmp_path / "a.png").stat().st_size > 1000
+    from dlforge.recipes.seq2seq import Translator
+    a = Translator(run).cross_attention("123", None, translation="\ufffd" * 200)
+    assert len(a["output_tokens"]) == 128 and a["output_tokens"][-1] == "…"
+    assert a["layers"][0].shape[1] == 128
+
+
 def test_tsv_corpus_char_tokenizer_with_bleu(tmp_path, capsys):
     out = tmp_path / "tsv"
     assert main(["train", "transformer-tiny", "--data-file", str(_tsv(tmp_path / "p.tsv")), "--tokenizer", "char",

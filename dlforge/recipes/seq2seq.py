@@ -285,12 +285,16 @@ def cross_attention(model, src_tok: TextTokenizer, tgt_tok: TextTokenizer, text:
                     device: torch.device) -> dict:
     """Teacher-force the translation `output` through the decoder once -> {"source_tokens", "output_tokens",
     "layers": n_layer × (heads, T, S)}: row t is the step that writes output token t (the last writes </s>),
-    column s the source token it looks at."""
+    column s the source token it looks at. An output longer than the decoder's positions (max_len, with <s>)
+    is drawn to that length, its last row "…": a byte-level BPE model's bytes that are not UTF-8 decode to U+FFFD,
+    which encodes again as three bytes, so that an undertrained model's own output could not be drawn at all."""
     src = torch.tensor(P.source_ids(src_tok, [text], [to])[0], device=device)
     out_ids = P.encode_texts(tgt_tok, [output])[0] if output else []
+    cut = len(out_ids) >= model.max_len
+    out_ids = out_ids[:model.max_len - 1]
     tgt = torch.tensor([P.BOS] + out_ids, device=device)
     return {"source_tokens": [src_tok.token_text(i) for i in src.tolist()],
-            "output_tokens": [tgt_tok.token_text(i) for i in out_ids] + ["</s>"],
+            "output_tokens": [tgt_tok.token_text(i) for i in out_ids] + ["…" if cut else "</s>"],
             "layers": model.cross_attention_maps(src, tgt)}
 
 
