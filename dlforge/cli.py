@@ -202,8 +202,11 @@ def cmd_next(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- sequence to sequence
 def cmd_translate(args: argparse.Namespace) -> None:
+    from dlforge.evaluate.plots import figure_path
     from dlforge.recipes.seq2seq import Translator
     tr = Translator(_open(args.run, "seq2seq"), device=args.device)
+    if args.attention_map:
+        figure_path(args.attention_map)  # before translating
     out = tr.translate(args.text, args.to, args.beam, args.length_penalty)
     if args.attention_map:
         tr.attention_map(args.text[0], args.to, args.attention_map, out[0]["translation"])

@@ -86,3 +86,35 @@ def test_a_decompression_bomb_is_refused(argv, tmp_path, monkeypatch, capsys, re
     assert not (tmp_path / "n.png").exists()
     reliability.record("20000×20000 PNG (decompression bomb) given to noise or as a folder dataset's first image",
                        "exit 2, one error (a folder lists each file), nothing decoded")
+
+
+# A figure's file: matplotlib raised a ValueError traceback for an unknown suffix, and wrote `grid` as grid.png
+# (and an existing folder `outdir` as outdir.png beside it) while the command printed the name it was given
+FIGURES = {
+    "noise --out": ["noise", "grey.png", "--size", "8", "--frames", "2", "--out", "{}"],
+    "plot activations --out": ["plot", "activations", "--out", "{}"],
+    "sample --out": ["sample", "denoise", "--prompt", "zero", "--n", "1", "--steps", "1", "--out", "{}"],
+    "sample --trajectory": ["sample", "denoise", "--prompt", "zero", "--n", "1", "--steps", "1", "--out", "ok.png",
+                            "--trajectory", "{}"],
+    "translate --attention-map": ["translate", "seq2seq", "12", "--to", "en", "--attention-map", "{}"],
+}
+
+
+@pytest.mark.parametrize("case", FIGURES)
+def test_a_figure_name_without_an_image_suffix_or_a_folder_is_refused_before_any_work(case, runs, monkeypatch,
+                                                                                     capsys, reliability):
+    monkeypatch.chdir(runs)
+    (runs / "outdir").mkdir()
+    for name, message in [("grid.txt", "grid.txt: expected an image file name ending in .png, .jpg, "),
+                          ("grid", "grid: expected an image file name ending in .png, "),
+                          ("outdir", "outdir: is a folder; expected an image file name, e.g. outdir/figure.png")]:
+        argv = [a.replace("{}", name) for a in FIGURES[case]]
+        assert main(argv) == 2
+        out = capsys.readouterr()
+        assert out.err.startswith(f"dlforge: error: {message}") and out.err.count("\n") == 1, out.err
+        assert not out.out  # refused before it sampled, translated or drew anything
+        assert not list(runs.glob("grid*")) and not (runs / "outdir.png").exists() and not (runs / "ok.png").exists()
+    argv = [a.replace("{}", "figure.svg") for a in FIGURES[case]]  # another format matplotlib writes is taken
+    assert main(argv) == 0 and (runs / "figure.svg").read_bytes().lstrip().startswith((b"<?xml", b"<svg"))
+    reliability.record("a figure named without an image suffix (`--out grid`, `grid.txt`) or as a folder",
+                       "exit 2 before any work, one line naming the file; nothing written", 3)

@@ -10,13 +10,34 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
+from dlforge.errors import DlforgeError  # noqa: E402
 from dlforge.runs import write_error  # noqa: E402
 
 
-def save_figure(fig, path: Path, **savefig: object) -> Path:
-    """Write a figure as PNG (creating its folder) and close it -> path. The one place figures are
-    written: a file that cannot be written is one DlforgeError naming it, never an OSError."""
+FORMATS = (".png", ".jpg", ".jpeg", ".pdf", ".svg", ".webp", ".tif", ".tiff")
+
+
+def figure_path(path: str | Path) -> Path:
+    """A figure's file, checked before any work: its name ends in a format matplotlib writes (.png, or .pdf,
+    .svg, ...), and it is not a folder. Unchecked, matplotlib wrote `grid` as grid.png while the command
+    printed `grid`, wrote `outdir.png` beside an existing folder `outdir`, and raised a ValueError traceback
+    for `grid.txt`."""
     path = Path(path)
+    if path.is_dir():
+        raise DlforgeError(f"{path}: is a folder; expected an image file name, e.g. {path / 'figure.png'}")
+    if path.suffix.lower() not in FORMATS:
+        raise DlforgeError(f"{path}: expected an image file name ending in {', '.join(FORMATS)}")
+    return path
+
+
+def save_figure(fig, path: Path, **savefig: object) -> Path:
+    """Write a figure (PNG, or the format its name ends in; creating its folder) and close it -> path. The one
+    place figures are written: a file that cannot be written is one DlforgeError naming it, never an OSError."""
+    try:
+        path = figure_path(path)
+    except DlforgeError:
+        plt.close(fig)
+        raise
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, **{"dpi": 110, "bbox_inches": "tight", **savefig})

@@ -161,6 +161,7 @@ def noise(image: str, out: str, frames: int = 8, timesteps: int = 1000, beta_sch
         raise DlforgeError(f"--frames: expected 2..32, got {frames}")
     if not 4 <= size <= 512:
         raise DlforgeError(f"--size: expected 4..512 pixels, got {size}")
+    plots.figure_path(out)
     mode = images.image_mode(Path(image))  # the file's own: grey stays one channel
     x0 = C.to_unit(torch.from_numpy(images.decode_image(Path(image), size, mode).copy())[None], size)
     abar = torch.cumprod(1 - make_betas(beta_schedule, timesteps), 0)
@@ -404,10 +405,12 @@ class Diffuser(Handle):
         """n images per prompt -> a grid PNG (one row block per prompt); trajectory: the reverse process of the
         first images, step by step from noise to image, to this PNG."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        out_path = plots.figure_path(out or self.path / "sample.png")  # before sampling, not after
+        if trajectory:
+            trajectory = plots.figure_path(trajectory)
         t0 = time.perf_counter()
         imgs, traj = self.generate(prompts, n, sampler, steps, guidance, eta, seed, frames=10 if trajectory else 0)
         seconds = time.perf_counter() - t0
-        out_path = Path(out or self.path / "sample.png")
         cols = min(n, 8)
         titles = [(plots.shorten(p, 18) if j % cols == 0 else "") for p in prompts for j in range(n)]
         what = f"{sampler.upper()} {len(make_sampler(self.config, sampler, steps).timesteps)} steps, guidance {guidance:g}"
@@ -415,7 +418,7 @@ class Diffuser(Handle):
         result = {"prompts": prompts, "n": n, "images": len(imgs), "sampler": sampler, "guidance": guidance,
                   "seconds": seconds, "out": str(out_path)}
         if trajectory:
-            result["trajectory"] = str(trajectory_strip(traj, Path(trajectory), f"reverse process, {what}: "
+            result["trajectory"] = str(trajectory_strip(traj, trajectory, f"reverse process, {what}: "
                                                                                   f"{plots.shorten(prompts[0], 40)!r}"))
         return result
 

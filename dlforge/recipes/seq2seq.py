@@ -468,6 +468,7 @@ class Translator(Handle):
     def attention_map(self, text: str, to: str | None, path: str | Path, translation: str | None = None) -> Path:
         """Draw every layer's and head's cross-attention while the model writes its translation of `text`."""
         src_tok, tgt_tok = self.artifacts
+        path = plots.figure_path(path)
         if translation is None:
             translation = self.translate([text], to)[0]["translation"]
         return attention_map(self.model, src_tok, tgt_tok, text.strip(), to or "", translation, Path(path),
