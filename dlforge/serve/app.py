@@ -8,6 +8,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import socket
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -305,9 +306,35 @@ def serve(runs: list[str | Path], host: str = "127.0.0.1", port: int = 8000, tok
         raise DlforgeError(f"--host {host}: serving beyond this machine needs --token-file FILE (every request "
                            f"then sends Authorization: Bearer <the file's token>)")
     limits = limits or Limits()
-    app = create_app(load_runs(runs, device), limits, token)
+    sock = listen(host, port)  # before the runs load: a port in use is one line, not uvicorn's log and exit 3
+    try:
+        app = create_app(load_runs(runs, device), limits, token)
+    except BaseException:
+        sock.close()
+        raise
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                             timeout_graceful_shutdown=int(limits.timeout_s) + 5, limit_concurrency=4096,
                             timeout_keep_alive=30)  # uvicorn closes idle keep-alive connections after 5 s by default
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on host:port, for uvicorn to serve on. Checked here because uvicorn took --port 99999
+    (and printed it, listening on another port), and said a port in use or a bad one in its log lines, exit 3."""
+    if not 1 <= port <= 65535:
+        raise DlforgeError(f"--port: expected 1..65535, got {port}")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as e:
+        raise DlforgeError(f"--host {host}: not an address to listen on ({e.strerror or e})") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's own: a restart need not wait
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        raise DlforgeError(f"--port {port}: cannot listen on {host}:{port} ({e.strerror or e})") from None
+    sock.set_inheritable(True)
+    return sock

@@ -2,6 +2,7 @@
 finish the requests in flight, exit."""
 import json
 import signal
+import socket
 import threading
 
 import httpx
@@ -24,6 +25,23 @@ def test_bad_serve_arguments_are_one_line(args, says, runs, capsys, reliability)
     assert err.startswith(f"dlforge: error: {says}") and err.count("\n") == 1
     reliability.record("`dlforge serve` given a bad run, a public address without a token, a bad token file",
                        "exit 2 with one line, before the server starts")
+
+
+@pytest.mark.parametrize("port", ["99999", "-5", "in use"])
+def test_a_port_out_of_range_or_in_use_is_one_line_before_the_runs_load(port, runs, capsys, reliability):
+    # before: uvicorn took 99999 (printing it, listening on another port), and said -5 or a port in use in its
+    # own log lines, exit code 3
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        number = str(taken.getsockname()[1]) if port == "in use" else port
+        assert main(["serve", str(runs["gpt"]), "--port", number]) == 2
+    err = capsys.readouterr().err
+    says = (f"--port {number}: cannot listen on 127.0.0.1:{number} (Address already in use)" if port == "in use"
+            else f"--port: expected 1..65535, got {port}")
+    assert err == f"dlforge: error: {says}\n"
+    reliability.record("`dlforge serve --port` out of range (99999, -5) or in use", "exit 2 with one line, before the "
+                       "runs load")
 
 
 def test_sigterm_finishes_requests_in_flight_then_exits(runs, tmp_path):
