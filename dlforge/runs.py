@@ -2,12 +2,14 @@
 rebuild the model, its data and its tokenizer from the directory alone."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from dlforge.errors import DlforgeError
 
@@ -126,6 +128,41 @@ def _from_format_1(d: dict) -> dict:
     options = {k: v for k, v in d.get("task", {}).items() if k != "name"}
     return {"task": task, "model": d["model"], "data": config, "task_options": options, "train": train,
             "facts": {**data, "data_seed": d.get("train_seed", train["seed"])}}
+
+
+@contextmanager
+def training_lock(path: Path) -> Iterator[None]:
+    """Hold RUN/.lock (an exclusive flock, released by the OS however the process ends) while a run trains:
+    a second `dlforge train` into the same run directory is refused at once. Before, two commands started
+    together both trained into one directory, and it ended with one model's checkpoints and the other's config.
+    Under torchrun, rank 0 holds it for every process. A folder made here for a run that never wrote its
+    config.json (bad input, an unknown run) is removed again, as it was never made."""
+    if os.environ.get("RANK", "0").strip() != "0":  # another rank (a bad RANK is refused by the trainer)
+        yield
+        return
+    made = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise DlforgeError(f"--out {path}: cannot write the run directory ({e.strerror})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DlforgeError(f"--out {path}: another dlforge process is training this run now; wait for it to "
+                               f"end (then --resume), or choose another --out") from None
+        except OSError:  # a file system without locks: train unguarded, as before
+            pass
+        yield
+    finally:
+        os.close(fd)
+        if made and not (path / "config.json").exists():
+            (path / ".lock").unlink(missing_ok=True)
+            try:
+                path.rmdir()
+            except OSError:
+                pass
 
 
 class Run:

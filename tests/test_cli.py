@@ -160,6 +160,31 @@ def test_resume_with_another_optimizer_is_refused_and_leaves_the_run_resumable(c
                        "exit 2, one line; config.json untouched, so a later `--resume` continues")
 
 
+def test_a_second_training_process_on_one_run_is_refused_at_once(cnn_run, capsys, tmp_path, reliability):
+    # before, two commands on one run directory (a --resume while it trains, two new runs started together)
+    # both trained into it, and it ended with one's checkpoints and the other's config
+    from dlforge.runs import training_lock
+    run = tmp_path / "cnn"
+    shutil.copytree(cnn_run, run)
+    before = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with training_lock(run):  # as a `dlforge train` of this run holds it, in another process
+        assert main(["train", "cnn", *FAST, "--out", str(run), "--resume", "--epochs", "4"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"dlforge: error: --out {run}: another dlforge process is training this run now; wait for "
+                       f"it to end (then --resume), or choose another --out"]
+        fresh = tmp_path / "fresh"
+        with training_lock(fresh):
+            assert main(["train", "cnn", *FAST, "--epochs", "1", "--out", str(fresh)]) == 2
+            assert "another dlforge process is training this run now" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert main(["train", "cnn", *FAST, "--out", str(run), "--resume", "--epochs", "4"]) == 0  # released
+    # a folder made only to hold the lock, for a run that never started, is not left behind
+    assert main(["train", "cnn", *FAST, "--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "not a dlforge run directory" in capsys.readouterr().err and not (tmp_path / "none").exists()
+    reliability.record("a second `dlforge train` on a run that is training (`--resume` meanwhile, or two new runs "
+                       "into one --out)", "exit 2 at once, one line; the training run untouched", 2)
+
+
 def test_resume_uses_the_runs_own_data_and_model(tmp_path, capsys):
     out = tmp_path / "r"
     assert main(["train", "cnn", *FAST, "--epochs", "1", "--out", str(out)]) == 0

@@ -19,7 +19,7 @@ import torch
 
 from dlforge.errors import DlforgeError
 from dlforge.registry import create_model, get_entry
-from dlforge.runs import Run, RunConfig
+from dlforge.runs import Run, RunConfig, training_lock
 from dlforge.train import checkpoint as ckpt
 from dlforge.train.callbacks import Callback
 from dlforge.train.tasks import Task
@@ -326,45 +326,47 @@ def train(model: str, data: Any = None, *, out: str | Path | None = None, resume
     train_opts, data_opts, model_kw, task_opts = recipe.split_options(model, options)
     label = recipe.data_label(data, data_opts)
     out = out_dir(model, out, resume, label)
-    if resume:
-        run = Run.open(out, recipe.task)
-        cfg = run.config
-        if cfg.model != model:
-            raise DlforgeError(f"--resume {out}: this run trains {cfg.model!r}, not {model!r}")
-        if data is not None and not _same_data(recipe, model, data, data_opts, cfg, out):
-            given = repr(str(data)) if isinstance(data, (str, Path)) and len(str(data)) < 200 else "other data"
-            raise DlforgeError(f"--resume {out}: this run was made with data = "
-                               f"{cfg.data.get('name') or cfg.data.get('data_file')!r}, not {given}; a resumed run "
-                               f"keeps its data, model and task")
-        _check_unchanged(recipe, cfg, data_opts, model_kw, task_opts, out)
-        saved = dict(cfg.train)
-        if any(k in train_opts for k in BUDGET):  # a new budget replaces the whole old one
-            saved.update({k: None for k in BUDGET})
-        tcfg = TrainConfig(**{**saved, **train_opts})  # the run's recipe, and what this call changes
-        cfg.train = asdict(tcfg)
-        dc = recipe.DataConfig(**cfg.data)
-        prepared = recipe.prepare(dc, cfg.facts.get("data_seed", tcfg.seed), recipe.load_artifacts(run))
-    else:
-        tcfg = TrainConfig(**{**recipe.train_defaults, **train_opts})
-        dc = recipe.data_config(model, data, data_opts, out)
-        recipe.check_task_options(task_opts)
-        prepared = recipe.prepare(dc, tcfg.seed)
-        cfg = RunConfig(task=recipe.task, model=model, model_kwargs=recipe.model_kwargs(prepared, dc, model_kw, task_opts),
-                        data=asdict(dc), train=asdict(tcfg), task_options=recipe.full_task_options(task_opts),
-                        facts={**recipe.facts(prepared, dc), "data_seed": tcfg.seed})
-        run = Run.create(out, cfg)
-        recipe.save_artifacts(run, prepared)
-    torch.manual_seed(tcfg.seed)
-    net = recipe.ready_model(create_model(cfg.model, **cfg.model_kwargs), cfg)
-    task = recipe.make_task(cfg, net)
-    loader = recipe.loader(cfg, prepared, tcfg, task)
-    trainer = Trainer(task, net, loader, tcfg, run, recipe.validator(cfg, prepared, task, tcfg), meta=cfg.meta(),
-                      callbacks=[*recipe.callbacks(cfg, prepared, task, run), *callbacks])
-    if not fit(trainer, resume, out, cfg, recipe.describe(cfg, prepared, loader, dc)):
-        return None  # torchrun: rank 0 reports
-    handle = recipe.handle(run, device=tcfg.device)
-    handle.report = recipe.after_training(handle, prepared)
-    return handle
+    with training_lock(out):  # one training process per run directory
+        if resume:
+            run = Run.open(out, recipe.task)
+            cfg = run.config
+            if cfg.model != model:
+                raise DlforgeError(f"--resume {out}: this run trains {cfg.model!r}, not {model!r}")
+            if data is not None and not _same_data(recipe, model, data, data_opts, cfg, out):
+                given = repr(str(data)) if isinstance(data, (str, Path)) and len(str(data)) < 200 else "other data"
+                raise DlforgeError(f"--resume {out}: this run was made with data = "
+                                   f"{cfg.data.get('name') or cfg.data.get('data_file')!r}, not {given}; a resumed run "
+                                   f"keeps its data, model and task")
+            _check_unchanged(recipe, cfg, data_opts, model_kw, task_opts, out)
+            saved = dict(cfg.train)
+            if any(k in train_opts for k in BUDGET):  # a new budget replaces the whole old one
+                saved.update({k: None for k in BUDGET})
+            tcfg = TrainConfig(**{**saved, **train_opts})  # the run's recipe, and what this call changes
+            cfg.train = asdict(tcfg)
+            dc = recipe.DataConfig(**cfg.data)
+            prepared = recipe.prepare(dc, cfg.facts.get("data_seed", tcfg.seed), recipe.load_artifacts(run))
+        else:
+            tcfg = TrainConfig(**{**recipe.train_defaults, **train_opts})
+            dc = recipe.data_config(model, data, data_opts, out)
+            recipe.check_task_options(task_opts)
+            prepared = recipe.prepare(dc, tcfg.seed)
+            cfg = RunConfig(task=recipe.task, model=model,
+                            model_kwargs=recipe.model_kwargs(prepared, dc, model_kw, task_opts), data=asdict(dc),
+                            train=asdict(tcfg), task_options=recipe.full_task_options(task_opts),
+                            facts={**recipe.facts(prepared, dc), "data_seed": tcfg.seed})
+            run = Run.create(out, cfg)
+            recipe.save_artifacts(run, prepared)
+        torch.manual_seed(tcfg.seed)
+        net = recipe.ready_model(create_model(cfg.model, **cfg.model_kwargs), cfg)
+        task = recipe.make_task(cfg, net)
+        loader = recipe.loader(cfg, prepared, tcfg, task)
+        trainer = Trainer(task, net, loader, tcfg, run, recipe.validator(cfg, prepared, task, tcfg), meta=cfg.meta(),
+                          callbacks=[*recipe.callbacks(cfg, prepared, task, run), *callbacks])
+        if not fit(trainer, resume, out, cfg, recipe.describe(cfg, prepared, loader, dc)):
+            return None  # torchrun: rank 0 reports
+        handle = recipe.handle(run, device=tcfg.device)
+        handle.report = recipe.after_training(handle, prepared)
+        return handle
 
 
 def fit(trainer: Trainer, resume: bool, out: Path, cfg: RunConfig, what: str) -> bool:

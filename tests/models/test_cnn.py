@@ -44,7 +44,8 @@ def test_summary_of_any_model_lists_its_layers_and_its_rows_add_up_to_the_total(
 def test_summary_refuses_image_options_for_other_models(capsys):
     assert main(["summary", "gpt-tiny", "--img-size", "28"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["dlforge: error: --img-size: applies to image classifiers only; gpt-tiny is not one (task: language-model)"]
+    assert err == ["dlforge: error: --img-size: applies to image classifiers only; gpt-tiny is not one "
+                   "(task: language-model)"]
 
 
 def test_sizes_are_parameters():
