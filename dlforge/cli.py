@@ -178,6 +178,8 @@ def _open(path: str, task: str):
 def cmd_generate(args: argparse.Namespace) -> None:
     from dlforge.recipes.language_model import LanguageModel
     lm = LanguageModel(_open(args.run, "language-model"), device=args.device)
+    if args.prompt is None:
+        args.prompt = lm.default_prompt
     pieces = lm.stream(args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
                        not args.no_cache)
     if args.stream:
@@ -514,7 +516,8 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
 
 def _add_generate(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="a language-model run directory")
-    p.add_argument("--prompt", default="\n", help="the text to continue (default: a newline)")
+    p.add_argument("--prompt", help="the text to continue (default: a newline; a space where the training text "
+                                    "had no newline)")
     p.add_argument("--max-new-tokens", type=int, default=500)
     p.add_argument("--temperature", type=float, default=0.8, help="0: greedy; <1 sharper; >1 more random")
     p.add_argument("--top-k", type=int, help="sample among the k most likely tokens only")

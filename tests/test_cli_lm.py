@@ -221,3 +221,15 @@ def test_long_prompt_is_cropped_to_the_context(gpt_run, capsys):
     prompt = "ANNA:\nthe cat sat on the mat.\n\n" * 10  # 310 characters, context 32
     assert main(["next", str(gpt_run), prompt, "--json"]) == 0
     assert main(["generate", str(gpt_run), "--prompt", prompt, "--max-new-tokens", "80"]) == 0
+
+
+def test_generate_without_a_prompt_on_a_text_without_newlines_starts_from_a_space(tmp_path, capsys):
+    # before: "--prompt: the text has characters the char tokenizer never saw: '\n'", for a prompt not given
+    text = tmp_path / "cat.txt"
+    text.write_text("the cat sat on the mat. " * 100)
+    run = tmp_path / "lm"
+    assert main(["train", "gpt-tiny", "--data-file", str(text), "--max-steps", "3", *FAST, "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["generate", str(run), "--max-new-tokens", "10", "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(" ") and len(out.rstrip("\n")) == 11 and set(out.rstrip("\n")) <= set("the catsonm.")

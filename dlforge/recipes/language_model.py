@@ -449,6 +449,18 @@ class LanguageModel(Handle):
                   + (f"; plots: {', '.join(written)}" if written else ""))
         return report
 
+    @property
+    def default_prompt(self) -> str:
+        """What `dlforge generate` continues without --prompt: a newline, or where the training text had none
+        (a char tokenizer then cannot encode one), a space, else the vocabulary's first token."""
+        for text in ("\n", " "):
+            try:
+                self.tokenizer.encode(text)
+                return text
+            except DlforgeError:
+                pass
+        return self.tokenizer.decode([0])
+
     def stream(self, prompt: str, max_new_tokens: int = 500, temperature: float = 0.8, top_k: int | None = None,
                top_p: float | None = None, seed: int = 0, use_cache: bool = True) -> Iterator[str]:
         """Yield the continuation of `prompt` piece by piece as it is sampled (whole UTF-8 characters)."""
