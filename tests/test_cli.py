@@ -2,6 +2,7 @@
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -286,6 +287,43 @@ def test_folder_without_data_dir_is_one_line(tmp_path, capsys):
     assert main(["train", "cnn", "--data", "folder", "--no-progress", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert err == "dlforge: error: --data folder needs --data-dir DIR: one sub-folder of images per class\n"
+
+
+def _images(folder: Path, n: int = 3) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(folder / f"{i}.png")
+
+
+@pytest.mark.parametrize("layout, says", [
+    ({"one class": 3}, "expected one sub-folder of images per class, two classes or more; found 1 ('one class')"),
+    ({"a": 3, "b": 0}, "class folder(s) 'b' hold no .bmp/.gif/.jpeg/.jpg/.png/.ppm/.webp images"),
+    ({"train/a": 3, "train/b": 3, "test/a": 2, "test/b": 2, "test/bird": 2},
+     "/test: class folder(s) 'bird' are not among the training classes ('a', 'b')"),
+])
+def test_a_folder_that_cannot_make_a_classifier_is_one_line(layout, says, tmp_path, capsys, reliability):
+    # before: one class trained to "100% accuracy", an empty folder became a class, a test class the training
+    # folder lacks was dropped from the report; and hidden folders (.ipynb_checkpoints) were classes
+    root = tmp_path / "imgs"
+    for folder, n in {**layout, ".ipynb_checkpoints": 1}.items():
+        _images(root / folder, n)
+    argv = ["train", "cnn-small", "--data", "folder", "--data-dir", str(root), "--img-size", "8", "--max-steps", "2",
+            "--no-progress", "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dlforge: error: --data-dir {root}") and says in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
+    reliability.record("an image folder that cannot make a classifier (one class, an empty class, a test class "
+                       "the training folder lacks)", "exit 2, one line naming the folder and the classes")
+
+
+def test_hidden_folders_are_not_classes(tmp_path, capsys):
+    root = tmp_path / "imgs"
+    for folder in ("a", "b", ".ipynb_checkpoints", "__MACOSX"):
+        _images(root / folder)
+    assert main(["train", "cnn-small", "--data", "folder", "--data-dir", str(root), "--img-size", "8", "--max-steps",
+                 "1", "--no-progress", "--out", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["facts"]["classes"] == ["a", "b"]
 
 
 def test_eval_needs_only_the_test_files(tiny_idx_dir, tmp_path, capsys):

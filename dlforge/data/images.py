@@ -321,10 +321,29 @@ def load_gtsrb(data_dir: str | None = None, img_size: int = 48, splits: tuple[st
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".gif", ".webp"}
 
 
+def _class_folders(root: Path) -> list[str]:
+    """The sub-folders of root, less hidden ones (.ipynb_checkpoints, __MACOSX): each is a class."""
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
 def _scan_folder(root: Path, classes: list[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
-    classes = classes or sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not classes:
-        raise DlforgeError(f"--data-dir {root}: expected one sub-folder of images per class")
+    """root/<class>/ image files -> files, labels, classes. Without `classes` (the training folder) there must be
+    two classes or more and each must hold images; with them (a test folder) every class folder must be one of
+    them. Before, one class folder trained a classifier of one class ("100% accuracy"), an empty folder became
+    a class, and a test class the training folder lacks was dropped from the report without a word."""
+    found = _class_folders(root)
+    if classes is None:
+        classes = found
+        if len(classes) < 2:
+            raise DlforgeError(f"--data-dir {root}: expected one sub-folder of images per class, two classes or more; "
+                               f"found {len(classes)}" + (f" ({_names(classes)})" if classes else ""))
+    elif extra := [c for c in found if c not in classes]:
+        raise DlforgeError(f"--data-dir {root}: class folder(s) {_names(extra)} are not among the training classes "
+                           f"({_names(classes)})")
     files, labels = [], []
     for i, c in enumerate(classes):
         for p in sorted((root / c).glob("*")) if (root / c).is_dir() else []:
@@ -333,6 +352,9 @@ def _scan_folder(root: Path, classes: list[str] | None = None) -> tuple[list[Pat
                 labels.append(i)
     if not files:
         raise DlforgeError(f"--data-dir {root}: no {'/'.join(sorted(IMAGE_SUFFIXES))} images in its class folders")
+    if found is classes and (empty := [c for i, c in enumerate(classes) if i not in set(labels)]):
+        raise DlforgeError(f"--data-dir {root}: class folder(s) {_names(empty)} hold no "
+                           f"{'/'.join(sorted(IMAGE_SUFFIXES))} images")
     return files, labels, classes
 
 
