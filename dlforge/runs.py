@@ -140,7 +140,7 @@ def training_lock(path: Path) -> Iterator[None]:
     if os.environ.get("RANK", "0").strip() != "0":  # another rank (a bad RANK is refused by the trainer)
         yield
         return
-    made = not path.exists()
+    made = [p for p in (path, *path.parents) if not p.exists()]  # the folders made here, deepest first
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
@@ -159,10 +159,11 @@ def training_lock(path: Path) -> Iterator[None]:
         os.close(fd)
         if made and not (path / "config.json").exists():
             (path / ".lock").unlink(missing_ok=True)
-            try:
-                path.rmdir()
-            except OSError:
-                pass
+            for folder in made:
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty: what the run wrote before it failed stays
+                    break
 
 
 class Run:

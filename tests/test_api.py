@@ -95,6 +95,36 @@ def test_bad_data_in_memory_is_one_line():
         dlforge.train("mlp", data=(np.zeros((3, 8, 8), np.uint8), [0.5, 1, 2]), out="/nonexistent/x", **QUIET)
     with pytest.raises(dlforge.DlforgeError, match="float images must lie in"):
         dlforge.train("mlp", data=(np.full((4, 8, 8), 3.0), [0, 1, 0, 1]), out="/nonexistent/x", **QUIET)
+    # before: sklearn's ValueError, and NaN images trained (and predicted) as black ones
+    with pytest.raises(dlforge.DlforgeError, match="^images: expected two images or more, got 0$"):
+        dlforge.train("mlp", data=(np.zeros((0, 8, 8)), np.zeros(0, int)), out="/nonexistent/x", **QUIET)
+    with pytest.raises(dlforge.DlforgeError, match=r"^images: float images hold NaN; expected values in \[0, 1\]$"):
+        dlforge.train("mlp", data=(np.full((4, 8, 8), np.nan), [0, 1, 0, 1]), out="/nonexistent/x", **QUIET)
+    with pytest.raises(dlforge.DlforgeError, match="^labels: 'bird' not among the classes \\('cat', 'dog'\\)$"):
+        dlforge.train("mlp", data={"images": np.zeros((3, 8, 8), np.uint8), "labels": ["cat", "dog", "bird"],
+                                   "classes": ["cat", "dog"]}, out="/nonexistent/x", **QUIET)
+    assert not Path("/nonexistent").exists()  # nothing made for a run that never started
+
+
+@pytest.mark.parametrize("option, value, says", [
+    ("max_steps", "ten", "--max-steps: expected an integer, got 'ten'"), ("seed", 1.5, "--seed: expected an integer, "
+     "got 1.5"), ("lr", "1e-3", "--lr: expected a number, got '1e-3'"), ("progress", "no", "--progress: expected "
+     "True or False, got 'no'"), ("epochs", True, "--epochs: expected an integer, got True")])
+def test_an_option_of_the_wrong_type_names_itself(option, value, says, tmp_path):
+    # before: a TypeError or RuntimeError from inside torch or the trainer
+    with pytest.raises(dlforge.DlforgeError) as e:
+        dlforge.train("mlp", data=_digits(40), img_size=8, out=tmp_path / "r", **{**QUIET, option: value})
+    assert str(e.value) == says and not (tmp_path / "r").exists()
+
+
+def test_labels_by_name_and_numpy_numbers(tmp_path):
+    x, y = _digits(200)
+    names = np.array(["even", "odd"])[y % 2]
+    run = dlforge.train("mlp", data=(x, names), img_size=8, out=tmp_path / "r", max_steps=np.int64(30),
+                        lr=np.float32(3e-3), **QUIET)
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["facts"]["classes"] == ["even", "odd"] and config["train"]["max_steps"] == 30
+    assert run.predict(x[:1])[0]["top"][0]["class"] in ("even", "odd")
 
 
 # ---------------------------------------------------------------- runs of the previous release

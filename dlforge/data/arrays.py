@@ -27,6 +27,8 @@ def as_uint8_images(x, what: str = "images") -> torch.Tensor:
     if t.shape[1] not in (1, 3):
         raise DlforgeError(f"{what}: expected 1 or 3 channels, got shape {tuple(t.shape)}")
     if t.is_floating_point():
+        if t.isnan().any():
+            raise DlforgeError(f"{what}: float images hold NaN; expected values in [0, 1]")
         if t.numel() and (t.min() < 0 or t.max() > 1):
             raise DlforgeError(f"{what}: float images must lie in [0, 1] (or pass uint8 0..255)")
         t = (t * 255).round()
@@ -44,6 +46,24 @@ def as_labels(y, n: int, what: str = "labels") -> torch.Tensor:
     return t.long()
 
 
+def named_labels(d: dict) -> None:
+    """Labels given as names ("cat", "dog"), as scikit-learn takes them: d's labels (and test_labels) become
+    indices into d's classes, the names in sorted order unless `classes` orders them. Before, a torch TypeError."""
+    given = {k: np.asarray(d[k]) for k in ("labels", "test_labels") if d.get(k) is not None}
+    if not any(a.dtype.kind in "USO" for a in given.values()):
+        return
+    names = [str(c) for c in d["classes"]] if d.get("classes") else sorted({str(v) for a in given.values()
+                                                                          for v in a.ravel()})
+    index = {n: i for i, n in enumerate(names)}
+    for k, a in given.items():
+        unknown = sorted({str(v) for v in a.ravel()} - set(index))
+        if unknown:
+            raise DlforgeError(f"{k}: {', '.join(map(repr, unknown[:3]))} not among the classes "
+                               f"({', '.join(map(repr, names[:10]))})")
+        d[k] = np.array([index[str(v)] for v in a.ravel()], dtype=np.int64).reshape(a.shape)
+    d["classes"] = names
+
+
 def write(path: Path, data, classes: list[str] | None = None) -> Path:
     """data: (images, labels), or a dict with images, labels and optionally test_images, test_labels, classes.
     Without a test set, a fixed stratified 20% of the images is held out for testing."""
@@ -57,6 +77,9 @@ def write(path: Path, data, classes: list[str] | None = None) -> Path:
     if unknown or "images" not in d or "labels" not in d:
         raise DlforgeError(f"data: expected keys images, labels (and test_images, test_labels, classes); got {sorted(d)}")
     x = as_uint8_images(d["images"])
+    if len(x) < 2:
+        raise DlforgeError(f"images: expected two images or more, got {len(x)}")
+    named_labels(d)
     y = as_labels(d["labels"], len(x))
     if "test_images" in d:
         tx = as_uint8_images(d["test_images"], "test_images")

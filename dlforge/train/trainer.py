@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Callable
 
+import numpy as np
 import torch
 
 from dlforge.data.loader import BatchLoader
@@ -61,6 +63,21 @@ class TrainConfig:
     grad_accum: int = 1             # run each batch as this many micro-batches (less memory, the same step)
     early_stop: int | None = None   # stop after this many evaluations without a better validation loss
 
+    def _check_types(self) -> None:
+        """Each option is of its field's type (a NumPy number counts, and is kept as the Python one, for
+        config.json): from Python, dlforge.train(max_steps="ten") or seed=1.5 failed inside torch with a
+        TypeError or RuntimeError instead of naming the option."""
+        kinds = {"int": (numbers.Integral, int, "an integer"), "float": (numbers.Real, float, "a number"),
+                 "str": (str, str, "a string"), "bool": ((bool, np.bool_), bool, "True or False")}
+        for f in fields(self):
+            value, kind = getattr(self, f.name), str(f.type).replace(" | None", "")
+            if (value is None and "None" in str(f.type)) or kind not in kinds:
+                continue
+            want, cast, words = kinds[kind]
+            if not isinstance(value, want) or (kind != "bool" and isinstance(value, (bool, np.bool_))):
+                raise DlforgeError(f"--{f.name.replace('_', '-')}: expected {words}, got {value!r}")
+            setattr(self, f.name, cast(value))
+
     def total_epochs(self, batches_per_epoch: int) -> float:
         """The epochs the run may take: --epochs, else as many as --max-steps needs, else unbounded under
         --max-time alone (the clock decides), else the reference's 5."""
@@ -71,6 +88,7 @@ class TrainConfig:
         return math.inf if self.max_time is not None else 5
 
     def __post_init__(self) -> None:
+        self._check_types()
         checks = [("--optimizer", self.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
                   ("--precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
                   ("--epochs", self.epochs is None or self.epochs >= 1, "at least 1"), ("--batch-size", self.batch_size >= 1, "at least 1"),
