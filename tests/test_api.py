@@ -248,3 +248,10 @@ def test_schedulers_share_one_step_signature():
     assert torch.allclose(*same, atol=1e-6)  # DDPM is DDIM's η = 1
     with pytest.raises(dlforge.DlforgeError, match="--eta 0.5: the ddpm sampler is η = 1"):
         b.step(eps, t, x, eta=0.5)
+
+
+def test_load_names_a_checkpoint_it_does_not_have(tmp_path):
+    dlforge.train("mlp", data=_digits(40), img_size=8, out=tmp_path / "r", max_steps=2, **QUIET)
+    assert dlforge.load(tmp_path / "r", which="last").checkpoint.name == "last.safetensors"
+    with pytest.raises(dlforge.DlforgeError, match="^which: expected 'best' or 'last', got 'foo'$"):
+        dlforge.load(tmp_path / "r", which="foo")  # before: the last checkpoint, without a word

@@ -110,7 +110,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, capsys, reliability)
     ("mse", lambda r: "mae" in r and r["mae"] < 3.5),
 ])
 def test_bce_and_mse_are_usable(tmp_path, capsys, loss, check):
-    _train(tmp_path, loss, "--loss", loss, "--positive-class", "3")
+    _train(tmp_path, loss, "--loss", loss, *(["--positive-class", "3"] if loss == "bce" else []))
     assert check(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
 
 
@@ -130,6 +130,9 @@ def test_mlp_with_hidden_sizes_and_activation(tmp_path, capsys):
     (["train", "cnn", "--loss", "hinge"], "--loss: expected one of cross-entropy, bce, mse"),
     (["train", "cnn", "--img-size", "2"], "--img-size"),
     (["train", "cnn", "--lr", "inf"], "--lr: expected a positive number, got inf"),  # was taken, and lost the run
+    (["train", "cnn", "--positive-class", "3"], "--positive-class: applies to --loss bce only"),  # was ignored
+    (["train", "cnn", "--data-dir", "/nonexistent"], "--data-dir: the digits dataset is bundled with scikit-learn; "
+                                                    "it takes no --data-dir"),  # was ignored, and kept in the config
     (["train", "cnn", "--device", "cuda"], "--device"),
     (["eval", "/nonexistent/run"], "not a dlforge run directory"),
     (["predict", "/nonexistent/run", "x.png"], "not a dlforge run directory"),

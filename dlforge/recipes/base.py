@@ -247,6 +247,8 @@ def load_model(run: Run, which: str = "best") -> tuple[torch.nn.Module, dict[str
     """The run's model (name and keyword arguments from config.json) with the weights of checkpoint
     `which` (the last one where there is no such file). -> (model, every tensor of the checkpoint, path)."""
     cfg = run.config
+    if which not in ("best", "last"):  # any other name read the last checkpoint without a word
+        raise DlforgeError(f"which: expected 'best' or 'last', got {which!r}")
     path = run.checkpoint(which) if run.checkpoint(which).is_file() else run.checkpoint("last")
     if not path.is_file():
         raise DlforgeError(f"{run.path}: no checkpoint yet (the run stopped before its first one); "

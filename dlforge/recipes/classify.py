@@ -48,6 +48,8 @@ class DataConfig:
             raise DlforgeError(f"--data: unknown dataset {self.name!r}; expected one of: {', '.join(images.DATASETS)}")
         if not 0 <= self.val_fraction < 1:
             raise DlforgeError(f"--val-fraction: expected 0 <= f < 1, got {self.val_fraction}")
+        if self.name == "digits" and self.data_dir:  # was ignored, and kept in config.json as if it had been read
+            raise DlforgeError("--data-dir: the digits dataset is bundled with scikit-learn; it takes no --data-dir")
         if not 1 <= self.img_size <= 1024:
             raise DlforgeError(f"--img-size: expected 1..1024 pixels, got {self.img_size}")
 
@@ -98,6 +100,8 @@ class ClassifyRecipe(Recipe):
                 "transform": tc.to_dict()}
 
     def check_task_options(self, options: dict) -> None:
+        if "positive_class" in options and options.get("loss") != "bce":  # was ignored without a word
+            raise DlforgeError("--positive-class: applies to --loss bce only (one class against the rest)")
         ClassifyTask(num_classes=10 ** 6, **options)
 
     def full_task_options(self, options: dict) -> dict:
