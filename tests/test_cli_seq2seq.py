@@ -139,6 +139,24 @@ def test_tsv_corpus_char_tokenizer_with_bleu(tmp_path, capsys):
     assert main(["translate", str(out), "red cat", "--to", "en"]) == 2
 
 
+def test_a_character_only_a_held_out_line_holds_is_in_the_char_vocabulary(tmp_path, capsys):
+    # before: "the text has characters the char tokenizer never saw: 'ü'" when only a validation or test line
+    # held it: the split is the run's, not the user's
+    from dlforge.recipes.seq2seq import PairDataConfig, _corpus
+    lines = [f"{n}\t{str(n)[::-1]}" for n in range(100, 300)]
+    tsv = tmp_path / "p.tsv"
+    tsv.write_text("\n".join(lines) + "\n")
+    dc = PairDataConfig(data_file=str(tsv), tokenizer="char", val_fraction=0.2, test_fraction=0.2)
+    held_out = _corpus(dc, 0)[2][0].src  # a test line: it alone gets the new character
+    tsv.write_text("\n".join(line.replace(f"{held_out}\t", f"{held_out}ü\t") for line in lines) + "\n")
+    train, val, test, _ = _corpus(dc, 0)
+    assert not any("ü" in p.src + p.tgt for p in train) and any("ü" in p.src for p in test)
+    run = tmp_path / "r"
+    assert main(["train", "transformer-tiny", "--data-file", str(tsv), "--tokenizer", "char", "--val-fraction", "0.2",
+                 "--test-fraction", "0.2", "--max-steps", "2", "--no-progress", "--out", str(run)]) == 0
+    assert main(["translate", str(run), "ü12"]) == 0
+
+
 @pytest.mark.parametrize("body, message", [
     ("a\tb\nc d\n", "line 2: expected source<TAB>target, found 0 tabs"),
     ("a\tb\nc\t\n", "line 2: the target is empty"),

@@ -114,7 +114,10 @@ def prepare(dc: PairDataConfig, seed: int = 0, toks: tuple[TextTokenizer, TextTo
             with_train: bool = True) -> PairData:
     """The pairs, the tokenizers (fitted unless given) and the train/validation tensors."""
     train, val, test, digest = _corpus(dc, seed, with_train)
-    src_tok, tgt_tok = toks or fit_tokenizers(dc, train)
+    # a char vocabulary is the corpus's character set, held-out lines included (as nanoGPT's char-level vocabulary
+    # is the whole text's): fitted on the training pairs alone, a character only a test line holds stopped the
+    # run with "characters the char tokenizer never saw", a split the user neither sees nor controls
+    src_tok, tgt_tok = toks or fit_tokenizers(dc, train + val + test if dc.tokenizer == "char" else train)
     data = PairData(src_tok, tgt_tok, train, val, test, digest)
     if with_train:
         data.tensors["train"] = P.encode_pairs(train, src_tok, tgt_tok, dc.max_len, dc.source)
