@@ -255,3 +255,10 @@ def test_load_names_a_checkpoint_it_does_not_have(tmp_path):
     assert dlforge.load(tmp_path / "r", which="last").checkpoint.name == "last.safetensors"
     with pytest.raises(dlforge.DlforgeError, match="^which: expected 'best' or 'last', got 'foo'$"):
         dlforge.load(tmp_path / "r", which="foo")  # before: the last checkpoint, without a word
+
+
+@pytest.mark.parametrize("data", ["", [], "  \n"])
+def test_empty_text_in_memory_is_named(data, tmp_path):
+    with pytest.raises(dlforge.DlforgeError, match="^data: the text is empty; give a corpus name, a text file or "
+                                                   "folder, or the text itself$"):
+        dlforge.train("gpt-tiny", data=data, out=tmp_path / "r", **QUIET)

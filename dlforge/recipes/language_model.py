@@ -331,6 +331,8 @@ class LanguageModelRecipe(Recipe):
         options = {"block_size": default_block_size(model), "sampling": SAMPLINGS[0], "eval_spread": True, **options}
         if isinstance(data, (list, tuple)) and all(isinstance(t, str) for t in data):
             data = "\n".join(data)
+        if isinstance(data, str) and not data.strip():  # was "unknown text corpus None"
+            raise DlforgeError("data: the text is empty; give a corpus name, a text file or folder, or the text itself")
         if _is_text(data):
             path = Path(out) / "corpus.txt"
             path.parent.mkdir(parents=True, exist_ok=True)
