@@ -335,8 +335,8 @@ def _scan_folder(root: Path, classes: list[str] | None = None) -> tuple[list[Pat
     two classes or more and each must hold images; with them (a test folder) every class folder must be one of
     them. Before, one class folder trained a classifier of one class ("100% accuracy"), an empty folder became
     a class, and a test class the training folder lacks was dropped from the report without a word."""
-    found = _class_folders(root)
-    if classes is None:
+    found, training = _class_folders(root), classes is None
+    if training:
         classes = found
         if len(classes) < 2:
             raise DlforgeError(f"--data-dir {root}: expected one sub-folder of images per class, two classes or more; "
@@ -352,7 +352,7 @@ def _scan_folder(root: Path, classes: list[str] | None = None) -> tuple[list[Pat
                 labels.append(i)
     if not files:
         raise DlforgeError(f"--data-dir {root}: no {'/'.join(sorted(IMAGE_SUFFIXES))} images in its class folders")
-    if found is classes and (empty := [c for i, c in enumerate(classes) if i not in set(labels)]):
+    if training and (empty := [c for i, c in enumerate(classes) if i not in set(labels)]):
         raise DlforgeError(f"--data-dir {root}: class folder(s) {_names(empty)} hold no "
                            f"{'/'.join(sorted(IMAGE_SUFFIXES))} images")
     return files, labels, classes
