@@ -73,13 +73,22 @@ def test_noise_strip(tmp_path, capsys):
     assert "t = 0, 250, 500, 749, 999" in capsys.readouterr().out and (tmp_path / "n.png").stat().st_size > 3000
 
 
-def test_eval_with_a_classifier(run, classifier, capsys):
+def test_eval_with_a_classifier(run, classifier, capsys, tmp_path):
+    run = Path(shutil.copytree(run, tmp_path / "run"))
+    trained = json.loads((run / "report.json").read_text())
     assert main(["eval", str(run), "--classifier", str(classifier), "--n", "20", "--steps", "5", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert 0 <= r["prompt_accuracy"] <= 1 and len(r["per_class_accuracy"]) == 10 and r["images_per_s"] > 0
     assert 0 <= r["frechet_real"] < r["frechet_noise"] and r["frechet"] >= 0 and r["steps"] == 5
     assert r["kid_real"] < r["kid_noise"] and r["kid_std"] >= 0
     assert (run / "eval_samples.png").is_file()
+    # the report keeps the training's figures; an evaluation without a classifier (a grid only) changes nothing
+    # in it: before, it replaced report.json with one holding no figure at all
+    report = json.loads((run / "report.json").read_text())
+    assert report["best_val_loss"] == trained["best_val_loss"] and report["prompt_accuracy"] == pytest.approx(
+        r["prompt_accuracy"])
+    assert main(["eval", str(run), "--n", "10", "--steps", "2"]) == 0
+    assert json.loads((run / "report.json").read_text()) == report
 
 
 def test_resume_continues_with_the_moving_average(run, tmp_path):

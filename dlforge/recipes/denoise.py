@@ -9,6 +9,7 @@ learning_curves.png. Images with captions given in memory are kept in the run di
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -422,6 +423,14 @@ class Diffuser(Handle):
                                                                                   f"{plots.shorten(prompts[0], 40)!r}"))
         return result
 
+    def _training_figures(self) -> dict:
+        """What after_training wrote to report.json and an evaluation does not measure again."""
+        try:
+            old = json.loads((self.path / "report.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return {k: old[k] for k in ("best_val_loss", "train_seconds") if isinstance(old, dict) and k in old}
+
     def evaluate(self, classifier: str | None = None, n: int = 1000, sampler: str = "ddim", steps: int | None = None,
                  guidance: float = 3.0, eta: float | None = None, seed: int = 0, quiet: bool = True,
                  batch_size: int = 64) -> dict:
@@ -438,10 +447,10 @@ class Diffuser(Handle):
         if dc.is_csv or not classifier:
             if not quiet:
                 print("dlforge: note: prompt accuracy and Fréchet distance need a labelled dataset and --classifier "
-                      "RUN (a dlforge cnn trained on it); writing a sample grid only", file=sys.stderr)
+                      "RUN (a dlforge cnn trained on it); writing a sample grid only (report.json unchanged)",
+                      file=sys.stderr)
             sample_grid(model, cfg, cond_fn, data.prompts[:10], self.path / "eval_samples.png", "evaluation samples")
-            atomic_write_json(self.path / "report.json", report)
-            return report
+            return report  # nothing measured: report.json keeps the training's figures and any earlier evaluation's
         classify_fn = _classifier(classifier, data.classes, self.device)
         prompts, labels = eval_prompts(dc, data.classes, n)
         cond = cond_fn.encode(prompts)
@@ -455,6 +464,7 @@ class Diffuser(Handle):
         plots.plot_image_grid(fake[show].numpy(), [plots.shorten(prompts[i], 18) for i in show.tolist()],
                               self.path / "eval_samples.png", f"{sampler.upper()} {report['steps']} steps, guidance "
                               f"{guidance:g}: prompt accuracy {100 * report['prompt_accuracy']:.1f}%", cols=8)
+        report = {**self._training_figures(), **report}  # an evaluation replaced the training's, and lost them
         atomic_write_json(self.path / "report.json", report)
         if not quiet:
             print(f"{sampler.upper()} {report['steps']} steps, guidance {guidance:g}, {n} images: prompt accuracy "
