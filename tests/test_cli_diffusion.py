@@ -122,7 +122,8 @@ def test_captions_csv_end_to_end(tmp_path, capsys):
         a[:, : 4] = 255 if i % 2 else 0
         Image.fromarray(a).save(tmp_path / f"{i}.png")
         rows.append(f"{i}.png,{'a bright left half' if i % 2 else 'a dark square'}")
-    (tmp_path / "caps.csv").write_text("\n".join(rows) + "\n")
+    # with Excel's byte-order mark ("CSV UTF-8"): it was read into the header, "image '\ufeffimage_path' not found"
+    (tmp_path / "caps.csv").write_text("\ufeff" + "\n".join(rows) + "\n", encoding="utf-8")
     out = tmp_path / "csvrun"
     assert main(["train", "unet-tiny", "--data", str(tmp_path / "caps.csv"), "--img-size", "8", "--no-progress",
                  "--batch-size", "8", "--max-steps", "6", "--timesteps", "50", "--out", str(out)]) == 0

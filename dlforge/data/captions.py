@@ -189,7 +189,7 @@ def read_captions_images(path: str | Path, img_size: int, skip_bad: bool = False
 def _caption_rows(path: Path) -> tuple[list[int], list[Path], list[str]]:
     """-> the CSV line, image path and caption of each row (see read_captions_csv)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as e:
         raise DlforgeError(f"--data {path}: cannot read ({e.strerror})") from None
     except UnicodeDecodeError:

@@ -102,7 +102,7 @@ def numbers_corpus(langs: tuple[str, ...], per_direction: int, n_val: int, n_tes
 def read_tsv(path: str | Path) -> list[Pair]:
     """`source<TAB>target` per line (UTF-8); blank lines are skipped; anything else is an error with
     its line number."""
-    text = read_text(path, "--data-file")
+    text = read_text(path, "--data-file").removeprefix("\ufeff")  # Excel's "UTF-8" files start with a BOM
     pairs = []
     for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():

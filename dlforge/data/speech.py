@@ -142,7 +142,7 @@ def read_manifest(path: str | Path) -> list[Utterance]:
     if not path.is_file():
         raise DlforgeError(f"--data-file {path}: no such manifest file")
     try:
-        rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
+        rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig"))))
     except (UnicodeDecodeError, csv.Error) as e:
         raise DlforgeError(f"--data-file {path}: not a UTF-8 CSV file ({e})") from None
     out = []

@@ -96,6 +96,9 @@ def test_manifest_errors_name_the_line(tmp_path):
     good.write_text('audio_path,transcript\na.wav,"One, Two-Three"\n\na.wav,four,en\n')
     utts = S.read_manifest(good)
     assert [(u.text, u.lang, u.line) for u in utts] == [("one two three", "all", 2), ("four", "en", 4)]
+    bom = tmp_path / "excel.csv"  # Excel's "CSV UTF-8" starts with a byte-order mark: it was read into the header
+    bom.write_bytes("\ufeffaudio_path,transcript\na.wav,five\n".encode("utf-8"))
+    assert [u.text for u in S.read_manifest(bom)] == ["five"]
     for body, line, what in [("a.wav,one\nb.wav,two\n", 2, "not found"), ("a.wav,one\na.wav\n", 2, "2 columns"),
                              ("a.wav,one\na.wav,one\na.wav,?!\n", 3, "empty transcript")]:
         bad = tmp_path / "bad.csv"
