@@ -93,8 +93,13 @@ def _manifest_splits(dc: SpeechDataConfig) -> tuple[Split, Split, Split]:
     waves = [S.read_audio(u.audio, MAX_TRAIN_SECONDS, f"{dc.data_file}:{u.line}: {u.audio}") for u in utts]
     order = list(range(len(utts)))
     random.Random(dc.split_seed).shuffle(order)
-    n_val, n_test = round(dc.val_fraction * len(utts)), round(dc.test_fraction * len(utts))
-    parts = [order[n_val + n_test:], order[:n_val] or order[:1], order[n_val:n_val + n_test] or order[:1]]
+    # at least one clip each, held out: where a fraction rounded to none, validation and test were a clip the model
+    # trained on (a manifest of 10 lines or fewer, or --val-fraction 0), and scored it as held out
+    n_val, n_test = max(1, round(dc.val_fraction * len(utts))), max(1, round(dc.test_fraction * len(utts)))
+    if len(utts) < n_val + n_test + 1:
+        raise DlforgeError(f"--data-file {dc.data_file}: {len(utts)} clips; expected at least {n_val + n_test + 1} (one "
+                           f"or more to train on, {n_val} to validate, {n_test} to test)")
+    parts = [order[n_val + n_test:], order[:n_val], order[n_val:n_val + n_test]]
     return tuple(Split(lambda i, idx=idx: waves[idx[i]], [utts[j].text for j in idx], [utts[j].lang for j in idx],
                        np.array([len(waves[j]) / S.SAMPLE_RATE for j in idx])) for idx in parts)
 

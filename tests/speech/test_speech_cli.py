@@ -113,6 +113,15 @@ def test_a_manifest_of_recordings_trains_with_any_rate(tmp_path, clips, cache):
                         width=16, layers=1, val_fraction=0.2, test_fraction=0.2, progress=False)
     assert run.report["test_clips"] == 2 and run.report["per_language"] == {} and 0 <= run.report["cer"]  # no groups
     assert json.loads((tmp_path / "r" / "labels.json").read_text()) == sorted(set("yesno"))
+    # a fraction that rounds to no clip still holds one out: validation and test were a clip the model trained on
+    from dlforge.recipes.transcribe import SpeechDataConfig, _manifest_splits
+    train, val, test = _manifest_splits(SpeechDataConfig(data_file=str(tmp_path / "m.csv"), val_fraction=0.0,
+                                                         test_fraction=0.04))
+    assert (len(train.texts), len(val.texts), len(test.texts)) == (8, 1, 1)
+    (tmp_path / "two.csv").write_text("audio_path,transcript\n0.wav,yes\n1.wav,no\n")
+    with pytest.raises(DlforgeError, match=r"^--data-file .*two.csv: 2 clips; expected at least 3 \(one or more to "
+                                           r"train on, 1 to validate, 1 to test\)$"):
+        dlforge.train("asr-gru-small", data=str(tmp_path / "two.csv"), out=tmp_path / "r3", max_steps=1)
     (tmp_path / "m.csv").write_text("audio_path,transcript\n0.wav,yes\nmissing.wav,no\n")
     with pytest.raises(DlforgeError, match=r"m.csv:3: audio file 'missing.wav' not found"):
         dlforge.train("asr-gru-small", data=str(tmp_path / "m.csv"), out=tmp_path / "r2", max_steps=1)
