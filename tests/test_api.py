@@ -262,3 +262,17 @@ def test_empty_text_in_memory_is_named(data, tmp_path):
     with pytest.raises(dlforge.DlforgeError, match="^data: the text is empty; give a corpus name, a text file or "
                                                    "folder, or the text itself$"):
         dlforge.train("gpt-tiny", data=data, out=tmp_path / "r", **QUIET)
+
+
+@pytest.mark.parametrize("model, option, value, says", [
+    ("lstm", "dropout", -0.5, "--dropout: expected a probability in [0, 1), got -0.5"),
+    ("gpt-tiny", "dropout", 1.5, "--dropout: expected a probability in [0, 1), got 1.5"),
+    ("gpt-tiny", "width", 0, "--width: expected at least 1, got 0"),
+    ("unet-tiny", "layers", -1, "--layers: expected at least 1, got -1"),  # trained without a word
+    ("unet-tiny", "width", 3, "--width 3: the unet's time embedding needs an even width")])
+def test_a_model_option_out_of_range_names_itself(model, option, value, says, tmp_path):
+    # before: a ValueError or RuntimeError traceback from torch
+    data = "the cat sat on the mat. " * 40 if model != "unet-tiny" else "digits"
+    with pytest.raises(dlforge.DlforgeError) as e:
+        dlforge.train(model, data=data, out=tmp_path / "r", max_steps=1, **{**QUIET, option: value})
+    assert str(e.value) == says

@@ -119,6 +119,8 @@ class UNet(nn.Module):
                  context_dim: int | None = None, patch: int = 1):
         super().__init__()
         levels = len(ch_mult)
+        if ch % 2:  # the sinusoidal time embedding is ch/2 sines and ch/2 cosines
+            raise DlforgeError(f"--width {ch}: the unet's time embedding needs an even width")
         if img_size % (patch * 2 ** (levels - 1)):
             raise DlforgeError(f"--img-size {img_size}: the unet divides it by {patch} then halves it {levels - 1} "
                                f"times; use a multiple of {patch * 2 ** (levels - 1)}")

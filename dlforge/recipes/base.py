@@ -182,6 +182,8 @@ class Recipe:
             elif k in self.data_options:
                 data[k] = v
             elif k in self.model_options and _takes(accepted, self.model_options[k]):
+                if k in MODEL_RANGES and not MODEL_RANGES[k][0](v):  # was a ValueError or RuntimeError from torch
+                    raise DlforgeError(f"{flag(k)}: expected {MODEL_RANGES[k][1]}, got {v!r}")
                 for name in _names(self.model_options[k]):
                     model_kw[name] = v
             elif k in self.task_options:
@@ -195,6 +197,11 @@ class Recipe:
         accepted = _kwargs_of(model)
         return [*self.data_options, *(k for k, v in self.model_options.items() if _takes(accepted, v)),
                 *self.task_options]
+
+
+# the shared model options' ranges (each family's own limits, e.g. a width divisible by --heads, are the model's)
+MODEL_RANGES = {"dropout": (lambda v: 0 <= v < 1, "a probability in [0, 1)"),
+                **{k: (lambda v: v >= 1, "at least 1") for k in ("width", "layers", "heads")}}
 
 
 def is_file(path, folders: bool = False) -> bool:
