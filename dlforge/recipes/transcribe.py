@@ -209,7 +209,14 @@ class SpeechRecipe(Recipe):
         path = run.path / "labels.json"
         if not path.is_file():
             raise DlforgeError(f"{run.path}: labels.json is missing (the run's characters)")
-        return json.loads(path.read_text(encoding="utf-8"))
+        try:  # a corrupt file was a JSONDecodeError traceback, and one of another length was used without a word
+            labels = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DlforgeError(f"{path}: unreadable ({e})") from None
+        size = run.config.model_kwargs.get("vocab_size")
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels) or len(labels) != size:
+            raise DlforgeError(f"{path}: expected the run's {size} output characters as a JSON list of strings")
+        return labels
 
     def make_task(self, cfg: RunConfig, model: torch.nn.Module) -> CTCTask:
         return CTCTask()

@@ -91,6 +91,17 @@ def test_bad_audio_and_options_are_one_line_errors(asr_run, tmp_path, capsys):
         tr.transcribe(np.zeros(16000, np.float32), sample_rate=16000, lm=asr_run)
 
 
+@pytest.mark.parametrize("body, says", [("{bad", "unreadable (Expecting property name"),
+                                         ('["a", "b"]', "expected the run's")])
+def test_a_corrupt_labels_file_is_one_line(body, says, asr_run, clips, tmp_path, capsys):
+    # before: a JSONDecodeError traceback; and a list of another length was used without a word
+    run = Path(shutil.copytree(asr_run, tmp_path / "run"))
+    (run / "labels.json").write_text(body)
+    assert main(["transcribe", str(run), str(clips[0])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dlforge: error: {run / 'labels.json'}: {says}") and err.count("\n") == 1
+
+
 def test_eval_reports_wer_and_cer_per_language_and_the_real_time_factor(asr_run, capsys):
     assert main(["eval", str(asr_run), "--json", "--beam", "4", "--limit", "2"]) == 0
     r = json.loads(capsys.readouterr().out)
