@@ -23,6 +23,19 @@ def _ints(text: str) -> tuple[int, ...]:
     return vals
 
 
+SEED_MAX = 2 ** 63 - 1  # torch.Generator's seeds are 64-bit: a larger one was an OverflowError traceback
+
+
+def _seed(text: str) -> int:
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= seed <= SEED_MAX:  # a DlforgeError passes through argparse: one line, as any out-of-range option
+        raise DlforgeError(f"--seed: expected 0 .. 2^63 - 1, got {text}")
+    return seed
+
+
 def _print_json(obj: dict) -> None:
     print(json.dumps(_short_floats(obj), default=float))
 
@@ -319,7 +332,7 @@ def _add_sampling(p) -> None:
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1: none, 0: "
                                                                "unconditional)")
     p.add_argument("--eta", type=float, help="ddim: 0 deterministic (default) ... 1 as random as ddpm")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
 
 
 def _add_sample(p: argparse.ArgumentParser) -> None:
@@ -341,7 +354,7 @@ def _add_noise(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timesteps", type=int, default=1000)
     p.add_argument("--beta-schedule", default="linear", help="linear | cosine")
     p.add_argument("--size", type=int, default=64, help="resize the image to this side first")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
 
 
 # ---------------------------------------------------------------- the NumPy engine
@@ -379,7 +392,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     t.add_argument("--weight-decay-on", help="all (default) | matrices: weight matrices, embeddings and kernels, "
                                              "not biases or norm gains (as nanoGPT and Hugging Face)")
     t.add_argument("--optimizer", help="adam (default; language models adamw) | adamw | sgd | rmsprop")
-    t.add_argument("--seed", type=int, help="default 0")
+    t.add_argument("--seed", type=_seed, help="default 0")
     t.add_argument("--device", help="auto (default) | cpu | cuda | cuda:N | mps")
     t.add_argument("--precision", help="fp32 (default) | bf16 | fp16 (autocast)")
     t.add_argument("--max-steps", type=int, help="stop at a clean checkpoint after N optimiser steps")
@@ -480,7 +493,7 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     d.add_argument("--steps", type=int, default=S, help="denoising steps (default: ddim 50, ddpm all)")
     d.add_argument("--guidance", type=float, default=S, help="classifier-free guidance scale (default 3)")
     d.add_argument("--eta", type=float, default=S, help="ddim: 0 deterministic (default) ... 1")
-    d.add_argument("--seed", type=int, default=S)
+    d.add_argument("--seed", type=_seed, default=S)
     s = p.add_argument_group("seq2seq and speech runs")
     s.add_argument("--beam", type=int, default=S, help="beam width (default 1: greedy)")
     s.add_argument("--length-penalty", type=float, default=S, help="GNMT length penalty α for beams (default 1)")
@@ -522,7 +535,7 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.8, help="0: greedy; <1 sharper; >1 more random")
     p.add_argument("--top-k", type=int, help="sample among the k most likely tokens only")
     p.add_argument("--top-p", type=float, help="nucleus sampling: the smallest set of tokens with this probability")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--stream", action="store_true", help="write the text as it is produced")
     p.add_argument("--no-cache", action="store_true", help="gpt: recompute the whole context every token")
     p.add_argument("--device", default="auto")
@@ -554,7 +567,7 @@ def _add_backprop(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--dtype", default="float32", help="float32 | float64")
     p.add_argument("--trace", action="store_true", help="show the four steps of backpropagation for one step")
     p.add_argument("--json", action="store_true", help="end with one JSON line (loss, accuracy, ...)")
@@ -599,7 +612,12 @@ def main(argv: list[str] | None = None) -> int:
     # subnormals as zero before torch makes its worker threads, which inherit it (dlforge/perf.py); as they
     # were on return, for a program that calls main() itself
     with denormals_flushed():
-        return _run(parser().parse_args(argv))
+        try:
+            args = parser().parse_args(argv)
+        except DlforgeError as e:  # an option's type that checks its range (--seed)
+            print(f"dlforge: error: {e}", file=sys.stderr)
+            return 2
+        return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -118,3 +118,18 @@ def test_a_figure_name_without_an_image_suffix_or_a_folder_is_refused_before_any
     assert main(argv) == 0 and (runs / "figure.svg").read_bytes().lstrip().startswith((b"<?xml", b"<svg"))
     reliability.record("a figure named without an image suffix (`--out grid`, `grid.txt`) or as a folder",
                        "exit 2 before any work, one line naming the file; nothing written", 3)
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["noise", "grey.png", "--size", "8", "--frames", "2", "--out", "grey.png"],
+     "--out grey.png: the input image itself; give the strip another file"),
+    (["sample", "denoise", "--prompt", "zero", "--n", "1", "--steps", "1", "--out", "g.png", "--trajectory", "g.png"],
+     "--trajectory g.png: the same file as --out; give each its own")])
+def test_an_output_that_would_overwrite_the_input_or_the_other_output_is_refused(argv, says, runs, monkeypatch,
+                                                                                capsys):
+    # before: noise replaced the photo with its strip; sample wrote the trajectory over the grid
+    monkeypatch.chdir(runs)
+    before = (runs / "grey.png").read_bytes()
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"dlforge: error: {says}\n"
+    assert (runs / "grey.png").read_bytes() == before and not (runs / "g.png").exists()

@@ -162,7 +162,8 @@ def noise(image: str, out: str, frames: int = 8, timesteps: int = 1000, beta_sch
         raise DlforgeError(f"--frames: expected 2..32, got {frames}")
     if not 4 <= size <= 512:
         raise DlforgeError(f"--size: expected 4..512 pixels, got {size}")
-    plots.figure_path(out)
+    if plots.figure_path(out).resolve() == Path(image).resolve():  # the strip replaced the photo it was made from
+        raise DlforgeError(f"--out {out}: the input image itself; give the strip another file")
     mode = images.image_mode(Path(image))  # the file's own: grey stays one channel
     x0 = C.to_unit(torch.from_numpy(images.decode_image(Path(image), size, mode).copy())[None], size)
     abar = torch.cumprod(1 - make_betas(beta_schedule, timesteps), 0)
@@ -409,6 +410,8 @@ class Diffuser(Handle):
         out_path = plots.figure_path(out or self.path / "sample.png")  # before sampling, not after
         if trajectory:
             trajectory = plots.figure_path(trajectory)
+            if trajectory.resolve() == out_path.resolve():  # the strip was written over the grid
+                raise DlforgeError(f"--trajectory {trajectory}: the same file as --out; give each its own")
         t0 = time.perf_counter()
         imgs, traj = self.generate(prompts, n, sampler, steps, guidance, eta, seed, frames=10 if trajectory else 0)
         seconds = time.perf_counter() - t0

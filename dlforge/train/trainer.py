@@ -100,6 +100,7 @@ class TrainConfig:
                   ("--grad-clip", self.grad_clip is None or 0 < self.grad_clip < math.inf, "a positive number"),
                   ("--lr-schedule", self.lr_schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
                   ("--warmup-steps", self.warmup_steps >= 0, "0 or more"),
+                  ("--seed", 0 <= self.seed < 2 ** 63, "0 .. 2^63 - 1"),
                   ("--min-lr-ratio", 0 <= self.min_lr_ratio <= 1, "a number in [0, 1]"),
                   ("--beta2", 0 < self.beta2 < 1, "a number in (0, 1)"),
                   ("--eval-every", self.eval_every is None or self.eval_every >= 1, "at least 1"),
