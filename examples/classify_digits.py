@@ -2,7 +2,7 @@
 
     python examples/classify_digits.py [OUT_DIR]
 """
-import sys
+import argparse
 import tempfile
 from pathlib import Path
 
@@ -10,7 +10,9 @@ from sklearn.datasets import load_digits
 
 import dlforge
 
-out = Path(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="dlforge-"))
+ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap.add_argument("out_dir", nargs="?", help="where the runs go (default: a new temporary folder)")
+out = Path(ap.parse_args().out_dir or tempfile.mkdtemp(prefix="dlforge-"))
 
 digits = load_digits()                                   # 1,797 images of 8x8, values 0..16
 images = (digits.images * (255 / 16)).astype("uint8")    # (N, 8, 8) uint8

@@ -2,13 +2,15 @@
 
     python examples/language_model.py [OUT_DIR]
 """
-import sys
+import argparse
 import tempfile
 from pathlib import Path
 
 import dlforge
 
-out = Path(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="dlforge-"))
+ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap.add_argument("out_dir", nargs="?", help="where the runs go (default: a new temporary folder)")
+out = Path(ap.parse_args().out_dir or tempfile.mkdtemp(prefix="dlforge-"))
 
 text = ("the cat sat on the mat. the dog sat on the log. "
         "a bird sang in the tree. the sun rose over the hill. ") * 40   # 4,040 characters

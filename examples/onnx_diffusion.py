@@ -3,9 +3,9 @@ deterministic DDIM (η = 0) with classifier-free guidance, the loop of `dlforge 
 
     python examples/onnx_diffusion.py RUN/onnx "a photo of a shoe" out.png
 """
+import argparse
 import json
 import re
-import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -34,7 +34,11 @@ def sample(folder, prompts, noise, guidance=3.0):
 
 
 if __name__ == "__main__":
-    folder, prompt, out = sys.argv[1:4]
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder", help="RUN/onnx, written by `dlforge export RUN`")
+    ap.add_argument("prompt", help='what to draw, e.g. "a photo of a shoe"')
+    ap.add_argument("out", help="the PNG to write")
+    folder, prompt, out = vars(ap.parse_args()).values()
     image = json.load(open(f"{folder}/model.json"))["image"]
     noise = np.random.default_rng(0).standard_normal((1, image["channels"], image["size"], image["size"]))
     from PIL import Image

@@ -2,13 +2,15 @@
 
     python examples/text_to_image.py [OUT_DIR]
 """
-import sys
+import argparse
 import tempfile
 from pathlib import Path
 
 import dlforge
 
-out = Path(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="dlforge-"))
+ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap.add_argument("out_dir", nargs="?", help="where the runs go (default: a new temporary folder)")
+out = Path(ap.parse_args().out_dir or tempfile.mkdtemp(prefix="dlforge-"))
 
 # data="digits": every image captioned from its class ("a handwritten 3", ...); or a list of (image, caption)
 run = dlforge.train("unet-tiny", data="digits", out=out / "unet", img_size=8, timesteps=100,

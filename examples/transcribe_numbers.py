@@ -2,7 +2,7 @@
 
     python examples/transcribe_numbers.py [OUT_DIR]      # needs the espeak-ng program (make setup installs it)
 """
-import sys
+import argparse
 import tempfile
 from pathlib import Path
 
@@ -10,7 +10,9 @@ import numpy as np
 
 import dlforge
 
-out = Path(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="dlforge-"))
+ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap.add_argument("out_dir", nargs="?", help="where the runs go (default: a new temporary folder)")
+out = Path(ap.parse_args().out_dir or tempfile.mkdtemp(prefix="dlforge-"))
 
 run = dlforge.train("asr-lstm-small", data="spoken-numbers", out=out / "asr", langs="en", train_clips=48,
                     val_numbers=4, test_numbers=4, width=48, layers=1, batch_size=8, max_steps=60, eval_every=30,

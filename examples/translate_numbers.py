@@ -2,7 +2,7 @@
 
     python examples/translate_numbers.py [OUT_DIR]
 """
-import sys
+import argparse
 import tempfile
 from pathlib import Path
 
@@ -10,7 +10,9 @@ from num2words import num2words
 
 import dlforge
 
-out = Path(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="dlforge-"))
+ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap.add_argument("out_dir", nargs="?", help="where the runs go (default: a new temporary folder)")
+out = Path(ap.parse_args().out_dir or tempfile.mkdtemp(prefix="dlforge-"))
 
 pairs = [(str(n), num2words(n)) for n in range(100)]   # ("42", "forty-two"), ...; shuffled, then split
 

@@ -74,3 +74,11 @@ def test_transcribe_numbers(tmp_path):
     wer, cer, n = re.search(r"^test WER ([\d.]+), CER ([\d.]+) on (\d+) clips", out, re.M).groups()
     assert 0 <= float(cer) <= 1.5 and int(n) == 4
     assert re.search(r"^audio 0 \(1\.0 s\) -> '.*'$", out, re.M)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "examples").glob("*.py")))
+def test_an_example_says_its_usage_for_help_and_makes_nothing(name, tmp_path):
+    # before: `--help` was taken as OUT_DIR (a folder named --help, a model trained into it), or a traceback
+    p = subprocess.run([sys.executable, str(ROOT / "examples" / name), "--help"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=TIMEOUT_S, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 0 and p.stdout.startswith(f"usage: {name}") and not list(tmp_path.iterdir())
