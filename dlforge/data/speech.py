@@ -97,10 +97,11 @@ def _decode_sound(source, head: bytes, size: int, max_seconds: float | None, nam
 
 
 def prepare_audio(x, rate: int, max_seconds: float | None = None, what: str = "the audio") -> np.ndarray:
-    """Audio in memory (a 1-D float array, or (samples, channels)) at `rate` -> float32 mono at 16 kHz."""
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim == 2:
-        x = x.mean(1)
+    """Audio in memory (a 1-D float array, (samples, channels) as soundfile reads it, or (channels, samples) as
+    torchaudio.load gives it: the shorter side, up to 8, is the channels) at `rate` -> float32 mono at 16 kHz."""
+    x = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float32)
+    if x.ndim == 2:  # torchaudio's (1, N) was read as N channels of one sample: "too short audio (1 samples)"
+        x = x.mean(0) if x.shape[0] < x.shape[1] and x.shape[0] <= 8 else x.mean(1)
     if x.ndim != 1:
         raise DlforgeError(f"{what}: expected a 1-D array of samples (or samples x channels), got shape {x.shape}")
     if not isinstance(rate, (int, np.integer)) or not 1000 <= rate <= 384_000:

@@ -119,3 +119,13 @@ def test_spoken_numbers_hold_out_numbers_and_voices():
     assert set(test.langs) == {"en", "pl"} and 0.3 < tr.lengths.min() / 16000 and tr.wave(0).dtype == np.float32
     again = S.spoken_numbers(("en", "pl"), 12, 3, 4)  # from the cache: the same clips
     assert again["test"].texts == test.texts and np.array_equal(again["test"].audio, test.audio)
+
+
+def test_audio_in_memory_takes_channels_on_either_side():
+    # torchaudio.load gives (channels, samples): (1, 16000) was read as 16,000 channels of one sample, "too short
+    # audio (1 samples)"; soundfile gives (samples, channels)
+    import torch
+    a = (np.sin(np.arange(16000) * 0.05) * 0.1).astype(np.float32)
+    mono = S.prepare_audio(a, 16000)
+    for x in (a[None], a[:, None], np.stack([a, a]), np.stack([a, a], 1), torch.from_numpy(a)[None]):
+        assert np.allclose(S.prepare_audio(x, 16000), mono)
