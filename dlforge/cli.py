@@ -23,17 +23,13 @@ def _ints(text: str) -> tuple[int, ...]:
     return vals
 
 
-SEED_MAX = 2 ** 63 - 1  # torch.Generator's seeds are 64-bit: a larger one was an OverflowError traceback
-
-
 def _seed(text: str) -> int:
+    from dlforge.train.trainer import check_seed
     try:
         seed = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 0 <= seed <= SEED_MAX:  # a DlforgeError passes through argparse: one line, as any out-of-range option
-        raise DlforgeError(f"--seed: expected 0 .. 2^63 - 1, got {text}")
-    return seed
+    return check_seed(seed)  # its DlforgeError passes through argparse: one line, as any out-of-range option
 
 
 def _print_json(obj: dict) -> None:

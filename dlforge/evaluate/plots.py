@@ -35,10 +35,6 @@ def save_figure(fig, path: Path, **savefig: object) -> Path:
     place figures are written: a file that cannot be written is one DlforgeError naming it, never an OSError."""
     try:
         path = figure_path(path)
-    except DlforgeError:
-        plt.close(fig)
-        raise
-    try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, **{"dpi": 110, "bbox_inches": "tight", **savefig})
     except OSError as e:

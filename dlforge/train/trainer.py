@@ -34,6 +34,16 @@ SCHEDULES = ("constant", "cosine")
 DECAY_ON = ("all", "matrices")  # --weight-decay-on
 
 
+SEED_MAX = 2 ** 63 - 1  # torch.Generator's seeds are 64-bit: a larger one was an OverflowError traceback
+
+
+def check_seed(seed: int) -> int:
+    """The one range of every --seed (training, sampling, generation, evaluation)."""
+    if not 0 <= seed <= SEED_MAX:
+        raise DlforgeError(f"--seed: expected 0 .. 2^63 - 1, got {seed}")
+    return seed
+
+
 @dataclass
 class TrainConfig:
     epochs: int | None = None       # None: the reference's 5, unless --max-steps / --max-time decide alone
@@ -89,6 +99,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self._check_types()
+        check_seed(self.seed)
         checks = [("--optimizer", self.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
                   ("--precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
                   ("--epochs", self.epochs is None or self.epochs >= 1, "at least 1"), ("--batch-size", self.batch_size >= 1, "at least 1"),
@@ -100,7 +111,6 @@ class TrainConfig:
                   ("--grad-clip", self.grad_clip is None or 0 < self.grad_clip < math.inf, "a positive number"),
                   ("--lr-schedule", self.lr_schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
                   ("--warmup-steps", self.warmup_steps >= 0, "0 or more"),
-                  ("--seed", 0 <= self.seed < 2 ** 63, "0 .. 2^63 - 1"),
                   ("--min-lr-ratio", 0 <= self.min_lr_ratio <= 1, "a number in [0, 1]"),
                   ("--beta2", 0 < self.beta2 < 1, "a number in (0, 1)"),
                   ("--eval-every", self.eval_every is None or self.eval_every >= 1, "at least 1"),
