@@ -59,6 +59,9 @@ def test_language_model_on_a_string(tmp_path):
     pieces = list(lm.stream("the ", max_new_tokens=8, temperature=0))
     assert "".join(pieces) == lm.generate("the ", max_new_tokens=8, temperature=0)[4:] and len(pieces) == 8
     top = lm.next_tokens("the cat sat on the", top_k=3)
+    for seed in (-1, 2 ** 63):  # before: -1 sampled as 2^64 - 1, 2^63 was torch's OverflowError
+        with pytest.raises(dlforge.DlforgeError, match=r"^--seed: expected 0 \.\. 2\^63 - 1, got"):
+            lm.generate("the ", max_new_tokens=2, seed=seed)
     assert len(top) == 3 and top[0]["probability"] >= top[1]["probability"]
 
 
@@ -86,6 +89,9 @@ def test_diffuser_on_images_with_captions(tmp_path):
     assert len(imgs) == 2 and imgs[0].size == (8, 8)
     again = d.sample(["a handwritten three"], n=2, steps=5, seed=1)
     assert np.array_equal(np.asarray(imgs[0]), np.asarray(again[0]))  # seeded
+    for seed in (-1, 2 ** 63):  # before: -1 sampled as 2^64 - 1, 2^63 was torch's OverflowError
+        with pytest.raises(dlforge.DlforgeError, match=r"^--seed: expected 0 \.\. 2\^63 - 1, got"):
+            d.sample(["a handwritten three"], n=1, steps=2, seed=seed)
     imgs, traj = d.sample("a handwritten one", n=1, steps=5, trajectory=True)
     assert len(traj) >= 2 and traj[0][0] > traj[-1][0]  # noise first, then lower t
 

@@ -31,7 +31,7 @@ from dlforge.runs import Run, RunConfig, atomic_write_bytes, atomic_write_json
 from dlforge.train import checkpoint as ckpt
 from dlforge.train.callbacks import Callback
 from dlforge.train.tasks import DenoiseTask
-from dlforge.train.trainer import TrainConfig
+from dlforge.train.trainer import TrainConfig, check_seed
 
 VAL_IMAGES = 1000     # validation loss on this many held-out images, with fixed t and ε
 GRID_PER_PROMPT = 4   # sample grids during training: every class prompt (at most 10) × 4
@@ -125,7 +125,7 @@ def generate(model: torch.nn.Module, cfg: RunConfig, cond: torch.Tensor, null: t
     P.check_guidance(guidance)
     sched = make_sampler(cfg, sampler, steps)
     k = cfg.model_kwargs
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(check_seed(seed))
     dev = next(model.parameters()).device
     out, traj = [], []
     for i in range(0, len(cond), batch_size):

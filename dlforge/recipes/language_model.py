@@ -28,7 +28,7 @@ from dlforge.recipes.base import Handle, Recipe, is_file, option_argv
 from dlforge.registry import get_entry
 from dlforge.runs import Run, RunConfig, atomic_write_json
 from dlforge.train.tasks import LanguageModelTask
-from dlforge.train.trainer import TrainConfig, autocast
+from dlforge.train.trainer import TrainConfig, autocast, check_seed
 
 TASK = "language-model"
 # The moving average of the weights that new language-model runs validate and load (--ema-decay; 0: none).
@@ -467,6 +467,7 @@ class LanguageModel(Handle):
                top_p: float | None = None, seed: int = 0, use_cache: bool = True) -> Iterator[str]:
         """Yield the continuation of `prompt` piece by piece as it is sampled (whole UTF-8 characters)."""
         check_sampling(max_new_tokens, temperature, top_k, top_p)
+        check_seed(seed)
         ids = encode_prompt(self.tokenizer, prompt).to(self.device)
         yield from decode_stream(self.tokenizer, generate_ids(self.model, ids, max_new_tokens, temperature, top_k,
                                                               top_p, seed, use_cache))
