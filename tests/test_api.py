@@ -239,6 +239,21 @@ def test_resume_refuses_to_change_the_model_or_data(tmp_path, capsys):
     dlforge.train("mlp", out=tmp_path / "r", resume=True, hidden=(8,), max_steps=3, **QUIET)  # the same: fine
 
 
+def test_resume_compares_a_model_option_left_to_its_default_with_that_default(tmp_path):
+    """gpt-tiny's own width is 64 and its config keeps no d_model: `--resume --width 64` was refused as "made with
+    d_model = None, not 64", and every refusal named the model's keyword (d_model), not the option (width)."""
+    text = "the cat sat on the mat.\n" * 40
+    dlforge.train("gpt-tiny", data=text, out=tmp_path / "g", block_size=16, max_steps=2, eval_every=2, **QUIET)
+    dlforge.train("gpt-tiny", out=tmp_path / "g", resume=True, width=64, heads=2, layers=2, dropout=0.0, max_steps=3,
+                  **QUIET)  # its own sizes, given: the same model, trained on
+    assert [json.loads(x)["step"] for x in (tmp_path / "g" / "metrics.jsonl").read_text().splitlines()][-1] == 3
+    for option, value in (("width", 128), ("heads", 4), ("layers", 3), ("dropout", 0.1)):
+        with pytest.raises(dlforge.DlforgeError, match=f"^--resume .*: this run was made with gpt-tiny's default "
+                                                       f"{option}, not {value}; a resumed run keeps its data, model"):
+            dlforge.train("gpt-tiny", out=tmp_path / "g", resume=True, max_steps=4, **{option: value}, **QUIET)
+    with pytest.raises(dlforge.DlforgeError, match="made with block_size = 16, not 32"):
+        dlforge.train("gpt-tiny", out=tmp_path / "g", resume=True, block_size=32, max_steps=4, **QUIET)
+
 def test_schedulers_share_one_step_signature():
     x, eps = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
     for s in (DDPMScheduler(100), DDIMScheduler(100)):

@@ -288,14 +288,37 @@ def out_dir(model: str, out: str | Path | None, resume: bool, data_label: str) -
 
 
 def _check_unchanged(recipe: Recipe, cfg: RunConfig, data: dict, model_kw: dict, task: dict, out: Path) -> None:
-    """A resumed run keeps its data, model and task: options that would change them are refused."""
-    saved = {**{k: cfg.data.get(k) for k in data}, **{k: cfg.model_kwargs.get(k) for k in model_kw},
-             **{k: cfg.task_options.get(k) for k in task}}
-    given = {**{k: getattr(recipe.DataConfig(**{**cfg.data, k: v}), k) for k, v in data.items()}, **model_kw, **task}
+    """A resumed run keeps its data, model and task: options that would change them are refused, by the names
+    the user gave them (width, not the model's d_model). A model option the run left to its model's default is
+    compared with what that default built: gpt-tiny's own width is 64, and `--resume --width 64` changes nothing
+    (before, it was refused as "made with d_model = None")."""
+    names = {**{kw: opt for opt, kws in recipe.model_options.items() for kw in _names(kws)},
+             **{kw: opt for opt, kw in recipe.task_options.items()}}
+    saved = {**{k: cfg.data.get(k) for k in data}, **{k: cfg.task_options.get(k) for k in task}}
+    given = {**{k: getattr(recipe.DataConfig(**{**cfg.data, k: v}), k) for k, v in data.items()}, **task}
+    for k, v in model_kw.items():
+        if k in cfg.model_kwargs:
+            saved[k], given[k] = cfg.model_kwargs[k], v
+        elif _builds_another_model(cfg, k, v):
+            raise DlforgeError(f"--resume {out}: this run was made with {cfg.model}'s default {names.get(k, k)}, not "
+                               f"{v!r}; a resumed run keeps its data, model and task (only the training options may "
+                               f"change)")
     for k, v in given.items():
         if _norm(v) != _norm(saved[k]):
-            raise DlforgeError(f"--resume {out}: this run was made with {k} = {saved[k]!r}, not {v!r}; a resumed "
-                               f"run keeps its data, model and task (only the training options may change)")
+            raise DlforgeError(f"--resume {out}: this run was made with {names.get(k, k)} = {saved[k]!r}, not {v!r}; "
+                               f"a resumed run keeps its data, model and task (only the training options may change)")
+
+
+def _builds_another_model(cfg: RunConfig, name: str, value: Any) -> bool:
+    """Does the run's model, built again with name=value, differ from the one it was made with: in its tensors'
+    names and shapes, or in a module's settings (a dropout's p, attention's head count)?"""
+    def anatomy(kwargs: dict) -> list:
+        with torch.random.fork_rng():  # the caller's random state stays as it was
+            m = create_model(cfg.model, **kwargs)
+        return [[(n, type(x).__name__, sorted((a, v) for a, v in vars(x).items()
+                                              if not a.startswith("_") and isinstance(v, (bool, int, float, str, tuple))))
+                 for n, x in m.named_modules()], [(n, tuple(t.shape)) for n, t in m.state_dict().items()]]
+    return anatomy(cfg.model_kwargs) != anatomy({**cfg.model_kwargs, name: value})
 
 
 def _same_data(recipe: Recipe, model: str, data: Any, options: dict, cfg: RunConfig, out: Path) -> bool:
