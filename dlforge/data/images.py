@@ -417,7 +417,8 @@ DATASETS: dict[str, DatasetInfo] = {
     "fashion-mnist": DatasetInfo(_load_mnist_family("fashion-mnist", FASHION_CLASSES, None),
                                  "Zalando Fashion-MNIST, 10 classes, 60,000 + 10,000 28×28", _mnist_where("fashion-mnist")),
     "gtsrb": DatasetInfo(load_gtsrb, "German Traffic Sign Recognition Benchmark, 43 classes, RGB (ROI-cropped)",
-                         lambda: str(cache_dir() / "gtsrb")),
+                         lambda: str(cache_dir() / "gtsrb") if (cache_dir() / "gtsrb" / "GTSRB" / "Final_Training").is_dir()
+                         else f"not yet downloaded (cache: {cache_dir() / 'gtsrb'})"),
     "folder": DatasetInfo(load_folder, "your images: --data-dir DIR with one sub-folder per class", lambda: "--data-dir"),
 }
 

@@ -158,12 +158,18 @@ def test_gtsrb_bad_csv_line_is_reported(tmp_path):
         load_dataset("gtsrb", data_dir=str(root))
 
 
-def test_data_list_shows_every_dataset(capsys):
+def test_data_list_shows_every_dataset(capsys, tmp_path, monkeypatch):
     from dlforge.cli import main
+    monkeypatch.setenv("DLFORGE_CACHE", str(tmp_path))
     assert main(["data", "list"]) == 0
     out = capsys.readouterr().out
     for name in images.DATASETS:
         assert name in out
+    # an empty cache: gtsrb's row said its cache folder, as if the data were there
+    assert f"gtsrb           not yet downloaded (cache: {tmp_path / 'gtsrb'})" in out
+    _gtsrb_tree(tmp_path / "gtsrb")
+    assert main(["data", "list"]) == 0
+    assert f"gtsrb           {tmp_path / 'gtsrb'} " in capsys.readouterr().out
 
 
 def _folder_with_bad_files(root, n_bad, per_class=4):
