@@ -83,6 +83,9 @@ def _prepare_text(args: argparse.Namespace) -> None:
 
     from dlforge.data import tokens
     from dlforge.recipes.language_model import TextDataConfig, corpus_files, fit
+    from dlforge.recipes.base import check_conflicts, recipe_for
+    check_conflicts(recipe_for("language-model"), args.data, {"data_file": args.data_file, "tokenizer": args.tokenizer,
+                                                              "vocab_size": args.vocab_size})
     dc = TextDataConfig(name=None if args.data_file else (args.data or "tinyshakespeare"), data_file=args.data_file,
                         tokenizer=args.tokenizer, vocab_size=args.vocab_size, block_size=1)
     files = corpus_files(dc)

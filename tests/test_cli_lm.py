@@ -191,6 +191,15 @@ def test_named_corpus_tinyshakespeare(tmp_path, capsys):
     (None, ["train", "gpt-tiny", "--tokenizer", "sentencepiece"], "--tokenizer: expected one of char, word, bpe"),
     (None, ["train", "lstm", "--heads", "4", "--data-file", "x.txt"], "--heads: does not apply to lstm"),
     (None, ["train", "lstm", "--data-file", "x.txt", "--batch-size", "64"], "--batch-size 64: 2,887 training tokens make fewer than 64 streams"),
+    # contradictions, where one option silently won (the file; the char vocabulary)
+    (None, ["train", "gpt-tiny", "--data", "tinyshakespeare", "--data-file", "x.txt"],
+     "--data-file x.txt: --data tinyshakespeare was given too; give the data once"),
+    (None, ["data", "prepare", "--data", "tinyshakespeare", "--data-file", "x.txt"], "--data tinyshakespeare was given"),
+    (None, ["train", "gpt-tiny", "--data-file", "x.txt", "--vocab-size", "300"],
+     "--vocab-size 300: sizes the bpe and word tokenizers; the char tokenizer (the default here) takes every"),
+    (None, ["data", "prepare", "--data-file", "x.txt", "--vocab-size", "300"], "--vocab-size 300: sizes the bpe"),
+    (None, ["train", "transformer-tiny", "--tokenizer", "char", "--vocab-size", "300"],
+     "--vocab-size 300: sizes the bpe and word tokenizers; the char tokenizer takes every character of the text"),
 ])
 def test_bad_input_is_one_line_and_exit_2(setup, argv, message, corpus, tmp_path, monkeypatch, capsys, reliability):
     monkeypatch.chdir(tmp_path)
@@ -200,6 +209,7 @@ def test_bad_input_is_one_line_and_exit_2(setup, argv, message, corpus, tmp_path
     assert main(argv + ["--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()  # refused before a run directory was made
     reliability.record("bad text or options for language models (empty, not UTF-8, too short, unknown names)",
                        "one line on stderr, exit code 2")
 

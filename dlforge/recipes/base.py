@@ -287,6 +287,21 @@ def out_dir(model: str, out: str | Path | None, resume: bool, data_label: str) -
     return p
 
 
+def check_conflicts(recipe: Recipe, data: Any, options: dict) -> None:
+    """Options that contradict each other, refused rather than one silently winning: --data with --data-file
+    (the file was trained on), and --vocab-size with the char tokenizer (whose vocabulary is every character of
+    the text, whatever the size given)."""
+    if data is not None and options.get("data_file") is not None:
+        raise DlforgeError(f"--data-file {options['data_file']}: --data {data if isinstance(data, (str, Path)) else '…'} "
+                           f"was given too; give the data once, as one or the other")
+    tokenizer = {f.name: f.default for f in fields(recipe.DataConfig)}.get("tokenizer") if "vocab_size" in options \
+        else None
+    if options.get("tokenizer", tokenizer) == "char" and options.get("vocab_size") is not None:
+        raise DlforgeError(f"--vocab-size {options['vocab_size']}: sizes the bpe and word tokenizers; the char "
+                           f"tokenizer{'' if 'tokenizer' in options else ' (the default here)'} takes every "
+                           f"character of the text")
+
+
 def _check_unchanged(recipe: Recipe, cfg: RunConfig, data: dict, model_kw: dict, task: dict, out: Path) -> None:
     """A resumed run keeps its data, model and task: options that would change them are refused, by the names
     the user gave them (width, not the model's d_model). A model option the run left to its model's default is
@@ -356,6 +371,7 @@ def train(model: str, data: Any = None, *, out: str | Path | None = None, resume
     if not resume:  # a resumed run keeps the recipe it was made with
         options = recipe.budget_options(model, options)
     train_opts, data_opts, model_kw, task_opts = recipe.split_options(model, options)
+    check_conflicts(recipe, data, data_opts)
     label = recipe.data_label(data, data_opts)
     out = out_dir(model, out, resume, label)
     with training_lock(out):  # one training process per run directory
@@ -386,14 +402,17 @@ def train(model: str, data: Any = None, *, out: str | Path | None = None, resume
                             model_kwargs=recipe.model_kwargs(prepared, dc, model_kw, task_opts), data=asdict(dc),
                             train=asdict(tcfg), task_options=recipe.full_task_options(task_opts),
                             facts={**recipe.facts(prepared, dc), "data_seed": tcfg.seed})
-            run = Run.create(out, cfg)
-            recipe.save_artifacts(run, prepared)
+            run = Run(out)  # written (config.json, tokenizers) once the model, loader and trainer are built
         torch.manual_seed(tcfg.seed)
         net = recipe.ready_model(create_model(cfg.model, **cfg.model_kwargs), cfg)
         task = recipe.make_task(cfg, net)
         loader = recipe.loader(cfg, prepared, tcfg, task)
         trainer = Trainer(task, net, loader, tcfg, run, recipe.validator(cfg, prepared, task, tcfg), meta=cfg.meta(),
                           callbacks=[*recipe.callbacks(cfg, prepared, task, run), *callbacks])
+        if not resume:  # before, a loader or model that refused the options (a --batch-size larger than the text
+            # makes streams) left a run with a config and no checkpoint, and the next try went to runs/NAME-2
+            Run.create(out, cfg)
+            recipe.save_artifacts(run, prepared)
         if not fit(trainer, resume, out, cfg, recipe.describe(cfg, prepared, loader, dc)):
             return None  # torchrun: rank 0 reports
         handle = recipe.handle(run, device=tcfg.device)
