@@ -13,6 +13,8 @@ import dlforge
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("out_dir", nargs="?", help="where the runs go (default: a new temporary folder)")
 out = Path(ap.parse_args().out_dir or tempfile.mkdtemp(prefix="dlforge-"))
+if (out / "digits-mlp").exists():  # dlforge.train never trains over a run
+    ap.error(f"{out / 'digits-mlp'} already holds this example's run: give another OUT_DIR, or none (a new temporary folder)")
 
 digits = load_digits()                                   # 1,797 images of 8x8, values 0..16
 images = (digits.images * (255 / 16)).astype("uint8")    # (N, 8, 8) uint8

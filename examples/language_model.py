@@ -11,6 +11,8 @@ import dlforge
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("out_dir", nargs="?", help="where the runs go (default: a new temporary folder)")
 out = Path(ap.parse_args().out_dir or tempfile.mkdtemp(prefix="dlforge-"))
+if (out / "gpt").exists():  # dlforge.train never trains over a run
+    ap.error(f"{out / 'gpt'} already holds this example's run: give another OUT_DIR, or none (a new temporary folder)")
 
 text = ("the cat sat on the mat. the dog sat on the log. "
         "a bird sang in the tree. the sun rose over the hill. ") * 40   # 4,040 characters

@@ -11,6 +11,8 @@ import dlforge
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("out_dir", nargs="?", help="where the runs go (default: a new temporary folder)")
 out = Path(ap.parse_args().out_dir or tempfile.mkdtemp(prefix="dlforge-"))
+if (out / "unet").exists():  # dlforge.train never trains over a run
+    ap.error(f"{out / 'unet'} already holds this example's run: give another OUT_DIR, or none (a new temporary folder)")
 
 # data="digits": every image captioned from its class ("a handwritten 3", ...); or a list of (image, caption)
 run = dlforge.train("unet-tiny", data="digits", out=out / "unet", img_size=8, timesteps=100,

@@ -13,6 +13,8 @@ import dlforge
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("out_dir", nargs="?", help="where the runs go (default: a new temporary folder)")
 out = Path(ap.parse_args().out_dir or tempfile.mkdtemp(prefix="dlforge-"))
+if (out / "asr").exists():  # dlforge.train never trains over a run
+    ap.error(f"{out / 'asr'} already holds this example's run: give another OUT_DIR, or none (a new temporary folder)")
 
 run = dlforge.train("asr-lstm-small", data="spoken-numbers", out=out / "asr", langs="en", train_clips=48,
                     val_numbers=4, test_numbers=4, width=48, layers=1, batch_size=8, max_steps=60, eval_every=30,

@@ -13,6 +13,8 @@ import dlforge
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("out_dir", nargs="?", help="where the runs go (default: a new temporary folder)")
 out = Path(ap.parse_args().out_dir or tempfile.mkdtemp(prefix="dlforge-"))
+if (out / "numbers").exists():  # dlforge.train never trains over a run
+    ap.error(f"{out / 'numbers'} already holds this example's run: give another OUT_DIR, or none (a new temporary folder)")
 
 pairs = [(str(n), num2words(n)) for n in range(100)]   # ("42", "forty-two"), ...; shuffled, then split
 

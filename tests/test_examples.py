@@ -82,3 +82,17 @@ def test_an_example_says_its_usage_for_help_and_makes_nothing(name, tmp_path):
     p = subprocess.run([sys.executable, str(ROOT / "examples" / name), "--help"], cwd=tmp_path, capture_output=True,
                        text=True, timeout=TIMEOUT_S, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert p.returncode == 0 and p.stdout.startswith(f"usage: {name}") and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name, run", [("classify_digits.py", "digits-mlp"), ("language_model.py", "gpt"),
+                                       ("text_to_image.py", "unet"), ("transcribe_numbers.py", "asr"),
+                                       ("translate_numbers.py", "numbers")])
+def test_an_example_run_again_into_its_folder_says_so_in_one_line(name, run, tmp_path):
+    # before: the second run of `python examples/NAME OUT` was dlforge.train's traceback ("already holds a run")
+    (tmp_path / run).mkdir()
+    p = subprocess.run([sys.executable, str(ROOT / "examples" / name), str(tmp_path)], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=TIMEOUT_S, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 2 and p.stderr.splitlines()[-1] == (f"{name}: error: {tmp_path / run} already holds this "
+                                                               f"example's run: give another OUT_DIR, or none (a new "
+                                                               f"temporary folder)")
+    assert "Traceback" not in p.stderr and [x.name for x in tmp_path.iterdir()] == [run]
