@@ -71,6 +71,12 @@ def test_noise_strip(tmp_path, capsys):
     Image.fromarray((np.arange(32 * 32 * 3) % 255).astype(np.uint8).reshape(32, 32, 3)).save(img)
     assert main(["noise", str(img), "--out", str(tmp_path / "n.png"), "--frames", "5", "--size", "32"]) == 0
     assert "t = 0, 250, 500, 749, 999" in capsys.readouterr().out and (tmp_path / "n.png").stat().st_size > 3000
+    # more frames than steps: t = 0, 1, 1, 2, 2, 3, 3, 4 was drawn, each middle step twice
+    assert main(["noise", str(img), "--out", str(tmp_path / "m.png"), "--frames", "8", "--timesteps", "5"]) == 2
+    assert capsys.readouterr().err == ("dlforge: error: --frames 8: more than the 5 --timesteps; at most one frame per "
+                                       "step\n") and not (tmp_path / "m.png").exists()
+    assert main(["noise", str(img), "--out", str(tmp_path / "m.png"), "--frames", "5", "--timesteps", "5"]) == 0
+    assert "t = 0, 1, 2, 3, 4" in capsys.readouterr().out
 
 
 def test_eval_with_a_classifier(run, classifier, capsys, tmp_path):

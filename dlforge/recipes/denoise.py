@@ -162,6 +162,8 @@ def noise(image: str, out: str, frames: int = 8, timesteps: int = 1000, beta_sch
         raise DlforgeError(f"--frames: expected 2..32, got {frames}")
     if not 4 <= size <= 512:
         raise DlforgeError(f"--size: expected 4..512 pixels, got {size}")
+    if frames > timesteps:  # the evenly spaced t repeated: --timesteps 5 --frames 8 drew t = 1, 2 and 3 twice
+        raise DlforgeError(f"--frames {frames}: more than the {timesteps} --timesteps; at most one frame per step")
     if plots.figure_path(out).resolve() == Path(image).resolve():  # the strip replaced the photo it was made from
         raise DlforgeError(f"--out {out}: the input image itself; give the strip another file")
     mode = images.image_mode(Path(image))  # the file's own: grey stays one channel
