@@ -65,6 +65,15 @@ class CharLM:
         self.block_size = getattr(self.model, "block_size", None)
         # label i (1..V) -> LM id, or -1 where the LM never saw the character; the last column: end of line
         self.map = torch.tensor([tok.index.get(c, -1) for c in labels] + [tok.index["\n"]])
+        unseen = [c for c in labels if c not in tok.index]
+        if len(unseen) == len(labels):
+            raise DlforgeError(f"--lm {handle.path}: its text has none of the recognizer's characters; train it on "
+                               f"transcripts in the recognizer's languages")
+        if unseen:  # before, silently scored as very unlikely: a model of another language steers every beam away
+            import sys
+            print(f"dlforge: note: --lm {handle.path} never saw {len(unseen)} of the recognizer's {len(labels)} "
+                  f"characters, scored as very unlikely: {' '.join(repr(c) for c in unseen[:20])}"
+                  f"{' …' if len(unseen) > 20 else ''}", file=sys.stderr)
         self.start = tok.index["\n"]
         self.cache: dict[tuple[int, ...], tuple[object, np.ndarray]] = {}
 

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from dlforge.errors import DlforgeError
 from dlforge.evaluate import ctc
 
 
@@ -64,7 +65,7 @@ def test_beam_search_is_never_worse_than_greedy_on_the_model_score():
     assert better >= 5  # it is not just returning greedy's answer
 
 
-def test_shallow_fusion_with_a_char_lm_prefers_what_it_has_read(tmp_path, one_thread):
+def test_shallow_fusion_with_a_char_lm_prefers_what_it_has_read(tmp_path, one_thread, capsys):
     import dlforge
     text = "cat\n" * 300
     lm = dlforge.train("lstm-small", text, out=tmp_path / "lm", max_steps=60, batch_size=8, block_size=16,
@@ -78,5 +79,10 @@ def test_shallow_fusion_with_a_char_lm_prefers_what_it_has_read(tmp_path, one_th
     assert decode(ctc.greedy(lp)) == "cot"
     assert decode(ctc.prefix_beam_search(lp, beam=4)) == "cot"
     fused = ctc.CharLM(lm, labels)
+    # characters the LM never read: before, silently scored as very unlikely (with none shared, every beam)
+    assert f"dlforge: note: --lm {lm.path} never saw 1 of the recognizer's 4 characters, scored as very unlikely: " \
+           f"'o'\n" in capsys.readouterr().err
+    with pytest.raises(DlforgeError, match="its text has none of the recognizer's characters"):
+        ctc.CharLM(lm, ["x", "y"])
     assert decode(ctc.prefix_beam_search(lp, beam=4, lm=fused, lm_weight=1.0)) == "cat"
     assert decode(ctc.prefix_beam_search(lp, beam=4, lm=fused, lm_weight=0.0)) == "cot"
