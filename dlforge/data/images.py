@@ -183,7 +183,26 @@ def load_digits(data_dir: str | None = None, img_size: int = 8, splits: tuple[st
 MAX_PIXELS = 50_000_000  # refuse larger images before decoding them (PIL only warns below ~179 MP)
 
 
-GREY_MODES = ("1", "L", "LA", "I", "I;16")  # PIL modes decoded as one channel; any other as RGB
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")  # decoded as one channel; others as RGB
+WIDE_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")  # more than 8 bits a pixel: scaled, not clipped
+
+
+def to_8bit(im: "PIL.Image.Image", path: Path) -> "PIL.Image.Image":
+    """A 16-bit, 32-bit integer or float grey image -> mode L, its range scaled to 0..255. PIL's convert("L")
+    clips them at 255: a 16-bit digit decoded as a white blob, a float one (0..1) as black, and either was
+    classified with no word said. 16-bit: v / 257; 32-bit integers: as they are when all ≤ 255, else as 16-bit;
+    floats: 0..1 × 255, or 0..255 as they are."""
+    from PIL import Image
+
+    a = np.asarray(im)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if im.mode == "F":
+        ok, want, scale = hi <= 255, "floats in 0..1 or 0..255", (255.0 if hi <= 1 else 1.0)
+    else:
+        ok, want, scale = hi <= 65535, "values in 0..65535", (1.0 if im.mode == "I" and hi <= 255 else 255 / 65535)
+    if not (ok and lo >= 0 and np.isfinite(hi)):
+        raise DlforgeError(f"{path}: a {im.mode} image with values {lo:g}..{hi:g}; expected {want}")
+    return Image.fromarray(np.rint(a.astype(np.float64) * scale).astype(np.uint8), "L")
 
 
 @contextmanager
@@ -216,7 +235,7 @@ def decode_image(path: Path, size: int, mode: str, box: tuple[int, int, int, int
     from PIL import Image
 
     with _open(path) as im:
-        im = im.convert(mode)
+        im = (to_8bit(im, path) if im.mode in WIDE_MODES else im).convert(mode)
         if box:
             im = im.crop(box)
         im = im.resize((size, size), Image.Resampling.BILINEAR)

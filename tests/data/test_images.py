@@ -275,3 +275,23 @@ def test_gtsrb_reports_every_bad_image(tmp_path):
         load_dataset("gtsrb", data_dir=str(root), img_size=24)
     d = load_dataset("gtsrb", data_dir=str(root), img_size=24, skip_bad=True)
     assert len(d.train_y) == 7 and len(d.test_y) == 9
+
+
+def test_images_of_more_than_8_bits_are_scaled_not_clipped(tmp_path):
+    """PIL's convert("L") clips at 255: a 16-bit digit decoded as a white blob, a float one (0..1) as black, and
+    either was classified with no word said (file, PIL image in memory, HTTP: one decoder)."""
+    from dlforge.recipes.classify import _one_image
+    a = (np.arange(64).reshape(8, 8) * 4).astype(np.uint8)
+    wide = {"g16.png": a.astype(np.uint16) * 257, "f01.tiff": a.astype(np.float32) / 255,
+            "f255.tiff": a.astype(np.float32), "i32.tiff": a.astype(np.int32)}
+    for name, v in wide.items():
+        Image.fromarray(v).save(tmp_path / name)
+        assert images.image_mode(tmp_path / name) == "L"
+        for mode in ("L", "RGB"):
+            got = images.decode_image(tmp_path / name, 8, mode)
+            assert np.array_equal(got, np.broadcast_to(a, got.shape)), (name, mode)
+        with Image.open(tmp_path / name) as im:
+            assert np.array_equal(_one_image(im, 8, "L")[0].numpy(), a), name
+    Image.fromarray(a.astype(np.float32) - 1).save(tmp_path / "neg.tiff")
+    with pytest.raises(DlforgeError, match=r"neg.tiff: a F image with values -1\.\.251; expected floats in 0\.\.1 or"):
+        images.decode_image(tmp_path / "neg.tiff", 8, "L")
