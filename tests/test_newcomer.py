@@ -66,6 +66,24 @@ def test_eval_on_another_folder_of_the_same_classes_writes_beside_the_runs_repor
     assert {k: v for k, v in _files(run).items() if not k.startswith("eval-B/")} == before  # byte-identical
 
 
+
+def test_a_folder_run_given_a_relative_data_dir_evaluates_and_resumes_from_anywhere(tmp_path, monkeypatch, capsys):
+    """Before: config.json kept `--data-dir A` as typed, so eval and --resume from any other folder said
+    "--data-dir A: not a directory"; and `eval RUN --data-dir .` reported into RUN/eval-/ as other data."""
+    a = _folder(tmp_path / "A", ["dark", "light"])
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "mlp", "--data", "folder", "--data-dir", "A", "--img-size", "8", "--max-steps", "2",
+                 "--batch-size", "4", "--no-progress", "--out", "run"]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["data_dir"] == str(a)
+    monkeypatch.chdir(a)
+    run = tmp_path / "run"
+    assert main(["eval", str(run)]) == 0
+    assert main(["train", "mlp", "--out", str(run), "--resume", "--max-steps", "3", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data-dir", ".", "--json"]) == 0  # the run's own folder, as "."
+    assert json.loads(capsys.readouterr().out)["data_source"] == str(a)
+    assert not [p.name for p in run.iterdir() if p.name.startswith("eval-")]
+
 def test_eval_on_a_dataset_of_other_class_names_is_refused(tmp_path, capsys, reliability):
     """Before: ten classes a..j passed the class-count check, and their report replaced the digits run's."""
     run = _copy("classify", tmp_path)  # an mlp trained on digits: classes 0..9

@@ -52,6 +52,8 @@ class DataConfig:
             raise DlforgeError("--data-dir: the digits dataset is bundled with scikit-learn; it takes no --data-dir")
         if not 1 <= self.img_size <= 1024:
             raise DlforgeError(f"--img-size: expected 1..1024 pixels, got {self.img_size}")
+        if self.data_dir:  # absolute, so that the run evaluates and resumes from any folder (a relative one did not)
+            self.data_dir = str(Path(self.data_dir).expanduser().resolve())
 
 
 def prepare_data(dc: DataConfig, seed: int, splits: tuple[str, ...] = images.SPLITS) -> images.ImageData:
@@ -254,11 +256,12 @@ class Classifier(Handle):
             other = {**own, **({"name": data} if data else {}), **({"data_dir": data_dir} if data_dir else {})}
             if data and not data_dir and data != own["name"]:
                 other["data_dir"] = None
-            _data = prepare_data(DataConfig(**other), cfg.facts.get("data_seed", cfg.train["seed"]), ("test",))
-            if (other["name"], other["data_dir"]) != (own["name"], own["data_dir"]):
+            dc = DataConfig(**other)  # data_dir made absolute: `--data-dir .` was RUN/eval-/, and "other data"
+            _data = prepare_data(dc, cfg.facts.get("data_seed", cfg.train["seed"]), ("test",))
+            if (dc.name, dc.data_dir) != (own["name"], own["data_dir"] and DataConfig(**own).data_dir):
                 check_classes(_data, cfg)
                 self._check_same_classes(_data)
-                dest = self.path / f"eval-{Path(other['data_dir']).name if data_dir else other['name']}"
+                dest = self.path / f"eval-{Path(dc.data_dir).name if data_dir else dc.name}"
         check_classes(_data, cfg)
         t0 = time.perf_counter()
         out = predict_batches(self.model, task, _data.test_x, self._transform(), self.device, cfg.train["precision"],
