@@ -232,3 +232,18 @@ def test_an_empty_translation_is_said_not_printed_as_a_blank_line(tmp_path, caps
                         [{"source": t, "to": to, "translation": ""} for t in texts])
     assert main(["translate", str(run), "12", "--to", "en"]) == 0
     assert capsys.readouterr().out == "(empty translation)\n"  # before: a blank line, as if nothing happened
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--data", "digits", "--val-fraction", "0.9999"],
+     "--data digits: no images left to train on (1437 after the test split, 1437 of them for validation by "
+     "--val-fraction 0.9999); give more images or a smaller --val-fraction"),
+    (["--data", "folder", "--data-dir", "{one_each}"], "no images left to train on (1 after the test split, 1 of them")])
+def test_training_with_no_training_images_left_is_refused(argv, says, tmp_path, capsys):
+    """Before: the run 'trained' 0 steps (loss 0.0000, accuracy 0.00%), exit 0, with a report of a random model."""
+    _folder(tmp_path / "one", ["a", "b"], per_class=1)
+    argv = [a.replace("{one_each}", str(tmp_path / "one")) for a in argv]
+    assert main(["train", "mlp", *argv, "--img-size", "8", "--max-steps", "2", "--no-progress",
+                 "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err and not (tmp_path / "r").exists()

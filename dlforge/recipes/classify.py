@@ -59,7 +59,13 @@ class DataConfig:
 def prepare_data(dc: DataConfig, seed: int, splits: tuple[str, ...] = images.SPLITS) -> images.ImageData:
     """Load (only `splits`), carve the validation split, and (with --grayscale) turn RGB images gray."""
     data = images.load_dataset(dc.name, dc.data_dir, dc.img_size, dc.skip_bad_images, splits)
+    n = len(data.train_y)
     data = images.split_validation(data, dc.val_fraction, seed)
+    if "train" in splits and not len(data.train_y):  # before: "trained" 0 steps, and wrote a report of a random model
+        where = f"--data-dir {dc.data_dir}" if dc.data_dir else f"--data {dc.name}"
+        raise DlforgeError(f"{where}: no images left to train on ({n} after the test split, "
+                           f"{n - len(data.train_y)} of them for validation by --val-fraction {dc.val_fraction}); "
+                           f"give more images or a smaller --val-fraction")
     if dc.grayscale and data.channels == 3:
         data.train_x, data.test_x = to_gray(data.train_x), to_gray(data.test_x)
         data.val_x = None if data.val_x is None else to_gray(data.val_x)
