@@ -247,3 +247,26 @@ def test_training_with_no_training_images_left_is_refused(argv, says, tmp_path, 
                  "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and says in err and not (tmp_path / "r").exists()
+
+
+def test_predict_takes_an_rgba_array_as_one_image_and_names_bad_input(tmp_path):
+    """Before: an (H, W, 4) array was H images (8 answers for one 8×8 picture); top_k=2.5 or "3", None, strings and
+    complex numbers reached the caller as TypeError or NotImplementedError."""
+    import dlforge
+    clf = dlforge.load(_copy("classify", tmp_path))
+    rgb = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    rgba = np.concatenate([rgb, np.full((8, 8, 1), 7, np.uint8)], -1)
+    one = clf.predict(rgba, top_k=2)
+    assert len(one) == 1 and one[0]["top"] == clf.predict(rgb, top_k=2)[0]["top"]
+    assert len(clf.predict(np.stack([rgba, rgba]), top_k=1)) == 2
+    for top_k in (2.5, "3", True, 0):
+        with pytest.raises(dlforge.DlforgeError, match=r"^--top-k: expected an integer, at least 1 \(at most 10"):
+            clf.predict(rgb, top_k=top_k)
+    assert len(clf.predict(rgb, top_k=np.int64(2))[0]["top"]) == 2
+    with pytest.raises(dlforge.DlforgeError, match="^image: expected an image file, a PIL image or an array, got None$"):
+        clf.predict(None)
+    for bad, says in ((np.array([[1, "a"]], dtype=object), "an array of object"),
+                      (np.zeros((8, 8), np.complex64), "an array of complex64")):
+        with pytest.raises(dlforge.DlforgeError, match=f"^image: expected numbers \\(uint8, or floats in \\[0, 1\\]\\), "
+                                                       f"got {says}$"):
+            clf.predict(bad)

@@ -16,16 +16,27 @@ FILE = "data.safetensors"
 
 
 def as_uint8_images(x, what: str = "images") -> torch.Tensor:
-    """(N, H, W), (N, H, W, C) or (N, C, H, W) with C in {1, 3}; uint8, or floats in [0, 1] -> uint8 (N, C, H, W)."""
-    t = torch.as_tensor(np.ascontiguousarray(x)) if not isinstance(x, torch.Tensor) else x.detach().cpu()
+    """(N, H, W), (N, H, W, C) or (N, C, H, W) with C in {1, 3}, or 4 (RGBA, whose alpha is dropped as PIL's
+    convert("RGB") drops a file's); uint8, or floats in [0, 1] -> uint8 (N, C, H, W)."""
+    if not isinstance(x, torch.Tensor):
+        a = np.asarray(x)
+        if a.dtype.kind not in "buif":  # was torch's TypeError (None, strings, objects) or NotImplementedError (complex)
+            raise DlforgeError(f"{what}: expected numbers (uint8, or floats in [0, 1]), got "
+                               f"{'None' if x is None else f'an array of {a.dtype}'}")
+        t = torch.as_tensor(np.ascontiguousarray(a))
+    else:
+        t = x.detach().cpu()
+        if t.is_complex():
+            raise DlforgeError(f"{what}: expected numbers (uint8, or floats in [0, 1]), got a tensor of {t.dtype}")
     if t.dim() == 3:
         t = t[:, None]
     if t.dim() != 4:
         raise DlforgeError(f"{what}: expected an array of shape (N, H, W), (N, H, W, C) or (N, C, H, W); got {tuple(t.shape)}")
-    if t.shape[1] not in (1, 3) and t.shape[-1] in (1, 3):
+    if t.shape[1] not in (1, 3, 4) and t.shape[-1] in (1, 3, 4):
         t = t.permute(0, 3, 1, 2)
-    if t.shape[1] not in (1, 3):
-        raise DlforgeError(f"{what}: expected 1 or 3 channels, got shape {tuple(t.shape)}")
+    if t.shape[1] not in (1, 3, 4):
+        raise DlforgeError(f"{what}: expected 1, 3 or 4 channels, got shape {tuple(t.shape)}")
+    t = t[:, :3]  # RGBA: its RGB
     if t.is_floating_point():
         if t.isnan().any():
             raise DlforgeError(f"{what}: float images hold NaN; expected values in [0, 1]")

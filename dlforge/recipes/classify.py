@@ -6,6 +6,7 @@ the run. A dataset given in memory is kept in the run directory (data.safetensor
 """
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,13 +176,13 @@ class Classifier(Handle):
     def _is_batch(self, items: Any) -> bool:
         """An array or tensor of several images: (N, C, H, W) / (N, H, W, C), or (N, H, W) gray — for a gray
         dataset at its own size (the form dlforge.train takes), else when no axis at either end is a channel
-        count (a (3, H, W) or (H, W, 3) array is one RGB image)."""
+        count (a (3, H, W) or (H, W, 3) array is one RGB image, an (H, W, 4) one RGBA image)."""
         if not isinstance(items, (torch.Tensor, np.ndarray)):
             return False
         c, h, w = self.config.facts["native_size"]
         shape = tuple(items.shape)
         return len(shape) == 4 or len(shape) == 3 and (c == 1 and shape[1:] == (h, w) or
-                                                       shape[0] not in (1, 3) and shape[-1] not in (1, 3))
+                                                       shape[0] not in (1, 3) and shape[-1] not in (1, 3, 4))
 
     def as_batch(self, items: Any) -> torch.Tensor:
         """Image files, PIL images, arrays or tensors (one or a batch) -> uint8 (N, C, H, W) at the dataset's
@@ -205,8 +206,9 @@ class Classifier(Handle):
         """Any image (a file of any size or colour mode, a PIL image, an array or tensor), one or a batch (a list,
         or an array of images: see _is_batch) ->
         [{"image", "top": [{"class", "index", "probability"}]}], preprocessed exactly like the test data."""
-        if not 1 <= top_k:
-            raise DlforgeError(f"--top-k: expected at least 1 (at most {len(self.classes)} classes), got {top_k}")
+        if not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool) or top_k < 1:  # 2.5, "3": TypeErrors
+            raise DlforgeError(f"--top-k: expected an integer, at least 1 (at most {len(self.classes)} classes), got "
+                               f"{top_k!r}")
         batch = images_ if isinstance(images_, (list, tuple)) or self._is_batch(images_) else [images_]
         results = self.top_classes(self.probabilities(self.as_batch(batch)), top_k)
         for j, r in enumerate(results):
@@ -322,6 +324,8 @@ class Classifier(Handle):
 
 def _one_image(item: Any, size: int, mode: str) -> torch.Tensor:
     """One image -> uint8 (C, size, size) in `mode`'s channels (arrays keep theirs; the caller converts)."""
+    if item is None:
+        raise DlforgeError("image: expected an image file, a PIL image or an array, got None")
     if isinstance(item, (str, Path)):
         return torch.from_numpy(images.decode_image(Path(item), size, mode).copy())
     if hasattr(item, "convert") and hasattr(item, "resize"):  # a PIL image (PIL is imported only if used)
