@@ -56,6 +56,8 @@ def test_language_model_on_a_string(tmp_path):
     assert val[-1] < val[0]
     lm = dlforge.load(tmp_path / "lm")
     assert lm.generate("the ", max_new_tokens=12, temperature=0).startswith("the ")
+    # before: below ~1e-37 logits / temperature overflowed, the softmax was NaN, and every token id 0
+    assert lm.generate("the ", max_new_tokens=12, temperature=1e-40) == lm.generate("the ", 12, temperature=0)
     pieces = list(lm.stream("the ", max_new_tokens=8, temperature=0))
     assert "".join(pieces) == lm.generate("the ", max_new_tokens=8, temperature=0)[4:] and len(pieces) == 8
     top = lm.next_tokens("the cat sat on the", top_k=3)

@@ -218,6 +218,7 @@ def test_bad_input_is_one_line_and_exit_2(setup, argv, message, corpus, tmp_path
     (["generate", "{run}", "--prompt", "Ω"], "--prompt: the text has characters the char tokenizer never saw: 'Ω'"),
     (["generate", "{run}", "--prompt", ""], "--prompt: the text is empty"),
     (["generate", "{run}", "--top-p", "1.5"], "--top-p: expected a probability in (0, 1], got 1.5"),
+    (["generate", "{run}", "--temperature", "inf"], "--temperature: expected 0 (greedy) or more, finite, got inf"),
     (["next", "{run}", ""], "text: the text is empty"),
     (["generate", "/nonexistent/run"], "not a dlforge run directory"),
 ])

@@ -156,7 +156,7 @@ def test_predict_top_k_0_is_one_line_naming_top_k(tmp_path, capsys):
 def test_generate_with_a_negative_temperature_names_temperature_only(tmp_path, capsys):
     """Before: one message listed the four sampling limits for any one of them out of range."""
     assert main(["generate", str(_copy("lm", tmp_path)), "--temperature", "-1", "--max-new-tokens", "2"]) == 2
-    assert capsys.readouterr().err == "dlforge: error: --temperature: expected 0 (greedy) or more, got -1.0\n"
+    assert capsys.readouterr().err == "dlforge: error: --temperature: expected 0 (greedy) or more, finite, got -1.0\n"
 
 
 def test_the_unknown_words_note_appears_once_for_all_prompts(tmp_path, capsys):

@@ -12,6 +12,9 @@ from typing import Iterator
 import torch
 
 
+GREEDY_BELOW = 1e-6
+
+
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
     """(B, V) -> (B, V) with -inf outside the k most likely tokens and outside the smallest set whose
     probability reaches top_p (nucleus sampling, Holtzman et al., 2019)."""
@@ -36,8 +39,10 @@ def draw(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def pick(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
          gen: torch.Generator) -> torch.Tensor:
-    """(B, V) logits of the last position -> (B, 1) next tokens; temperature 0 is greedy."""
-    if temperature == 0:
+    """(B, V) logits of the last position -> (B, 1) next tokens; temperature 0 is greedy, and so is any below
+    GREEDY_BELOW: there a runner-up even 1e-4 below the best has probability e^-100 (0 in float32), and below
+    ~1e-37 logits / temperature overflowed to inf, the softmax to NaN, and every token drawn was id 0."""
+    if temperature < GREEDY_BELOW:
         return logits.argmax(-1, keepdim=True)
     if logits.dtype != torch.float32 or temperature != 1:
         logits = logits.float() / temperature

@@ -532,8 +532,8 @@ def encode_prompt(tok: textdata.TextTokenizer, prompt: str, option: str = "--pro
 
 def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
     """Each limit on its own: the message names the option that is out of range."""
-    checks = [("--max-new-tokens", max_new_tokens >= 0, "0 or more"), ("--temperature", temperature >= 0,
-              "0 (greedy) or more"), ("--top-k", top_k is None or top_k >= 1, "at least 1"),
+    checks = [("--max-new-tokens", max_new_tokens >= 0, "0 or more"), ("--temperature", 0 <= temperature < math.inf,
+              "0 (greedy) or more, finite"), ("--top-k", top_k is None or top_k >= 1, "at least 1"),
               ("--top-p", top_p is None or 0 < top_p <= 1, "a probability in (0, 1]")]
     for opt, ok, want in checks:
         if not ok:
