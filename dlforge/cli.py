@@ -121,6 +121,10 @@ def cmd_summary(args: argparse.Namespace) -> None:
         print(f"{args.model} ({task}), at its default sizes (a run's data can change some, e.g. its vocabulary); "
               f"output shapes are shown for image classifiers")
     else:
+        for k, v in image.items():  # before: torch's RuntimeError (0 channels, a negative dimension) as a traceback
+            if v is not None and not 1 <= v <= (1024 if k == "img_size" else 100_000):
+                raise DlforgeError(f"--{k.replace('_', '-')}: expected 1..{1024 if k == 'img_size' else 100_000:,}, "
+                                   f"got {v}")
         kw = {"in_channels": 3, "img_size": 48, "num_classes": 10,
               **{k: v for k, v in image.items() if v is not None}}
         rows, total = summary(create_model(args.model, **kw), (kw["in_channels"], kw["img_size"], kw["img_size"]))

@@ -88,3 +88,13 @@ def test_pool_before_relu_is_the_same_arithmetic_forward_and_backward():
         assert torch.equal(out["ours"][0], out["reference"][0])
         for a, b in zip(out["ours"][1], out["reference"][1]):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("argv, says", [(["cnn", "--in-channels", "0"], "--in-channels: expected 1..100,000, got 0"),
+                                        (["cnn", "--num-classes", "-1"], "--num-classes: expected 1..100,000, got -1"),
+                                        (["mlp", "--num-classes", "-2"], "--num-classes: expected 1..100,000, got -2"),
+                                        (["cnn-small", "--img-size", "0"], "--img-size: expected 1..1,024, got 0")])
+def test_summary_refuses_image_sizes_out_of_range_in_one_line(argv, says, capsys):
+    # before: torch's RuntimeError (0 channels, a negative dimension) as a traceback, exit 1
+    assert main(["summary", *argv]) == 2
+    assert capsys.readouterr().err == f"dlforge: error: {says}\n"
