@@ -9,6 +9,7 @@ import hmac
 import json
 import logging
 import socket
+import sys
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -313,6 +314,10 @@ def serve(runs: list[str | Path], host: str = "127.0.0.1", port: int = 8000, tok
         sock.close()
         raise
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    where = f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}"
+    # uvicorn given a socket says nowhere where it listens (the README's "-> http://127.0.0.1:8000/")
+    print(f"dlforge: serving {', '.join(app.state.models)} at {where}/ (the playground), {where}/docs (the API); "
+          f"Ctrl-C stops", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                             timeout_graceful_shutdown=int(limits.timeout_s) + 5, limit_concurrency=4096,
                             timeout_keep_alive=30)  # uvicorn closes idle keep-alive connections after 5 s by default

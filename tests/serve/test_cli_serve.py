@@ -71,3 +71,6 @@ def test_sigterm_finishes_requests_in_flight_then_exits(runs, tmp_path):
         assert len("".join(e["text"] for e in events[1:-1])) == len(events[-1]["completion"])
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{base}/healthz", headers=auth, timeout=2)
+        # where it listens: uvicorn, given the socket, said nowhere
+        assert f"dlforge: serving gpt at {base}/ (the playground), {base}/docs (the API); Ctrl-C stops\n" in \
+            proc.stderr.read()
