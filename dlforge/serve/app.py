@@ -181,8 +181,8 @@ class Guard:
             return
         except RequestError as e:
             response = E.error(e.status, str(e), e.headers)
-        except DlforgeError as e:
-            response = E.error(400, str(e))
+        except DlforgeError as e:  # the handle names the command line's option; a client sent a JSON field
+            response = E.error(400, E.as_field(str(e)))
         except Exception:  # noqa: BLE001  a bug: the log has the traceback, the client the id to find it
             log.exception("request %s: %s %s failed", rid, scope["method"], scope["path"])
             response = E.error(500, f"internal error (request id {rid})", request_id=rid)
@@ -213,7 +213,7 @@ async def _completions(models: dict[str, E.Served], request: Request):
         return (text[:min(hits)], True) if hits else (text, False)
 
     async def one(prompt: str, i: int):
-        E._sampling_checks(s, prompt, b.max_tokens)
+        E._sampling_checks(s, prompt, b.max_tokens, "max_tokens")
         ticket = s.worker.admit()
         gen = s.handle.stream(prompt, b.max_tokens, b.temperature, b.top_k, top_p, seed + i)
         return E._pieces(ticket, gen, await E._first(ticket, gen))

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Literal
 
@@ -231,10 +232,16 @@ def _next_piece(gen):
     return next(gen, None)
 
 
-def _sampling_checks(s: Served, prompt: str, max_new: int) -> None:
+def as_field(message: str) -> str:
+    """A handle's error over HTTP: the option it begins with, as the JSON field a client sends ("--top-k: …" ->
+    "top_k: …", "--prompt: …" -> "prompt: …")."""
+    return re.sub(r"^--([a-z][a-z0-9-]*)", lambda m: m.group(1).replace("-", "_"), message)
+
+
+def _sampling_checks(s: Served, prompt: str, max_new: int, field: str = "max_new_tokens") -> None:
     check_len(prompt, s.limits.max_prompt_chars, "prompt")
-    if max_new > s.limits.max_new_tokens:
-        raise RequestError(400, f"max_new_tokens: {max_new}; at most {s.limits.max_new_tokens}")
+    if max_new > s.limits.max_new_tokens:  # field: the name the request used (completions: max_tokens)
+        raise RequestError(400, f"{field}: {max_new}; at most {s.limits.max_new_tokens}")
 
 
 async def _first(ticket: Ticket, gen) -> str | None:
