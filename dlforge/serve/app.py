@@ -137,7 +137,7 @@ class Guard:
 
     def __init__(self, app, models: dict, actions: set, metrics: Metrics, limits: Limits, token: str | None):
         self.app, self.models, self.actions, self.metrics, self.limits = app, models, actions, metrics, limits
-        self.token = None if token is None else f"Bearer {token}".encode()
+        self.token = None if token is None else token.encode()
 
     def labels(self, path: str) -> tuple[str, str]:
         """(model, endpoint) for the metrics: only names the server knows (a client cannot mint labels)."""
@@ -150,7 +150,8 @@ class Guard:
     def check(self, scope) -> None:
         headers = dict(scope["headers"])
         if self.token is not None and scope["path"] not in PUBLIC:
-            if not hmac.compare_digest(headers.get(b"authorization", b""), self.token):
+            scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.token):  # any case: RFC 7235
                 raise RequestError(401, "missing or wrong token: send Authorization: Bearer TOKEN",
                                    {"WWW-Authenticate": "Bearer"})
         if scope["method"] in ("POST", "PUT", "PATCH"):

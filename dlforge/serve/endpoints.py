@@ -129,12 +129,14 @@ async def json_body(request: Request, model: type[BaseModel]) -> Any:
         obj = json.loads(raw)
     except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deep, an integer of 5,000 digits
         raise RequestError(400, "the body is not valid JSON") from None
-    return validate(model, obj)
+    return validate(model, obj, strict=True)
 
 
-def validate(model: type[BaseModel], obj: Any) -> Any:
+def validate(model: type[BaseModel], obj: Any, strict: bool = False) -> Any:
+    """strict: JSON has types of its own, and each field must have its type ("top_k": true or "3" was taken as 1
+    or 3, "feature_maps": "yes" as true); a multipart form's fields are all text, converted here."""
     try:
-        return model.model_validate(obj)
+        return model.model_validate(obj, strict=strict)
     except ValidationError as e:
         err = e.errors(include_url=False)[0]
         where = ".".join(str(p) for p in err["loc"]) or "the body"
@@ -151,16 +153,22 @@ async def form_files(request: Request, max_files: int, field: str, what: str,
     except Exception:  # noqa: BLE001  python-multipart's errors vary by version: every one is a bad body
         raise RequestError(400, f"the multipart body is malformed, or holds more than {max_files} files") from None
     files, fields = [], {}
-    for key, value in form.multi_items():
-        if hasattr(value, "read"):
+    for key, value in form.multi_items():  # before: a file under any name was an image, the last repeat won
+        is_file = hasattr(value, "read")
+        if key == field:
+            if not is_file:
+                raise RequestError(400, f"{field}: expected a file, got text")
             files.append(await value.read())
+        elif key not in options:
+            raise RequestError(400, f"{key}: unknown field; expected {', '.join((field,) + options)}")
+        elif is_file:
+            raise RequestError(400, f"{key}: expected text, got a file")
+        elif key in fields:
+            raise RequestError(400, f"{key}: given twice")
         else:
             fields[key] = value
     if not files:
         raise RequestError(400, f"{field}: give at least one {what} (multipart field '{field}')")
-    extra = set(fields) - set(options)
-    if extra:
-        raise RequestError(400, f"{sorted(extra)[0]}: unknown field; expected {', '.join((field,) + options)}")
     return files, fields
 
 

@@ -71,6 +71,19 @@ def test_predict_json_and_multipart_equal_the_handle(client, handles):
     assert fm["layer"] == "conv1" and fm["shape"] == [8, 16, 16] and len(fm["png"]) == 8
     assert Image.open(io.BytesIO(base64.b64decode(fm["png"][0]))).size == (16, 16)
 
+    # fields by name and type: before, a file under any name was an image, a repeat silently won, and JSON's
+    # true / "3" / "yes" were taken as 1, 3 and true
+    one = ("a.png", png(imgs[1]), "image/png")
+    for files, data, says in (([("other", one)], {}, "other: unknown field; expected image, top_k, feature_maps"),
+                              ([("image", one)], {"top_k": ["3", "4"]}, "top_k: given twice"),
+                              ([("image", one), ("top_k", one)], {}, "top_k: expected text, got a file")):
+        r = client.post("/v1/models/digits/predict", files=files, data=data)
+        assert r.status_code == 400 and r.json()["error"] == says, r.text
+    b64 = base64.b64encode(png(imgs[1])).decode()
+    for field, value in (("top_k", True), ("top_k", "3"), ("top_k", 2.5), ("feature_maps", "yes")):
+        r = client.post("/v1/models/digits/predict", json={"images": [b64], field: value})
+        assert r.status_code == 400 and r.json()["error"].startswith(f"{field}: Input should be a valid"), r.text
+
 
 def test_generate_plain_and_streamed_equal_the_handle(client, handles):
     lm = handles["gpt"]
@@ -236,8 +249,11 @@ def test_token_is_required_and_compared(handles):
         assert r.status_code == 401 and r.json()["error"].startswith("missing or wrong token")
         assert r.headers["www-authenticate"] == "Bearer"
         assert httpx.post(f"{base}/v1/models/gpt/next", json={"text": "a"}).status_code == 401
-        ok = httpx.get(f"{base}/v1/models", headers={"Authorization": "Bearer s3cret-token-0123456789"})
-        assert ok.status_code == 200
+        for scheme in ("Bearer", "bearer", "BEARER"):  # the scheme in any case (RFC 7235); "bearer" was a 401
+            ok = httpx.get(f"{base}/v1/models", headers={"Authorization": f"{scheme} s3cret-token-0123456789"})
+            assert ok.status_code == 200
+        assert httpx.get(f"{base}/v1/models", headers={"Authorization": "Basic s3cret-token-0123456789"}
+                         ).status_code == 401
         assert httpx.get(f"{base}/").status_code == 200  # the page itself holds no model; its calls send the token
 
 
