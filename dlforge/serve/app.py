@@ -5,6 +5,7 @@ Every error is JSON {"error": ...}: dlforge's own and the limits' a 4xx, a bug a
 that the log names beside its traceback."""
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -167,7 +168,21 @@ class Guard:
             return await self.app(scope, receive, send)
         rid, t0 = uuid.uuid4().hex[:16], time.perf_counter()
         model, endpoint = self.labels(scope["path"])
-        started = False
+        started, body_read = False, scope["method"] not in ("POST", "PUT", "PATCH")
+
+        async def receive_in_time():
+            """The body's parts within --timeout: a client that sends less than its Content-Length held the
+            request open for ever (past --timeout, which counts from admission to a model's queue)."""
+            nonlocal body_read
+            if body_read:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(t0 + self.limits.timeout_s - time.perf_counter(), 0))
+            except asyncio.TimeoutError:
+                raise RequestError(408, f"the body did not arrive in full within {self.limits.timeout_s:g} s",
+                                   {"Connection": "close"}) from None
+            body_read = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
 
         async def send_with_id(message):
             nonlocal started
@@ -178,7 +193,7 @@ class Guard:
             await send(message)
         try:
             self.check(scope)
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive_in_time, send_with_id)
             return
         except RequestError as e:
             response = E.error(e.status, str(e), e.headers)

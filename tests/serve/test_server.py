@@ -283,6 +283,22 @@ def test_full_queue_is_429_with_retry_after(handles):
         assert first["r"].status_code == 200
 
 
+def test_a_body_shorter_than_its_content_length_is_408_within_the_timeout(handles):
+    """Before: the server waited for the missing bytes for ever, past --timeout."""
+    import socket
+    app = create_app(handles, Limits(timeout_s=0.5))
+    with live_server(app) as base:
+        host, port = base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            t0 = time.perf_counter()
+            sock.sendall(b"POST /v1/models/gpt/next HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"text\": ")
+            answer = sock.recv(4096).decode()
+            assert time.perf_counter() - t0 < 5
+        assert answer.startswith("HTTP/1.1 408") and "the body did not arrive in full within 0.5 s" in answer
+        assert httpx.post(f"{base}/v1/models/gpt/next", json={"text": "the"}).status_code == 200  # still serving
+
+
 def test_timeout_is_504_and_the_work_is_cancelled(handles):
     app = create_app(handles, Limits(timeout_s=0.3))
     worker = app.state.models["unet"].worker
