@@ -11,9 +11,11 @@ DlforgeError with the same one-line messages the command line prints.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
+from dlforge.errors import DlforgeError
 from dlforge.recipes.base import Handle, recipe_for
 from dlforge.recipes.base import train as _train
 from dlforge.runs import Run
@@ -42,5 +44,9 @@ def load(path: str | Path, device: str = "auto", which: str = "best", ema: bool 
     """A run directory -> its family's handle (Classifier, LanguageModel, Translator, Diffuser or Transcriber) with the
     model of checkpoint `which` ("best", else "last") loaded once, on `device`: its moving average of the weights
     where the run keeps one (classifiers, language models, diffusion; ema=False: the raw weights)."""
+    for name, value, want in (("path", path, (str, os.PathLike)), ("device", device, str), ("ema", ema, bool)):
+        if not isinstance(value, want):  # was a TypeError from deep inside (Path(None), torch.device(None))
+            raise DlforgeError(f"{name}: expected {'a run directory (str or Path)' if name == 'path' else want.__name__}"
+                               f", got {value!r}")
     run = Run.open(path)
     return recipe_for(run.config.task).handle(run, device=device, which=which, ema=ema)

@@ -270,3 +270,34 @@ def test_predict_takes_an_rgba_array_as_one_image_and_names_bad_input(tmp_path):
         with pytest.raises(dlforge.DlforgeError, match=f"^image: expected numbers \\(uint8, or floats in \\[0, 1\\]\\), "
                                                        f"got {says}$"):
             clf.predict(bad)
+
+
+def test_a_device_or_load_argument_that_cannot_work_is_one_line(tmp_path, capsys):
+    """Before: --device mps without an Apple GPU was torch's RuntimeError traceback from every command (and left a
+    run with no checkpoint), --precision fp16 on a CPU was refused only after the run was written, and
+    dlforge.load(None) / device=None were TypeErrors."""
+    import torch
+
+    import dlforge
+    run = _copy("classify", tmp_path)
+    bad = [((None,), {}, "path: expected a run directory (str or Path), got None"),
+           ((123,), {}, "path: expected a run directory (str or Path), got 123"),
+           ((run,), {"device": None}, "device: expected str, got None"),
+           ((run,), {"ema": "no"}, "ema: expected bool, got 'no'"),
+           ((run,), {"device": "xpu"}, "--device: expected auto, cpu, cuda, cuda:N or mps; got 'xpu'")]
+    if not torch.backends.mps.is_available():
+        bad.append(((run,), {"device": "mps"}, "--device mps: no Apple GPU (MPS) is available here (try --device auto)"))
+    for args, kwargs, says in bad:
+        with pytest.raises(dlforge.DlforgeError) as e:
+            dlforge.load(*args, **kwargs)
+        assert str(e.value) == says
+    argv = ["train", "mlp", *DIGITS, "--max-steps", "1", "--out", str(tmp_path / "r")]
+    refusals = [(["--precision", "fp16"], "--precision fp16 needs a GPU; on CPU use bf16 or fp32")]
+    if not torch.backends.mps.is_available():
+        refusals.append((["--device", "mps"], "--device mps: no Apple GPU (MPS) is available here"))
+    for extra, says in refusals:
+        if torch.cuda.is_available():
+            break
+        assert main([*argv, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and says in err and not (tmp_path / "r").exists()

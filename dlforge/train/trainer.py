@@ -134,8 +134,13 @@ def pick_device(name: str) -> torch.device:
         dev = torch.device(name)
     except RuntimeError:
         raise DlforgeError(f"--device: expected auto, cpu, cuda, cuda:N or mps; got {name!r}") from None
+    if dev.type not in ("cpu", "cuda", "mps"):  # torch parses xpu, meta, …, and fails later on .to()
+        raise DlforgeError(f"--device: expected auto, cpu, cuda, cuda:N or mps; got {name!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DlforgeError("--device cuda: no CUDA device is available here (try --device auto)")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        # was torch's RuntimeError traceback ("not linked with support for mps devices") from every command
+        raise DlforgeError("--device mps: no Apple GPU (MPS) is available here (try --device auto)")
     return dev
 
 
@@ -214,6 +219,7 @@ class Trainer:
             raise DlforgeError(f"--batch-size {cfg.batch_size}: the global batch needs at least one sample per "
                                f"process ({distributed.from_env().size} processes)")
         self.world, self.device = distributed.setup(pick_device(cfg.device))
+        autocast(cfg.precision, self.device)  # fp16 on a CPU refused now, before the run is written (not at step 1)
         if cfg.init_from:  # a resumed run then replaces these with its own checkpoint
             ckpt.init_weights(model, cfg.init_from)
         self.model = model.to(self.device)  # what is evaluated and saved; self.net is what trains
