@@ -425,13 +425,16 @@ def fit(trainer: Trainer, resume: bool, out: Path, cfg: RunConfig, what: str) ->
     stop it, train. -> whether this process reports (under torchrun only rank 0 does). A resumed run's
     config.json takes the changed options only once the checkpoint has taken them: a refused --resume (another
     --optimizer, ...) leaves the run as it was, resumable as before."""
+    say = trainer.world.main  # under torchrun, rank 0 alone says it (every rank printed both lines)
     if resume:
         trainer.resume()
         Run.create(out, cfg)
-        print(f"dlforge: resuming {out} at epoch {trainer.epoch + 1}, step {trainer.step}", file=sys.stderr)
+        if say:
+            print(f"dlforge: resuming {out} at epoch {trainer.epoch + 1}, step {trainer.step}", file=sys.stderr)
     params = sum(p.numel() for p in trainer.model.parameters())
-    print(f"dlforge: training {cfg.model} ({params / 1e6:.2f}M parameters) on {what} on {trainer.device}; "
-          f"{_budget(trainer)}", file=sys.stderr)
+    if say:
+        print(f"dlforge: training {cfg.model} ({params / 1e6:.2f}M parameters) on {what} on {trainer.device}; "
+              f"{_budget(trainer)}", file=sys.stderr)
     trainer.fit()
     return trainer.world.main
 

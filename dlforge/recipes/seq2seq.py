@@ -24,6 +24,7 @@ from dlforge.errors import DlforgeError
 from dlforge.evaluate import plots
 from dlforge.recipes.base import Handle, Recipe, is_file
 from dlforge.runs import Run, RunConfig, atomic_write_json
+from dlforge.train.distributed import from_env
 from dlforge.train.tasks import Seq2SeqTask
 from dlforge.train.trainer import TrainConfig, autocast
 
@@ -342,7 +343,7 @@ class Seq2SeqRecipe(Recipe):
     def prepare(self, dc: PairDataConfig, seed: int, artifacts=None) -> PairData:
         t0 = time.perf_counter()
         data = prepare(dc, seed, artifacts)
-        if artifacts is None:
+        if artifacts is None and from_env().main:  # under torchrun, rank 0 alone says it
             print(f"dlforge: {len(data.train):,} training pairs made and tokenized in {time.perf_counter() - t0:.1f} s",
                   file=sys.stderr)
         return data

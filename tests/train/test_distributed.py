@@ -59,6 +59,7 @@ def test_two_processes_take_the_one_process_steps_and_resume_on_one(tmp_path, re
         assert two["train"]["batch_size"] == json.loads((tmp_path / f"{m}-1" / "config.json").read_text())["train"]["batch_size"]
         out2 = (tmp_path / f"{m}-2.log").read_text()
         assert out2.count("[Step 10]") == 1, f"{m}: only rank 0 prints\n{out2[-2000:]}"
+        assert out2.count(f"dlforge: training {m} (") == 1, f"{m}: the banner too\n{out2[-2000:]}"
     run_all({f"{m} resumed on 1": (launch(1, args[m] + ["--max-steps", str(WHOLE), "--resume"], tmp_path / f"{m}-2"),
                                    tmp_path / f"{m}-2") for m in CASES})
     for m in CASES:
@@ -86,6 +87,8 @@ def test_diffusion_under_torchrun_resumes_exactly(tmp_path, reliability):
     halted = load_file(tmp_path / "half" / "checkpoints" / "last.safetensors")
     assert {"rng.torch", "rng.rank1.torch"} <= set(halted)
     run_all({"resumed": (launch(2, args + ["--max-steps", "16", "--resume"], tmp_path / "half"), tmp_path / "half")})
+    log = (tmp_path / "half.log").read_text()
+    assert log.count("dlforge: resuming ") == 1 and log.count("dlforge: training unet-tiny (") == 2, log[-2000:]  # rank 0
     whole, resumed = metrics(tmp_path / "whole"), metrics(tmp_path / "half")
     assert [r["step"] for r in whole] == [r["step"] for r in resumed] == [4, 8, 12, 16]
     assert whole == resumed and whole[-1]["val_loss"] < whole[0]["val_loss"]   # exact, and it learns
