@@ -86,6 +86,11 @@ def test_resume_continues(numbers_run, tmp_path):
     (["translate", "RUN", "1" * 200, "--to", "en"], "tokens long; this model reads at most 128"),
     (["translate", "RUN", "12", "--to", "en", "--beam", "0"], "--beam: expected 1..64"),
     (["eval", "RUN", "--limit", "0"], "--limit: expected at least 1"),
+    # before: "--test-numbers: out of range (PairDataConfig(name='numbers', data_file=None, …" cut at 200 characters
+    (["train", "transformer-tiny", "--test-numbers", "0"], "^dlforge: error: --test-numbers: expected at least 1, got 0$"),
+    (["train", "transformer-tiny", "--max-len", "2"], "^dlforge: error: --max-len: expected at least 4 tokens, got 2$"),
+    (["train", "transformer-tiny", "--test-numbers", "600000"],
+     r"^dlforge: error: --val-numbers \+ --test-numbers: expected fewer than 499,999 \(half the numbers\), got 600,100$"),
 ])
 def test_bad_input_is_one_line(numbers_run, args, message, capsys):
     assert main([str(numbers_run) if a == "RUN" else a for a in args]) == 2

@@ -54,13 +54,19 @@ class PairDataConfig:
             raise DlforgeError(f"--data: unknown parallel corpus {self.name!r}; expected numbers "
                                f"(or --data-file PAIRS.tsv)")
         self.langs = P.parse_langs(self.langs)
-        checks = [("--train-pairs", self.train_pairs >= 1), ("--val-numbers", self.val_numbers >= 1),
-                  ("--test-numbers", self.test_numbers >= 1), ("--max-len", self.max_len >= 4),
-                  ("--val-numbers + --test-numbers", self.val_numbers + self.test_numbers < P.MAX_NUMBER // 2),
-                  ("--val-fraction", 0 < self.val_fraction < 0.5), ("--test-fraction", 0 < self.test_fraction < 0.5)]
-        for opt, ok in checks:
+        held = self.val_numbers + self.test_numbers
+        checks = [("--train-pairs", self.train_pairs >= 1, "at least 1", self.train_pairs),
+                  ("--val-numbers", self.val_numbers >= 1, "at least 1", self.val_numbers),
+                  ("--test-numbers", self.test_numbers >= 1, "at least 1", self.test_numbers),
+                  ("--max-len", self.max_len >= 4, "at least 4 tokens", self.max_len),
+                  ("--val-numbers + --test-numbers", held < P.MAX_NUMBER // 2,
+                   f"fewer than {P.MAX_NUMBER // 2:,} (half the numbers)", held),
+                  ("--val-fraction", 0 < self.val_fraction < 0.5, "0 < f < 0.5", self.val_fraction),
+                  ("--test-fraction", 0 < self.test_fraction < 0.5, "0 < f < 0.5", self.test_fraction)]
+        for opt, ok, want, got in checks:  # before: "out of range (PairDataConfig(name='numbers', …" cut at 200
             if not ok:
-                raise DlforgeError(f"{opt}: out of range ({self})"[:200])
+                raise DlforgeError(f"{opt}: expected {want}, got {got:,}" if isinstance(got, int) else
+                                   f"{opt}: expected {want}, got {got}")
         if self.data_file:
             self.data_file = str(Path(self.data_file).expanduser().resolve())
 
