@@ -301,3 +301,25 @@ def test_a_device_or_load_argument_that_cannot_work_is_one_line(tmp_path, capsys
         assert main([*argv, *extra]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and says in err and not (tmp_path / "r").exists()
+
+
+def test_the_language_model_and_translator_handles_name_arguments_of_the_wrong_type(tmp_path):
+    """Before: TypeError or AttributeError from torch or str (next_tokens(top_k=None), generate(5),
+    max_new_tokens=2.5, top_k=1.5, translate([None]), beam=2.5), and a list prompt read as its items' characters."""
+    import dlforge
+    lm = dlforge.load(_copy("lm", tmp_path))
+    for call, says in ((lambda: lm.next_tokens("the", top_k=None), "--top-k: expected an integer, at least 1, got None"),
+                       (lambda: lm.generate("the", max_new_tokens=2.5), "--max-new-tokens: expected an integer, got 2.5"),
+                       (lambda: lm.generate("the", top_k=1.5), "--top-k: expected an integer, got 1.5"),
+                       (lambda: lm.generate("the", temperature="hot"), "--temperature: expected a number, got 'hot'"),
+                       (lambda: lm.generate(5), "--prompt: expected text (a str), got int"),
+                       (lambda: lm.generate(["the", "cat"]), "--prompt: expected text (a str), got list")):
+        with pytest.raises(dlforge.DlforgeError) as e:
+            call()
+        assert str(e.value) == says
+    tr = dlforge.load(_copy("seq2seq", tmp_path))
+    for call, says in ((lambda: tr.translate([None]), "the texts to translate: expected str, got NoneType"),
+                       (lambda: tr.translate(["12"], beam=2.5), "--beam: expected 1..64, got 2.5")):
+        with pytest.raises(dlforge.DlforgeError) as e:
+            call()
+        assert str(e.value) == says

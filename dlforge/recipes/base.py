@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 import os
 import sys
 from dataclasses import asdict, fields
@@ -354,6 +355,11 @@ def _same_data(recipe: Recipe, model: str, data: Any, options: dict, cfg: RunCon
             if k != "data_dir" and v != cfg.data.get(k):
                 return False
     return True
+
+
+def is_int(v) -> bool:
+    """A whole number as Python takes one (numpy's too), not a bool: what a handle's integer argument must be."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def _norm(v):

@@ -10,6 +10,7 @@ import functools
 import inspect
 import json
 import math
+import numbers
 import sys
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from dlforge.data.loader import TokenLoader
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import metrics, plots
 from dlforge.models.sampling import filter_logits, generate_ids  # noqa: F401 (this module's API)
-from dlforge.recipes.base import Handle, Recipe, is_file, option_argv
+from dlforge.recipes.base import Handle, Recipe, is_file, is_int, option_argv
 from dlforge.registry import get_entry
 from dlforge.runs import Run, RunConfig, atomic_write_json
 from dlforge.train.tasks import LanguageModelTask
@@ -480,8 +481,8 @@ class LanguageModel(Handle):
     @torch.inference_mode()
     def next_tokens(self, text: str, top_k: int = 10) -> list[dict]:
         """The top_k most likely next tokens after `text`, with probabilities (context cropped to block_size)."""
-        if top_k < 1:
-            raise DlforgeError(f"--top-k: expected at least 1, got {top_k}")
+        if not is_int(top_k) or top_k < 1:  # None (as generate takes) was a TypeError
+            raise DlforgeError(f"--top-k: expected an integer, at least 1, got {top_k!r}")
         tok, model = self.tokenizer, self.model
         ids = encode_prompt(tok, text, "text").to(self.device)
         if model.block_size is not None:
@@ -521,6 +522,8 @@ def decode_stream(tok: textdata.TextTokenizer, ids: Iterator[int]) -> Iterator[s
 
 
 def encode_prompt(tok: textdata.TextTokenizer, prompt: str, option: str = "--prompt") -> torch.Tensor:
+    if not isinstance(prompt, str):  # a list was read as characters ("never saw: 'cat', 'the'"), 5 a TypeError
+        raise DlforgeError(f"{option}: expected text (a str), got {type(prompt).__name__}")
     if not prompt:
         raise DlforgeError(f"{option}: the text is empty; give at least one character")
     try:
@@ -531,7 +534,16 @@ def encode_prompt(tok: textdata.TextTokenizer, prompt: str, option: str = "--pro
 
 
 def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """Each limit on its own: the message names the option that is out of range."""
+    """Each limit on its own: the message names the option that is out of range. Types first: from Python, 2.5
+    new tokens, top_k=1.5 or temperature="hot" reached torch as a TypeError."""
+    for opt, v, ok, want in (("--max-new-tokens", max_new_tokens, is_int(max_new_tokens), "an integer"),
+                             ("--top-k", top_k, top_k is None or is_int(top_k), "an integer"),
+                             ("--temperature", temperature, isinstance(temperature, numbers.Real)
+                              and not isinstance(temperature, bool), "a number"),
+                             ("--top-p", top_p, top_p is None or isinstance(top_p, numbers.Real)
+                              and not isinstance(top_p, bool), "a number")):
+        if not ok:
+            raise DlforgeError(f"{opt}: expected {want}, got {v!r}")
     checks = [("--max-new-tokens", max_new_tokens >= 0, "0 or more"), ("--temperature", 0 <= temperature < math.inf,
               "0 (greedy) or more, finite"), ("--top-k", top_k is None or top_k >= 1, "at least 1"),
               ("--top-p", top_p is None or 0 < top_p <= 1, "a probability in (0, 1]")]

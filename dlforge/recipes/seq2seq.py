@@ -9,6 +9,7 @@ given in memory are kept in the run directory (pairs.tsv).
 from __future__ import annotations
 
 import hashlib
+import numbers
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from dlforge.data.loader import BatchLoader
 from dlforge.data.text import TOKENIZERS, TextTokenizer, fit_tokenizer
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import plots
-from dlforge.recipes.base import Handle, Recipe, is_file
+from dlforge.recipes.base import Handle, Recipe, is_file, is_int
 from dlforge.runs import Run, RunConfig, atomic_write_json
 from dlforge.train.distributed import from_env
 from dlforge.train.tasks import Seq2SeqTask
@@ -266,13 +267,16 @@ def teacher_forced_loss(model, src: torch.Tensor, tgt: torch.Tensor, task: Seq2S
 
 
 def _check_decoding(beam: int, length_penalty: float) -> None:
-    if not 1 <= beam <= 64:
-        raise DlforgeError(f"--beam: expected 1..64, got {beam}")
-    if not 0 <= length_penalty <= 5:
+    if not is_int(beam) or not 1 <= beam <= 64:  # 2.5 was torch's TypeError
+        raise DlforgeError(f"--beam: expected 1..64, got {beam!r}")
+    if not isinstance(length_penalty, numbers.Real) or isinstance(length_penalty, bool) or \
+            not 0 <= length_penalty <= 5:
         raise DlforgeError(f"--length-penalty: expected 0..5, got {length_penalty}")
 
 
 def _source(dc: PairDataConfig, src_tok: TextTokenizer, text: str, to: str | None) -> list[int]:
+    if not isinstance(text, str):  # None was an AttributeError
+        raise DlforgeError(f"the texts to translate: expected str, got {type(text).__name__}")
     if not text.strip():
         raise DlforgeError("the text to translate is empty")
     if dc.targets:
@@ -284,8 +288,8 @@ def _source(dc: PairDataConfig, src_tok: TextTokenizer, text: str, to: str | Non
         raise DlforgeError("--to: this model was trained on an untagged corpus; leave --to out")
     try:
         ids = P.source_ids(src_tok, [text.strip()], [to or ""])[0]
-    except DlforgeError as e:
-        raise DlforgeError(f"the text: {e}") from None
+    except DlforgeError as e:  # "the text has characters …" said once, not after "the text: "
+        raise DlforgeError(str(e) if str(e).startswith("the text") else f"the text: {e}") from None
     if len(ids) > dc.max_len:
         raise DlforgeError(f"the text is {len(ids)} tokens long; this model reads at most {dc.max_len}")
     return ids
