@@ -3,6 +3,7 @@ when ../shared holds it): train, resume, generate, next, eval, bad input."""
 import json
 import math
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -244,3 +245,12 @@ def test_generate_without_a_prompt_on_a_text_without_newlines_starts_from_a_spac
     assert main(["generate", str(run), "--max-new-tokens", "10", "--seed", "1"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(" ") and len(out.rstrip("\n")) == 11 and set(out.rstrip("\n")) <= set("the catsonm.")
+
+
+def test_an_epochs_evaluation_prints_perplexity_and_bits_per_character(corpus, tmp_path, capsys):
+    # before: "[Epoch 1] loss = … | val_loss = …" alone, though the README says each evaluation prints all three
+    assert main(["train", "gpt-tiny", "--data-file", str(corpus), "--no-progress", "--batch-size", "16",
+                 "--block-size", "32", "--epochs", "1", "--eval-tokens", "0", "--out", str(tmp_path / "e")]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("[Epoch 1]"))
+    assert re.fullmatch(r"\[Epoch 1\] loss = [\d.]+ \| accuracy = [\d.]+% \| val_loss = [\d.]+ \| val_accuracy = "
+                        r"[\d.]+% \| val_perplexity = [\d.]+ \| val_bpc = [\d.]+", line), line

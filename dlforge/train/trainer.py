@@ -596,6 +596,8 @@ class Trainer:
             line += f" | val_loss = {record['val_loss']:.4f}"
         if "val_accuracy" in record:
             line += f" | val_accuracy = {100 * record['val_accuracy']:.2f}%"
+        line += "".join(f" | val_{k} = {record['val_' + k]:.4f}" for k in self.task.shown_metrics  # as [Step N]'s
+                        if "val_" + k in record)  # (an epoch's evaluation printed no perplexity, bpc, CER…)
         if self.world.main:
             print(line, flush=True)
         self._log(record)
