@@ -323,3 +323,18 @@ def test_the_language_model_and_translator_handles_name_arguments_of_the_wrong_t
         with pytest.raises(dlforge.DlforgeError) as e:
             call()
         assert str(e.value) == says
+
+
+@pytest.mark.parametrize("pairs, says", [
+    ([("1", "one"), ("2", "")] * 3, "data: pair 1: the target is empty"),
+    ([("1",)] * 3, "data: pair 0: expected (source, target), got 1 items"),
+    ([("1", "one"), (None, "two"), ("3", "three")], "data: pair 1: expected two texts, got (NoneType, str)"),
+    ([("1", "one"), ("2", "tw\to")], "data: pair 1 holds a tab or a line break; give one-line texts"),
+    ([("1", "one"), ("2", "two")], "data: 2 pairs; need at least 3 (train, validation, test)")])
+def test_bad_pairs_in_memory_are_named_by_their_index(pairs, says, tmp_path):
+    """Before: '--data-file RUN/pairs.tsv, line 2: the target is empty' (a file the user never gave, left behind),
+    'expected a dataset name or a file for seq2seq, got list', and None translated as the text 'None'."""
+    import dlforge
+    with pytest.raises(dlforge.DlforgeError) as e:
+        dlforge.train("transformer-tiny", data=pairs, out=tmp_path / "s", max_steps=1, progress=False)
+    assert str(e.value) == says and not (tmp_path / "s").exists()

@@ -319,6 +319,22 @@ def attention_map(model, src_tok: TextTokenizer, tgt_tok: TextTokenizer, text: s
     return plots.plot_cross_attention(a["layers"], a["source_tokens"], a["output_tokens"], Path(path))
 
 
+def _check_pairs(data: list | tuple) -> None:
+    """(source, target) pairs given in memory, each problem named by its index."""
+    for i, p in enumerate(data):
+        if len(p) != 2:
+            raise DlforgeError(f"data: pair {i}: expected (source, target), got {len(p)} items")
+        if not all(isinstance(x, (str, int, float)) and not isinstance(x, bool) for x in p):
+            raise DlforgeError(f"data: pair {i}: expected two texts, got ({', '.join(type(x).__name__ for x in p)})")
+        a, b = (str(x) for x in p)
+        if "\t" in a + b or "\n" in a + b:
+            raise DlforgeError(f"data: pair {i} holds a tab or a line break; give one-line texts")
+        if not a.strip() or not b.strip():
+            raise DlforgeError(f"data: pair {i}: the {'source' if not a.strip() else 'target'} is empty")
+    if len(data) < 3:
+        raise DlforgeError(f"data: {len(data)} pairs; need at least 3 (train, validation, test)")
+
+
 def load_tokenizers(run: Run) -> tuple[TextTokenizer, TextTokenizer]:
     src = TextTokenizer.load(run.path / "src_tokenizer.json")
     return src, (TextTokenizer.load(run.path / "tgt_tokenizer.json") if run.config.data.get("separate_vocab") else src)
@@ -338,10 +354,8 @@ class Seq2SeqRecipe(Recipe):
     def data_config(self, model: str, data, options: dict, out: Path) -> PairDataConfig:
         """data: numbers, a TSV file of source<TAB>target, or (source, target) pairs in memory, which are
         written to the run directory as pairs.tsv."""
-        if isinstance(data, (list, tuple)) and data and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in data):
-            bad = [i for i, (a, b) in enumerate(data) if "\t" in f"{a}{b}" or "\n" in f"{a}{b}"]
-            if bad:
-                raise DlforgeError(f"data: pair {bad[0]} holds a tab or a line break; give one-line texts")
+        if isinstance(data, (list, tuple)) and data and all(isinstance(p, (list, tuple)) for p in data):
+            _check_pairs(data)  # before they are written: their errors named pairs.tsv, a file the user never gave
             path = Path(out) / "pairs.tsv"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("".join(f"{a}\t{b}\n" for a, b in data), encoding="utf-8")
