@@ -254,3 +254,17 @@ def test_an_epochs_evaluation_prints_perplexity_and_bits_per_character(corpus, t
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("[Epoch 1]"))
     assert re.fullmatch(r"\[Epoch 1\] loss = [\d.]+ \| accuracy = [\d.]+% \| val_loss = [\d.]+ \| val_accuracy = "
                         r"[\d.]+% \| val_perplexity = [\d.]+ \| val_bpc = [\d.]+", line), line
+
+
+def test_a_runs_text_changed_since_is_named_when_its_characters_are_new(tmp_path, capsys):
+    # before: "the text has characters the char tokenizer never saw: 'Ø'", naming no file
+    text = tmp_path / "t.txt"
+    text.write_text(_text(100))
+    assert main(["train", "gpt-tiny", "--data-file", str(text), *FAST, "--max-steps", "2", "--out",
+                 str(tmp_path / "r")]) == 0
+    text.write_text(_text(100) + "Ø\n")
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err == (f"dlforge: error: --data-file {text}: the text has characters the char "
+                                       f"tokenizer never saw: 'Ø'; the run's tokenizer was made from the text as it "
+                                       f"was\n")

@@ -118,7 +118,12 @@ def prepare(dc: TextDataConfig, tok: textdata.TextTokenizer | None = None, progr
     files = corpus_files(dc)
     digest = tokens.digest(files)
     tok = tok or tokens.cached_tokenizer(files, digest, dc.tokenizer, dc.vocab_size, lambda fs: fit(dc, fs))
-    t = tokens.tokenize(files, tok, digest, progress)
+    try:
+        t = tokens.tokenize(files, tok, digest, progress)
+    except DlforgeError as e:  # a resumed or evaluated run's text, changed since: name it
+        if not str(e).startswith("the text has characters"):
+            raise
+        raise DlforgeError(f"{dc.source}: {e}; the run's tokenizer was made from the text as it was") from None
     if t.seconds > 1:
         mb = tokens.total_bytes(files) / 1e6
         print(f"dlforge: tokenized {mb:,.1f} MB into {len(t.ids):,} tokens in {t.seconds:.1f} s "
