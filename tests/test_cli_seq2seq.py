@@ -91,6 +91,11 @@ def test_resume_continues(numbers_run, tmp_path):
     (["train", "transformer-tiny", "--max-len", "2"], "^dlforge: error: --max-len: expected at least 4 tokens, got 2$"),
     (["train", "transformer-tiny", "--test-numbers", "600000"],
      r"^dlforge: error: --val-numbers \+ --test-numbers: expected fewer than 499,999 \(half the numbers\), got 600,100$"),
+    # an option of the other kind of corpus, silently ignored before
+    (["train", "transformer-tiny", "--val-fraction", "0.1"],
+     r"^dlforge: error: --val-fraction: applies to a corpus of pairs \(--data-file\), not to --data numbers$"),
+    (["train", "transformer-tiny", "--data-file", "RUN", "--langs", "en"],
+     "^dlforge: error: --langs: applies to --data numbers, not to a corpus of pairs$"),
 ])
 def test_bad_input_is_one_line(numbers_run, args, message, capsys):
     assert main([str(numbers_run) if a == "RUN" else a for a in args]) == 2

@@ -23,7 +23,7 @@ from dlforge.data.loader import BatchLoader
 from dlforge.data.text import TOKENIZERS, TextTokenizer, fit_tokenizer
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import plots
-from dlforge.recipes.base import Handle, Recipe, is_file, is_int
+from dlforge.recipes.base import Handle, Recipe, flag, is_file, is_int
 from dlforge.runs import Run, RunConfig, atomic_write_json
 from dlforge.train.distributed import from_env
 from dlforge.train.tasks import Seq2SeqTask
@@ -340,6 +340,10 @@ def load_tokenizers(run: Run) -> tuple[TextTokenizer, TextTokenizer]:
     return src, (TextTokenizer.load(run.path / "tgt_tokenizer.json") if run.config.data.get("separate_vocab") else src)
 
 
+NUMBERS_ONLY = ("langs", "train_pairs", "val_numbers", "test_numbers")  # options of the made corpus
+TSV_ONLY = ("val_fraction", "test_fraction")                            # and of a corpus of pairs
+
+
 class Seq2SeqRecipe(Recipe):
     task = "seq2seq"
     DataConfig = PairDataConfig
@@ -354,6 +358,13 @@ class Seq2SeqRecipe(Recipe):
     def data_config(self, model: str, data, options: dict, out: Path) -> PairDataConfig:
         """data: numbers, a TSV file of source<TAB>target, or (source, target) pairs in memory, which are
         written to the run directory as pairs.tsv."""
+        numbers = not (isinstance(data, (list, tuple)) or data is not None and str(data) != "numbers"
+                       or options.get("data_file"))
+        unused = [k for k in (TSV_ONLY if numbers else NUMBERS_ONLY) if k in options]
+        if unused:  # before, silently ignored
+            pairs, made = "a corpus of pairs (--data-file)", "--data numbers"
+            raise DlforgeError(f"{flag(unused[0])}: applies to {pairs if numbers else made}, not to "
+                               f"{made if numbers else 'a corpus of pairs'}")
         if isinstance(data, (list, tuple)) and data and all(isinstance(p, (list, tuple)) for p in data):
             _check_pairs(data)  # before they are written: their errors named pairs.tsv, a file the user never gave
             path = Path(out) / "pairs.tsv"
