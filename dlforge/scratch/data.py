@@ -51,6 +51,8 @@ def load_arrays(name: str, data_dir: str | None = None, seed: int = 0,
     """Train/test arrays for `name`: digits | mnist | fashion-mnist | moons."""
     if name not in DATASETS:
         raise DlforgeError(f"--data: expected one of {', '.join(DATASETS)}; got {name!r}")
+    if data_dir and name in ("digits", "moons"):  # made in memory: the folder was silently ignored
+        raise DlforgeError(f"--data-dir: {name} is made in memory (scikit-learn); it takes no --data-dir")
     if name == "moons":
         return _moons(seed, dtype)
     from dlforge.data.images import load_dataset

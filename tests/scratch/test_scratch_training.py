@@ -95,3 +95,10 @@ def test_plot_activations_writes_png(tmp_path):
     path = tmp_path / "plots" / "activations.png"
     plot_activations(path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
+
+
+@pytest.mark.parametrize("data", ["digits", "moons"])
+def test_a_data_dir_for_data_made_in_memory_is_refused(data, tmp_path):
+    # before: `backprop --data digits --data-dir /nonexistent` trained on digits, the folder silently ignored
+    with pytest.raises(DlforgeError, match=f"^--data-dir: {data} is made in memory"):
+        run_backprop(BackpropConfig(data=data, data_dir=str(tmp_path), epochs=1))
