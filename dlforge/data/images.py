@@ -428,6 +428,11 @@ def _mnist_where(name: str) -> Callable[[], str]:
     return lambda: str(mnist_dir(name, None, fetch=False) or f"not yet downloaded (cache: {cache_dir() / name})")
 
 
+def _gtsrb_where() -> str:
+    root = cache_dir() / "gtsrb"
+    return str(root) if (root / "GTSRB" / "Final_Training").is_dir() else f"not yet downloaded (cache: {root})"
+
+
 DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo(load_digits, "scikit-learn 8×8 handwritten digits, 10 classes, 1,797 images (default)",
                           lambda: "bundled with scikit-learn"),
@@ -436,8 +441,7 @@ DATASETS: dict[str, DatasetInfo] = {
     "fashion-mnist": DatasetInfo(_load_mnist_family("fashion-mnist", FASHION_CLASSES, None),
                                  "Zalando Fashion-MNIST, 10 classes, 60,000 + 10,000 28×28", _mnist_where("fashion-mnist")),
     "gtsrb": DatasetInfo(load_gtsrb, "German Traffic Sign Recognition Benchmark, 43 classes, RGB (ROI-cropped)",
-                         lambda: str(cache_dir() / "gtsrb") if (cache_dir() / "gtsrb" / "GTSRB" / "Final_Training").is_dir()
-                         else f"not yet downloaded (cache: {cache_dir() / 'gtsrb'})"),
+                         _gtsrb_where),
     "folder": DatasetInfo(load_folder, "your images: --data-dir DIR with one sub-folder per class", lambda: "--data-dir"),
 }
 

@@ -293,11 +293,13 @@ def check_conflicts(recipe: Recipe, data: Any, options: dict) -> None:
     (the file was trained on), and --vocab-size with the char tokenizer (whose vocabulary is every character of
     the text, whatever the size given)."""
     if data is not None and options.get("data_file") is not None:
-        raise DlforgeError(f"--data-file {options['data_file']}: --data {data if isinstance(data, (str, Path)) else '…'} "
-                           f"was given too; give the data once, as one or the other")
-    tokenizer = {f.name: f.default for f in fields(recipe.DataConfig)}.get("tokenizer") if "vocab_size" in options \
-        else None
-    if options.get("tokenizer", tokenizer) == "char" and options.get("vocab_size") is not None:
+        given = data if isinstance(data, (str, Path)) else "…"
+        raise DlforgeError(f"--data-file {options['data_file']}: --data {given} was given too; give the data once, as "
+                           f"one or the other")
+    if options.get("vocab_size") is None:
+        return
+    default = next((f.default for f in fields(recipe.DataConfig) if f.name == "tokenizer"), None)
+    if options.get("tokenizer", default) == "char":
         raise DlforgeError(f"--vocab-size {options['vocab_size']}: sizes the bpe and word tokenizers; the char "
                            f"tokenizer{'' if 'tokenizer' in options else ' (the default here)'} takes every "
                            f"character of the text")
@@ -360,6 +362,11 @@ def _same_data(recipe: Recipe, model: str, data: Any, options: dict, cfg: RunCon
 def is_int(v) -> bool:
     """A whole number as Python takes one (numpy's too), not a bool: what a handle's integer argument must be."""
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def is_number(v) -> bool:
+    """A real number (an int, a float, numpy's), not a bool: what a handle's float argument must be."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 def _norm(v):

@@ -6,7 +6,6 @@ the run. A dataset given in memory is kept in the run directory (data.safetensor
 """
 from __future__ import annotations
 
-import numbers
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from dlforge.data.loader import BatchLoader
 from dlforge.data.transforms import ImageTransform, TransformConfig, resize
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import metrics, plots
-from dlforge.recipes.base import Handle, Recipe
+from dlforge.recipes.base import Handle, Recipe, is_int
 from dlforge.runs import RunConfig, atomic_write_json
 from dlforge.train.tasks import ClassifyTask
 from dlforge.train.trainer import TrainConfig, autocast
@@ -206,7 +205,7 @@ class Classifier(Handle):
         """Any image (a file of any size or colour mode, a PIL image, an array or tensor), one or a batch (a list,
         or an array of images: see _is_batch) ->
         [{"image", "top": [{"class", "index", "probability"}]}], preprocessed exactly like the test data."""
-        if not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool) or top_k < 1:  # 2.5, "3": TypeErrors
+        if not is_int(top_k) or top_k < 1:  # 2.5 or "3" was a TypeError
             raise DlforgeError(f"--top-k: expected an integer, at least 1 (at most {len(self.classes)} classes), got "
                                f"{top_k!r}")
         batch = images_ if isinstance(images_, (list, tuple)) or self._is_batch(images_) else [images_]

@@ -10,7 +10,6 @@ import functools
 import inspect
 import json
 import math
-import numbers
 import sys
 import time
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from dlforge.data.loader import TokenLoader
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import metrics, plots
 from dlforge.models.sampling import filter_logits, generate_ids  # noqa: F401 (this module's API)
-from dlforge.recipes.base import Handle, Recipe, is_file, is_int, option_argv
+from dlforge.recipes.base import Handle, Recipe, is_file, is_int, is_number, option_argv
 from dlforge.registry import get_entry
 from dlforge.runs import Run, RunConfig, atomic_write_json
 from dlforge.train.tasks import LanguageModelTask
@@ -543,10 +542,8 @@ def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, t
     new tokens, top_k=1.5 or temperature="hot" reached torch as a TypeError."""
     for opt, v, ok, want in (("--max-new-tokens", max_new_tokens, is_int(max_new_tokens), "an integer"),
                              ("--top-k", top_k, top_k is None or is_int(top_k), "an integer"),
-                             ("--temperature", temperature, isinstance(temperature, numbers.Real)
-                              and not isinstance(temperature, bool), "a number"),
-                             ("--top-p", top_p, top_p is None or isinstance(top_p, numbers.Real)
-                              and not isinstance(top_p, bool), "a number")):
+                             ("--temperature", temperature, is_number(temperature), "a number"),
+                             ("--top-p", top_p, top_p is None or is_number(top_p), "a number")):
         if not ok:
             raise DlforgeError(f"{opt}: expected {want}, got {v!r}")
     checks = [("--max-new-tokens", max_new_tokens >= 0, "0 or more"), ("--temperature", 0 <= temperature < math.inf,

@@ -9,7 +9,6 @@ given in memory are kept in the run directory (pairs.tsv).
 from __future__ import annotations
 
 import hashlib
-import numbers
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from dlforge.data.loader import BatchLoader
 from dlforge.data.text import TOKENIZERS, TextTokenizer, fit_tokenizer
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import plots
-from dlforge.recipes.base import Handle, Recipe, flag, is_file, is_int
+from dlforge.recipes.base import Handle, Recipe, flag, is_file, is_int, is_number
 from dlforge.runs import Run, RunConfig, atomic_write_json
 from dlforge.train.distributed import from_env
 from dlforge.train.tasks import Seq2SeqTask
@@ -269,8 +268,7 @@ def teacher_forced_loss(model, src: torch.Tensor, tgt: torch.Tensor, task: Seq2S
 def _check_decoding(beam: int, length_penalty: float) -> None:
     if not is_int(beam) or not 1 <= beam <= 64:  # 2.5 was torch's TypeError
         raise DlforgeError(f"--beam: expected 1..64, got {beam!r}")
-    if not isinstance(length_penalty, numbers.Real) or isinstance(length_penalty, bool) or \
-            not 0 <= length_penalty <= 5:
+    if not is_number(length_penalty) or not 0 <= length_penalty <= 5:
         raise DlforgeError(f"--length-penalty: expected 0..5, got {length_penalty}")
 
 
@@ -358,13 +356,13 @@ class Seq2SeqRecipe(Recipe):
     def data_config(self, model: str, data, options: dict, out: Path) -> PairDataConfig:
         """data: numbers, a TSV file of source<TAB>target, or (source, target) pairs in memory, which are
         written to the run directory as pairs.tsv."""
-        numbers = not (isinstance(data, (list, tuple)) or data is not None and str(data) != "numbers"
-                       or options.get("data_file"))
-        unused = [k for k in (TSV_ONLY if numbers else NUMBERS_ONLY) if k in options]
+        made = not (isinstance(data, (list, tuple)) or data is not None and str(data) != "numbers"
+                    or options.get("data_file"))  # the numbers corpus, made here
+        unused = [k for k in (TSV_ONLY if made else NUMBERS_ONLY) if k in options]
         if unused:  # before, silently ignored
-            pairs, made = "a corpus of pairs (--data-file)", "--data numbers"
-            raise DlforgeError(f"{flag(unused[0])}: applies to {pairs if numbers else made}, not to "
-                               f"{made if numbers else 'a corpus of pairs'}")
+            pairs, numbers = "a corpus of pairs (--data-file)", "--data numbers"
+            raise DlforgeError(f"{flag(unused[0])}: applies to {pairs if made else numbers}, not to "
+                               f"{numbers if made else 'a corpus of pairs'}")
         if isinstance(data, (list, tuple)) and data and all(isinstance(p, (list, tuple)) for p in data):
             _check_pairs(data)  # before they are written: their errors named pairs.tsv, a file the user never gave
             path = Path(out) / "pairs.tsv"
