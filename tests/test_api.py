@@ -91,9 +91,17 @@ def test_diffuser_on_images_with_captions(tmp_path):
     assert len(imgs) == 2 and imgs[0].size == (8, 8)
     again = d.sample(["a handwritten three"], n=2, steps=5, seed=1)
     assert np.array_equal(np.asarray(imgs[0]), np.asarray(again[0]))  # seeded
-    for seed in (-1, 2 ** 63):  # before: -1 sampled as 2^64 - 1, 2^63 was torch's OverflowError
+    for seed in (-1, 2 ** 63, "a"):  # before: -1 sampled as 2^64 - 1, 2^63 was torch's OverflowError
         with pytest.raises(dlforge.DlforgeError, match=r"^--seed: expected 0 \.\. 2\^63 - 1, got"):
             d.sample(["a handwritten three"], n=1, steps=2, seed=seed)
+    for kwargs, says in (({"n": 1.5}, "--n: expected 1..4096 images per prompt, got 1.5"),  # each was a TypeError
+                         ({"steps": "5"}, "--steps: expected an integer, got '5'"),
+                         ({"guidance": "x"}, "--guidance: expected a number, got 'x'")):
+        with pytest.raises(dlforge.DlforgeError) as e:
+            d.sample(["a handwritten three"], **kwargs)
+        assert str(e.value) == says
+    with pytest.raises(dlforge.DlforgeError, match="^--prompt: expected text, got NoneType$"):
+        d.sample([None])
     imgs, traj = d.sample("a handwritten one", n=1, steps=5, trajectory=True)
     assert len(traj) >= 2 and traj[0][0] > traj[-1][0]  # noise first, then lower t
 
@@ -290,8 +298,8 @@ def test_empty_text_in_memory_is_named(data, tmp_path):
 @pytest.mark.parametrize("model, option, value, says", [
     ("lstm", "dropout", -0.5, "--dropout: expected a probability in [0, 1), got -0.5"),
     ("gpt-tiny", "dropout", 1.5, "--dropout: expected a probability in [0, 1), got 1.5"),
-    ("gpt-tiny", "width", 0, "--width: expected at least 1, got 0"),
-    ("unet-tiny", "layers", -1, "--layers: expected at least 1, got -1"),  # trained without a word
+    ("gpt-tiny", "width", 0, "--width: expected an integer, at least 1, got 0"),
+    ("unet-tiny", "layers", -1, "--layers: expected an integer, at least 1, got -1"),  # trained without a word
     ("unet-tiny", "width", 3, "--width 3: the unet's time embedding needs an even width")])
 def test_a_model_option_out_of_range_names_itself(model, option, value, says, tmp_path):
     # before: a ValueError or RuntimeError traceback from torch
@@ -299,3 +307,26 @@ def test_a_model_option_out_of_range_names_itself(model, option, value, says, tm
     with pytest.raises(dlforge.DlforgeError) as e:
         dlforge.train(model, data=data, out=tmp_path / "r", max_steps=1, **{**QUIET, option: value})
     assert str(e.value) == says
+
+
+@pytest.mark.parametrize("kwargs, says", [
+    ({"callbacks": [object()]}, "callbacks[0]: expected a dlforge.Callback (subclass it), got object, which has no "
+                                "on_start()"),
+    ({"callbacks": "x"}, "callbacks: expected a list of dlforge.Callback objects, got str"),
+    ({"out": 5}, "out: expected a run directory (str or Path), got 5"),
+    ({"hidden": [-1]}, "--hidden: expected positive integers such as [256, 128], got [-1]"),
+    ({"hidden": [0]}, "--hidden: expected positive integers such as [256, 128], got [0]"),
+    ({"eval_batch_size": 0}, "--eval-batch-size: expected at least 1, got 0"),
+    ({"img_size": "8"}, "--img-size: expected an integer, got '8'"),
+    ({"val_fraction": "0.2"}, "--val-fraction: expected a number, got '0.2'"),
+    ({"data": (np.zeros((4, 8, 8), np.uint8), None)}, "labels: missing; give 4 integer class indices (or class names)"),
+    ({"data": {"images": np.zeros((4, 8, 8), np.uint8), "labels": [0, 1, 0, 1], "test_images": np.zeros((2, 8, 8))}},
+     "test_labels: missing; give 2 integer class indices (or class names)")])
+def test_python_arguments_of_the_wrong_kind_are_named_before_anything_is_written(kwargs, says, tmp_path, monkeypatch):
+    """Before: AttributeError at the first step (leaving a run with no checkpoint), pathlib's and torch's
+    TypeError or RuntimeError, a layer of 0 units trained, and eval_batch_size=0 trained and then crashed."""
+    monkeypatch.chdir(tmp_path)
+    options = {"data": "digits", "out": "r", "img_size": 8, "max_steps": 1, **QUIET, **kwargs}
+    with pytest.raises(dlforge.DlforgeError) as e:
+        dlforge.train("mlp", **options)
+    assert str(e.value) == says and not list(tmp_path.iterdir())

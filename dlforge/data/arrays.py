@@ -49,6 +49,8 @@ def as_uint8_images(x, what: str = "images") -> torch.Tensor:
 
 
 def as_labels(y, n: int, what: str = "labels") -> torch.Tensor:
+    if y is None:  # (images, None), or test_images without test_labels: was torch's TypeError
+        raise DlforgeError(f"{what}: missing; give {n} integer class indices (or class names)")
     t = torch.as_tensor(np.ascontiguousarray(y))
     if t.dim() != 1 or len(t) != n or t.is_floating_point() or t.is_complex():
         raise DlforgeError(f"{what}: expected {n} integer class indices, got shape {tuple(t.shape)} of {t.dtype}")

@@ -201,8 +201,11 @@ class Recipe:
 
 
 # the shared model options' ranges (each family's own limits, e.g. a width divisible by --heads, are the model's)
-MODEL_RANGES = {"dropout": (lambda v: 0 <= v < 1, "a probability in [0, 1)"),
-                **{k: (lambda v: v >= 1, "at least 1") for k in ("width", "layers", "heads")}}
+MODEL_RANGES = {"dropout": (lambda v: is_number(v) and 0 <= v < 1, "a probability in [0, 1)"),
+                **{k: (lambda v: is_int(v) and v >= 1, "an integer, at least 1") for k in ("width", "layers", "heads")},
+                # mlp: [-1] was torch's RuntimeError, [0] a layer of no units, "64" torch's words for another option
+                "hidden": (lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(is_int(x) and x >= 1 for x in v),
+                           "positive integers such as [256, 128]")}
 
 
 def is_file(path, folders: bool = False) -> bool:
@@ -286,6 +289,25 @@ def out_dir(model: str, out: str | Path | None, resume: bool, data_label: str) -
         n += 1
         p = base.with_name(f"{base.name}-{n}")
     return p
+
+
+def _check_callbacks(callbacks) -> list:
+    """Callbacks, checked before anything is written: a bad one ([object()], "x") was an AttributeError at the
+    first step, and left a run with a config and no checkpoint. None: none."""
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, (str, bytes)) or not hasattr(callbacks, "__iter__"):
+        raise DlforgeError(f"callbacks: expected a list of dlforge.Callback objects, got {type(callbacks).__name__}")
+    callbacks = list(callbacks)
+    for i, cb in enumerate(callbacks):
+        missing = [m for m in HOOKS if not callable(getattr(cb, m, None))]
+        if missing:
+            raise DlforgeError(f"callbacks[{i}]: expected a dlforge.Callback (subclass it), got {type(cb).__name__}, "
+                               f"which has no {missing[0]}()")
+    return callbacks
+
+
+HOOKS = tuple(n for n in vars(Callback) if n.startswith("on_"))  # what the trainer calls on each callback
 
 
 def check_conflicts(recipe: Recipe, data: Any, options: dict) -> None:
@@ -380,6 +402,9 @@ def train(model: str, data: Any = None, *, out: str | Path | None = None, resume
     -> the run's handle with `.report` (None on a torchrun process other than rank 0)."""
     if model == "diffusion":  # `dlforge train diffusion`: the default text-to-image denoiser
         model = "unet"
+    callbacks = _check_callbacks(callbacks)
+    if out is not None and not isinstance(out, (str, os.PathLike)):  # 5 was pathlib's TypeError
+        raise DlforgeError(f"out: expected a run directory (str or Path), got {out!r}")
     recipe = recipe_for(get_entry(model).task)
     if not resume:  # a resumed run keeps the recipe it was made with
         options = recipe.budget_options(model, options)

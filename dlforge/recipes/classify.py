@@ -23,7 +23,7 @@ from dlforge.evaluate import metrics, plots
 from dlforge.recipes.base import Handle, Recipe, is_int
 from dlforge.runs import RunConfig, atomic_write_json
 from dlforge.train.tasks import ClassifyTask
-from dlforge.train.trainer import TrainConfig, autocast
+from dlforge.train.trainer import TrainConfig, autocast, check_field_types
 
 
 # The moving average of the weights that new classifier runs validate and load (--ema-decay; 0: none). Training
@@ -44,6 +44,7 @@ class DataConfig:
     skip_bad_images: bool = False  # leave out undecodable image files (counted) instead of refusing them all
 
     def __post_init__(self) -> None:
+        check_field_types(self)  # from Python, a str for a number was a TypeError from a comparison
         if self.name not in images.DATASETS:
             raise DlforgeError(f"--data: unknown dataset {self.name!r}; expected one of: {', '.join(images.DATASETS)}")
         if not 0 <= self.val_fraction < 1:

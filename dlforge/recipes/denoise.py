@@ -26,12 +26,12 @@ from dlforge.diffusion.conditioning import Conditioner, external_encoder
 from dlforge.diffusion.schedulers import DDPMScheduler, make_betas, make_scheduler
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import plots
-from dlforge.recipes.base import Handle, Recipe
+from dlforge.recipes.base import Handle, Recipe, is_int, is_number
 from dlforge.runs import Run, RunConfig, atomic_write_bytes, atomic_write_json
 from dlforge.train import checkpoint as ckpt
 from dlforge.train.callbacks import Callback
 from dlforge.train.tasks import DenoiseTask
-from dlforge.train.trainer import TrainConfig, check_seed
+from dlforge.train.trainer import TrainConfig, check_field_types, check_seed
 
 VAL_IMAGES = 1000     # validation loss on this many held-out images, with fixed t and ε
 GRID_PER_PROMPT = 4   # sample grids during training: every class prompt (at most 10) × 4
@@ -47,6 +47,7 @@ class DiffusionDataConfig:
     skip_bad_images: bool = False   # leave out undecodable image files (counted) instead of refusing them all
 
     def __post_init__(self) -> None:
+        check_field_types(self)  # from Python, a str for a number was a TypeError from a comparison
         if self.is_csv:
             self.name = str(Path(self.name).expanduser().resolve())
         elif self.name not in images.DATASETS:
@@ -120,6 +121,11 @@ def generate(model: torch.nn.Module, cfg: RunConfig, cond: torch.Tensor, null: t
     """len(cond) images as uint8 (N, C, S, S), in batches (64: with guidance a forward pass of 128, the
     fastest size measured on 2 CPU cores); the trajectory of the first batch. callback(i) after each step
     (an exception it raises stops the sampling)."""
+    for opt, v, ok, want in (("--steps", steps, steps is None or is_int(steps), "an integer"),
+                             ("--guidance", guidance, is_number(guidance), "a number"),
+                             ("--eta", eta, eta is None or is_number(eta), "a number")):
+        if not ok:  # from Python, steps="5" or guidance="x" was a TypeError
+            raise DlforgeError(f"{opt}: expected {want}, got {v!r}")
     if eta is not None and not 0 <= eta <= 1:
         raise DlforgeError(f"--eta: expected a number in [0, 1] (0: deterministic DDIM), got {eta}")
     P.check_guidance(guidance)
@@ -378,10 +384,12 @@ class Diffuser(Handle):
         """n images per prompt as uint8 (N, C, H, W), prompt by prompt; and the reverse process of the first
         images at `frames` steps [(t, x_t)]."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not 1 <= n <= 4096:
-            raise DlforgeError(f"--n: expected 1..4096 images per prompt, got {n}")
+        if not is_int(n) or not 1 <= n <= 4096:  # 1.5 was a TypeError
+            raise DlforgeError(f"--n: expected 1..4096 images per prompt, got {n!r}")
         if not prompts:
             raise DlforgeError("--prompt: give at least one prompt")
+        if not all(isinstance(p, str) for p in prompts):  # None was an AttributeError
+            raise DlforgeError(f"--prompt: expected text, got {next(type(p).__name__ for p in prompts if not isinstance(p, str))}")
         cond = self.cond_fn.encode(list(dict.fromkeys(prompts)), warn=True)  # each prompt checked once
         index = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
         cond = cond[[index[p] for p in prompts for _ in range(n)]]

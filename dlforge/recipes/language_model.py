@@ -28,7 +28,7 @@ from dlforge.recipes.base import Handle, Recipe, is_file, is_int, is_number, opt
 from dlforge.registry import get_entry
 from dlforge.runs import Run, RunConfig, atomic_write_json
 from dlforge.train.tasks import LanguageModelTask
-from dlforge.train.trainer import TrainConfig, autocast, check_seed
+from dlforge.train.trainer import TrainConfig, autocast, check_field_types, check_seed
 
 TASK = "language-model"
 # The moving average of the weights that new language-model runs validate and load (--ema-decay; 0: none).
@@ -58,6 +58,7 @@ class TextDataConfig:
     eval_spread: bool = False
 
     def __post_init__(self) -> None:
+        check_field_types(self)  # from Python, a str for a number was a TypeError from a comparison
         if self.tokenizer not in textdata.TOKENIZERS:
             raise DlforgeError(f"--tokenizer: expected one of {', '.join(textdata.TOKENIZERS)}; got {self.tokenizer!r}")
         if self.vocab_size is None:

@@ -26,7 +26,7 @@ from dlforge.recipes.base import Handle, Recipe, flag, is_file, is_int, is_numbe
 from dlforge.runs import Run, RunConfig, atomic_write_json
 from dlforge.train.distributed import from_env
 from dlforge.train.tasks import Seq2SeqTask
-from dlforge.train.trainer import TrainConfig, autocast
+from dlforge.train.trainer import TrainConfig, autocast, check_field_types
 
 TASK = "seq2seq"
 
@@ -48,6 +48,7 @@ class PairDataConfig:
     split_seed: int = 0               # the fixed train/validation/test split (independent of --seed)
 
     def __post_init__(self) -> None:
+        check_field_types(self)  # from Python, a str for a number was a TypeError from a comparison
         if self.tokenizer not in TOKENIZERS:
             raise DlforgeError(f"--tokenizer: expected one of {', '.join(TOKENIZERS)}; got {self.tokenizer!r}")
         if not self.data_file and self.name != "numbers":

@@ -26,7 +26,7 @@ from dlforge.recipes.base import Handle, Recipe, is_file
 from dlforge.registry import create_model
 from dlforge.runs import Run, RunConfig, atomic_write_json
 from dlforge.train.tasks import CTCTask
-from dlforge.train.trainer import TrainConfig
+from dlforge.train.trainer import TrainConfig, check_field_types
 
 MAX_SECONDS = 60.0       # the longest clip transcribe accepts
 MAX_TRAIN_SECONDS = 30.0  # ... and a manifest may hold
@@ -45,6 +45,7 @@ class SpeechDataConfig:
     split_seed: int = 0
 
     def __post_init__(self) -> None:
+        check_field_types(self)  # from Python, a str for a number was a TypeError from a comparison
         if not self.data_file and self.name != "spoken-numbers":
             raise DlforgeError(f"--data: unknown speech corpus {self.name!r}; expected spoken-numbers "
                                f"(or --data-file MANIFEST.csv)")

@@ -34,13 +34,30 @@ SCHEDULES = ("constant", "cosine")
 DECAY_ON = ("all", "matrices")  # --weight-decay-on
 
 
+def check_field_types(config) -> None:
+    """Each field of a config dataclass (TrainConfig, each recipe's DataConfig) is of its type: an int, float, str
+    or bool field, optionally None. A NumPy number counts, and is kept as the Python one, for config.json. From
+    Python, dlforge.train(max_steps="ten"), seed=1.5 or img_size="8" failed inside torch or a comparison with a
+    TypeError instead of naming the option."""
+    kinds = {"int": (numbers.Integral, int, "an integer"), "float": (numbers.Real, float, "a number"),
+             "str": (str, str, "a string"), "bool": ((bool, np.bool_), bool, "True or False")}
+    for f in fields(config):
+        value, kind = getattr(config, f.name), str(f.type).replace(" | None", "")
+        if (value is None and "None" in str(f.type)) or kind not in kinds:
+            continue
+        want, cast, words = kinds[kind]
+        if not isinstance(value, want) or (kind != "bool" and isinstance(value, (bool, np.bool_))):
+            raise DlforgeError(f"--{f.name.replace('_', '-')}: expected {words}, got {value!r}")
+        setattr(config, f.name, cast(value))
+
+
 SEED_MAX = 2 ** 63 - 1  # torch.Generator's seeds are 64-bit: a larger one was an OverflowError traceback
 
 
 def check_seed(seed: int) -> int:
     """The one range of every --seed (training, sampling, generation, evaluation)."""
-    if not 0 <= seed <= SEED_MAX:
-        raise DlforgeError(f"--seed: expected 0 .. 2^63 - 1, got {seed}")
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or not 0 <= seed <= SEED_MAX:
+        raise DlforgeError(f"--seed: expected 0 .. 2^63 - 1, got {seed!r}")  # "a" was a TypeError
     return seed
 
 
@@ -73,21 +90,6 @@ class TrainConfig:
     grad_accum: int = 1             # run each batch as this many micro-batches (less memory, the same step)
     early_stop: int | None = None   # stop after this many evaluations without a better validation loss
 
-    def _check_types(self) -> None:
-        """Each option is of its field's type (a NumPy number counts, and is kept as the Python one, for
-        config.json): from Python, dlforge.train(max_steps="ten") or seed=1.5 failed inside torch with a
-        TypeError or RuntimeError instead of naming the option."""
-        kinds = {"int": (numbers.Integral, int, "an integer"), "float": (numbers.Real, float, "a number"),
-                 "str": (str, str, "a string"), "bool": ((bool, np.bool_), bool, "True or False")}
-        for f in fields(self):
-            value, kind = getattr(self, f.name), str(f.type).replace(" | None", "")
-            if (value is None and "None" in str(f.type)) or kind not in kinds:
-                continue
-            want, cast, words = kinds[kind]
-            if not isinstance(value, want) or (kind != "bool" and isinstance(value, (bool, np.bool_))):
-                raise DlforgeError(f"--{f.name.replace('_', '-')}: expected {words}, got {value!r}")
-            setattr(self, f.name, cast(value))
-
     def total_epochs(self, batches_per_epoch: int) -> float:
         """The epochs the run may take: --epochs, else as many as --max-steps needs, else unbounded under
         --max-time alone (the clock decides), else the reference's 5."""
@@ -98,7 +100,7 @@ class TrainConfig:
         return math.inf if self.max_time is not None else 5
 
     def __post_init__(self) -> None:
-        self._check_types()
+        check_field_types(self)
         check_seed(self.seed)
         checks = [("--optimizer", self.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
                   ("--precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
@@ -117,7 +119,8 @@ class TrainConfig:
                   ("--decay-steps", self.decay_steps is None or self.decay_steps >= 1, "at least 1"),
                   ("--grad-accum", self.grad_accum >= 1 and self.grad_accum <= self.batch_size,
                    f"1 .. --batch-size ({self.batch_size})"),
-                  ("--early-stop", self.early_stop is None or self.early_stop >= 1, "at least 1 evaluation")]
+                  ("--early-stop", self.early_stop is None or self.early_stop >= 1, "at least 1 evaluation"),
+                  ("--eval-batch-size", self.eval_batch_size >= 1, "at least 1")]  # 0 trained, then crashed
         for opt, ok, want in checks:
             if not ok:
                 raise DlforgeError(f"{opt}: expected {want}, got {getattr(self, opt[2:].replace('-', '_'))!r}")
