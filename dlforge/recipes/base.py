@@ -297,13 +297,14 @@ def _check_callbacks(callbacks) -> list:
     if callbacks is None:
         return []
     if isinstance(callbacks, (str, bytes)) or not hasattr(callbacks, "__iter__"):
-        raise DlforgeError(f"callbacks: expected a list of dlforge.Callback objects, got {type(callbacks).__name__}")
+        raise DlforgeError(f"callbacks: expected a list of Callback objects (dlforge.train.callbacks), got "
+                           f"{type(callbacks).__name__}")
     callbacks = list(callbacks)
     for i, cb in enumerate(callbacks):
         missing = [m for m in HOOKS if not callable(getattr(cb, m, None))]
         if missing:
-            raise DlforgeError(f"callbacks[{i}]: expected a dlforge.Callback (subclass it), got {type(cb).__name__}, "
-                               f"which has no {missing[0]}()")
+            raise DlforgeError(f"callbacks[{i}]: expected a Callback (subclass dlforge.train.callbacks.Callback), got "
+                               f"{type(cb).__name__}, which has no {missing[0]}()")
     return callbacks
 
 
