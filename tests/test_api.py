@@ -293,6 +293,8 @@ def test_empty_text_in_memory_is_named(data, tmp_path):
     with pytest.raises(dlforge.DlforgeError, match="^data: the text is empty; give a corpus name, a text file or "
                                                    "folder, or the text itself$"):
         dlforge.train("gpt-tiny", data=data, out=tmp_path / "r", **QUIET)
+    with pytest.raises(dlforge.DlforgeError, match="^data: a list of lines of text, but item 1 is int$"):
+        dlforge.train("gpt-tiny", data=["the cat", 5], out=tmp_path / "r", **QUIET)  # was "…got list"
 
 
 @pytest.mark.parametrize("model, option, value, says", [
@@ -321,7 +323,8 @@ def test_a_model_option_out_of_range_names_itself(model, option, value, says, tm
     ({"val_fraction": "0.2"}, "--val-fraction: expected a number, got '0.2'"),
     ({"data": (np.zeros((4, 8, 8), np.uint8), None)}, "labels: missing; give 4 integer class indices (or class names)"),
     ({"data": {"images": np.zeros((4, 8, 8), np.uint8), "labels": [0, 1, 0, 1], "test_images": np.zeros((2, 8, 8))}},
-     "test_labels: missing; give 2 integer class indices (or class names)")])
+     "test_labels: missing; give 2 integer class indices (or class names)"),
+    ({"resume": "yes"}, "resume: expected True or False, got 'yes'")])
 def test_python_arguments_of_the_wrong_kind_are_named_before_anything_is_written(kwargs, says, tmp_path, monkeypatch):
     """Before: AttributeError at the first step (leaving a run with no checkpoint), pathlib's and torch's
     TypeError or RuntimeError, a layer of 0 units trained, and eval_batch_size=0 trained and then crashed."""

@@ -404,6 +404,8 @@ def train(model: str, data: Any = None, *, out: str | Path | None = None, resume
     if model == "diffusion":  # `dlforge train diffusion`: the default text-to-image denoiser
         model = "unet"
     callbacks = _check_callbacks(callbacks)
+    if not isinstance(resume, bool):  # "yes" (or "no") resumed
+        raise DlforgeError(f"resume: expected True or False, got {resume!r}")
     if out is not None and not isinstance(out, (str, os.PathLike)):  # 5 was pathlib's TypeError
         raise DlforgeError(f"out: expected a run directory (str or Path), got {out!r}")
     recipe = recipe_for(get_entry(model).task)

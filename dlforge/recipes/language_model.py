@@ -335,7 +335,10 @@ class LanguageModelRecipe(Recipe):
         """data: a corpus name, a text file or a folder of them, or text in memory (a string with whitespace in
         it, or a list of strings, one per line), which is written to the run directory as corpus.txt."""
         options = {"block_size": default_block_size(model), "sampling": SAMPLINGS[0], "eval_spread": True, **options}
-        if isinstance(data, (list, tuple)) and all(isinstance(t, str) for t in data):
+        if isinstance(data, (list, tuple)):
+            bad = next((i for i, t in enumerate(data) if not isinstance(t, str)), None)
+            if bad is not None:  # was "expected a dataset name or a file for language-model, got list"
+                raise DlforgeError(f"data: a list of lines of text, but item {bad} is {type(data[bad]).__name__}")
             data = "\n".join(data)
         if isinstance(data, str) and not data.strip():  # was "unknown text corpus None"
             raise DlforgeError("data: the text is empty; give a corpus name, a text file or folder, or the text itself")
