@@ -150,7 +150,7 @@ def test_predict_top_k_0_is_one_line_naming_top_k(tmp_path, capsys):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "x.png")
     assert main(["predict", str(run), str(tmp_path / "x.png"), "--top-k", "0"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("dlforge: error: --top-k: expected at least 1") and err.count("\n") == 1, err
+    assert err.startswith("dlforge: error: --top-k: expected an integer, at least 1") and err.count("\n") == 1, err
 
 
 def test_generate_with_a_negative_temperature_names_temperature_only(tmp_path, capsys):
