@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -41,23 +42,35 @@ def _require() -> None:
 
 
 def check_out(out: Path) -> None:
-    """An output folder is new, empty, or holds a previous dlforge export and nothing else (which is replaced)."""
+    """An output folder is new, empty, or holds a previous dlforge export and nothing else: files directly in it,
+    each named in its model.json (export replaces it whole, once the new one is written)."""
     if out.exists() and not out.is_dir():
         raise DlforgeError(f"--out {out}: is a file, not a folder")
     if not out.is_dir() or not any(out.iterdir()):
         return
     try:
         old = json.loads((out / "model.json").read_text())
-        ours = set(old["files"]) if old.get("exported_by") == "dlforge" else None
+        ours = {str(n) for n in old["files"]} if old.get("exported_by") == "dlforge" else set()
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        ours = None
-    others = sorted(p.name for p in out.iterdir() if ours is None or p.name not in ours)
+        ours = set()
+    # a folder, a link or a name model.json does not list is not ours (before, its list was trusted: a name
+    # "../x" deleted a file beside the folder, and a folder's name was an IsADirectoryError traceback)
+    others = sorted(p.name for p in out.iterdir() if p.name not in ours or p.is_symlink() or not p.is_file())
     if others:
         raise DlforgeError(f"--out {out}: the folder holds other files ({', '.join(others[:3])}"
                            f"{', …' if len(others) > 3 else ''}); give a new or empty folder (a previous dlforge "
                            f"export there is replaced)")
-    for name in ours:
-        (out / name).unlink(missing_ok=True)
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    """The export written in `new` becomes `out`; a previous one there (check_out: only its own files) goes."""
+    if not out.exists():
+        new.rename(out)
+        return
+    old = out.with_name(f".{out.name}.old-{new.name.rsplit('-', 1)[-1]}")
+    out.rename(old)
+    new.rename(out)
+    shutil.rmtree(old)
 
 
 def _io(names: dict, tensors=None) -> list[dict]:
@@ -211,10 +224,21 @@ def export(handle, out: str | Path | None = None, format: str = "onnx", int8: bo
     _require()
     out = Path(out) if out is not None else handle.path / "onnx"
     check_out(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
+    try:  # written beside it, then swapped in: an export stopped half-way left the old one deleted and its
+        out.parent.mkdir(parents=True, exist_ok=True)  # folder holding files the retry refused
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
     except OSError as e:
         raise DlforgeError(f"--out {out}: cannot create the folder ({e.strerror})") from None
+    try:
+        body = _write_export(handle, tmp, int8)
+        _swap_in(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"out": str(out), **body}
+
+
+def _write_export(handle, out: Path, int8: bool) -> dict:
+    """The graphs, the files they need and model.json, into the folder `out` -> model.json's content."""
     cfg = handle.config
     model = copy.deepcopy(handle.model).float().cpu().eval()  # the handle's own model stays where it is
     graphs, meta = FAMILIES[cfg.task](handle, model)
@@ -229,7 +253,7 @@ def export(handle, out: str | Path | None = None, format: str = "onnx", int8: bo
             "checkpoint": str(handle.checkpoint), "task": cfg.task, "model": cfg.model, "model_kwargs": cfg.model_kwargs,
             "graphs": written, **meta, "files": files}
     atomic_write_json(out / "model.json", body)
-    return {"out": str(out), **body}
+    return body
 
 
 def _version() -> str:

@@ -279,3 +279,37 @@ def test_an_export_replaces_a_previous_one_and_the_cli_says_what_it_wrote(tmp_pa
     assert sorted(p.name for p in (run / "onnx").iterdir()) == ["classifier.onnx", "model.json"]
     with pytest.raises(DlforgeError, match="--format"):
         dlforge.load(run).export(format="torchscript")
+
+
+def test_a_previous_exports_list_is_not_trusted_and_a_stopped_export_keeps_the_old_one(tmp_path, capsys, monkeypatch):
+    """Before: check_out unlinked every name a leftover model.json listed ("../x" deleted a file beside the folder,
+    a folder's name was an IsADirectoryError traceback), and an export stopped half-way had deleted the previous
+    one first, leaving files its retry refused."""
+    from dlforge.export import onnx as X
+    run = _copy("classify", tmp_path)
+    beside = tmp_path / "precious.txt"
+    beside.write_text("mine")
+    trav = tmp_path / "exp"
+    trav.mkdir()
+    (trav / "model.json").write_text(json.dumps({"exported_by": "dlforge", "files": ["model.json", "../precious.txt"]}))
+    assert main(["export", str(run), "--out", str(trav)]) == 0
+    assert beside.read_text() == "mine" and (trav / "classifier.onnx").is_file()
+    dirs = tmp_path / "dirs"
+    (dirs / "sub").mkdir(parents=True)
+    (dirs / "model.json").write_text(json.dumps({"exported_by": "dlforge", "files": ["model.json", "sub"]}))
+    assert main(["export", str(run), "--out", str(dirs)]) == 2
+    err = capsys.readouterr().err
+    assert "holds other files (sub)" in err and err.count("\n") == 1 and (dirs / "sub").is_dir(), err
+    assert main(["export", str(run)]) == 0
+    before = {p.name: p.read_bytes() for p in (run / "onnx").iterdir()}
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(X, "write_graph", stop)
+    with pytest.raises(KeyboardInterrupt):
+        X.export(dlforge.load(run))
+    assert {p.name: p.read_bytes() for p in (run / "onnx").iterdir()} == before  # the old export, whole
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".onnx")) == []  # no half-written folder
+    monkeypatch.undo()
+    assert main(["export", str(run), "--int8"]) == 0  # and the retry replaces it
+    assert sorted(p.name for p in (run / "onnx").iterdir()) == ["classifier.int8.onnx", "classifier.onnx", "model.json"]
