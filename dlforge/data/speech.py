@@ -61,7 +61,7 @@ def read_audio(path: str | Path, max_seconds: float | None = None, what: str = "
     unreadable or too long audio is a one-line DlforgeError naming the file."""
     name = what or str(path)
     if not Path(path).is_file():
-        raise DlforgeError(f"{name}: no such audio file")
+        raise DlforgeError(f"{name}: a folder, not an audio file" if Path(path).is_dir() else f"{name}: no such audio file")
     with open(path, "rb") as f:
         head = f.read(8)
     return _decode_sound(str(path), head, Path(path).stat().st_size, max_seconds, name)
@@ -90,7 +90,10 @@ def _decode_sound(source, head: bytes, size: int, max_seconds: float | None, nam
     except Exception as e:  # noqa: BLE001  soundfile's LibsndfileError / RuntimeError: not audio, a broken header
         kind = "truncated or damaged audio file" if head[:4] in AUDIO_MAGIC else "not a readable audio file"
         raise DlforgeError(f"{name}: {kind} ({str(e).splitlines()[0][:120]})") from None
-    riff_short = head[:4] == b"RIFF" and int.from_bytes(head[4:8], "little") + 8 > size  # libsndfile reads what is there
+    riff = int.from_bytes(head[4:8], "little")  # libsndfile reads what is there, so a cut file is told by its header;
+    # but a WAV written to a pipe (espeak-ng --stdout, ffmpeg to stdout) cannot know its length and says ~2 or 4 GiB
+    # (0x7ffff024, 0xffffffff) or 0: those are read as the file's length, as libsndfile does (they were "truncated")
+    riff_short = head[:4] == b"RIFF" and 0 < riff < 0x7FFF0000 and riff + 8 > size
     if len(data) < frames or riff_short:
         raise DlforgeError(f"{name}: truncated audio file (its header promises more data than the file holds)")
     return prepare_audio(data.mean(1), rate, max_seconds, name)

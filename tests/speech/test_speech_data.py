@@ -90,6 +90,21 @@ def test_bad_audio_is_one_line_naming_the_file(tmp_path, case):
             "too long": "at most 60 s", "missing": "no such"}[case] in msg
 
 
+def test_a_wav_written_to_a_pipe_is_read_whole(tmp_path):
+    """espeak-ng --stdout (and ffmpeg to a pipe) cannot know the length and write ~2 GiB (0x7ffff024) or 4 GiB
+    (0xffffffff) as the RIFF and data sizes: those were refused as 'truncated'. A folder was 'no such audio file'."""
+    sf.write(tmp_path / "a.wav", _tone(0.5), 16000, subtype="PCM_16")
+    raw = bytearray((tmp_path / "a.wav").read_bytes())
+    want = S.read_audio(tmp_path / "a.wav")
+    data_at = raw.index(b"data") + 4
+    for riff, data in ((0x7FFFF024, 0x7FFFF000), (0xFFFFFFFF, 0xFFFFFFFF)):
+        raw[4:8], raw[data_at:data_at + 4] = riff.to_bytes(4, "little"), data.to_bytes(4, "little")
+        (tmp_path / "piped.wav").write_bytes(raw)
+        assert np.array_equal(S.read_audio(tmp_path / "piped.wav"), want)
+    with pytest.raises(DlforgeError, match=f"^{tmp_path}: a folder, not an audio file$"):
+        S.read_audio(tmp_path)
+
+
 def test_manifest_errors_name_the_line(tmp_path):
     sf.write(tmp_path / "a.wav", _tone(), 16000)
     good = tmp_path / "m.csv"
