@@ -388,8 +388,9 @@ class Diffuser(Handle):
             raise DlforgeError(f"--n: expected 1..4096 images per prompt, got {n!r}")
         if not prompts:
             raise DlforgeError("--prompt: give at least one prompt")
-        if not all(isinstance(p, str) for p in prompts):  # None was an AttributeError
-            raise DlforgeError(f"--prompt: expected text, got {next(type(p).__name__ for p in prompts if not isinstance(p, str))}")
+        other = next((p for p in prompts if not isinstance(p, str)), "")
+        if not isinstance(other, str):  # None was an AttributeError
+            raise DlforgeError(f"--prompt: expected text, got {type(other).__name__}")
         cond = self.cond_fn.encode(list(dict.fromkeys(prompts)), warn=True)  # each prompt checked once
         index = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
         cond = cond[[index[p] for p in prompts for _ in range(n)]]
