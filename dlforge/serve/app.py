@@ -18,6 +18,8 @@ from importlib import resources
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -32,6 +34,17 @@ from dlforge.serve.metrics import Metrics
 log = logging.getLogger("dlforge.serve")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 PUBLIC = ("/", "/docs", "/openapi.json")  # the page and the API's description: no model, no data
+DOCS_ASSETS = "/docs-assets"  # Swagger UI's script and style, served here: FastAPI's /docs loads them from a CDN
+
+
+def _swagger_ui() -> Path | None:
+    """The folder of Swagger UI's files that fastapi-offline ships (Swagger UI 5: it renders OpenAPI 3.1, as
+    PyPI's swagger-ui-bundle's 4.15 does not); None where it is not installed (then /docs uses the CDN)."""
+    try:
+        folder = Path(str(resources.files("fastapi_offline") / "static"))
+    except ModuleNotFoundError:
+        return None
+    return folder if (folder / "swagger-ui-bundle.js").is_file() else None
 
 
 def served_models(handles: dict[str, Handle], limits: Limits, metrics: Metrics) -> dict[str, E.Served]:
@@ -72,7 +85,19 @@ def create_app(handles: dict[str, Handle], limits: Limits | None = None, token: 
             s.worker.close()
 
     app = FastAPI(title="dlforge serve", version=__import__("dlforge").__version__, lifespan=lifespan,
-                  description="Trained dlforge runs over HTTP. Errors are JSON {\"error\": ...}.")
+                  description="Trained dlforge runs over HTTP. Errors are JSON {\"error\": ...}.", docs_url=None,
+                  redoc_url=None)
+    swagger = _swagger_ui()
+    if swagger is not None:
+        app.mount(DOCS_ASSETS, StaticFiles(directory=swagger), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        """The API's page, whole on this machine (offline, the CDN's page was blank)."""
+        local = {"swagger_js_url": f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                 "swagger_css_url": f"{DOCS_ASSETS}/swagger-ui.css",
+                 "swagger_favicon_url": f"{DOCS_ASSETS}/favicon.png"} if swagger is not None else {}
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="dlforge serve: the API", **local)
     app.state.models, app.state.metrics, app.state.limits = models, metrics, limits
     actions = {e.action for s in models.values() for e in s.family.endpoints}
 
@@ -150,7 +175,7 @@ class Guard:
 
     def check(self, scope) -> None:
         headers = dict(scope["headers"])
-        if self.token is not None and scope["path"] not in PUBLIC:
+        if self.token is not None and scope["path"] not in PUBLIC and not scope["path"].startswith(DOCS_ASSETS + "/"):
             scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.token):  # any case: RFC 7235
                 raise RequestError(401, "missing or wrong token: send Authorization: Bearer TOKEN",

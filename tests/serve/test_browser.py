@@ -115,3 +115,15 @@ def test_translate_and_sample_in_the_page(browser, url, handles, tmp_path):
     d.set_window_size(1366, 1800)
     d.save_screenshot(str(tmp_path / "playground.png"))
     d.set_window_size(1366, 900)
+
+
+def test_the_api_page_renders_without_the_internet(browser, url, client):
+    """Before: /docs loaded Swagger UI from cdn.jsdelivr.net, and on a machine offline the page stayed blank."""
+    from selenium.webdriver.common.by import By
+    page = client.get("/docs").text
+    assert "/docs-assets/swagger-ui-bundle.js" in page and "cdn.jsdelivr.net" not in page
+    assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
+    browser.get(url + "/docs")
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".swagger-ui .opblock"))  # drawn from /openapi.json
+    paths = {e.get_attribute("data-path") for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+    assert "/v1/completions" in paths and "/v1/models/{name}/predict" in paths, paths

@@ -255,6 +255,8 @@ def test_token_is_required_and_compared(handles):
         assert httpx.get(f"{base}/v1/models", headers={"Authorization": "Basic s3cret-token-0123456789"}
                          ).status_code == 401
         assert httpx.get(f"{base}/").status_code == 200  # the page itself holds no model; its calls send the token
+        assert httpx.get(f"{base}/docs").status_code == 200 and httpx.get(f"{base}/docs-assets/swagger-ui.css"
+                                                                         ).status_code == 200  # nor does the API's
 
 
 def _block(worker) -> threading.Event:
