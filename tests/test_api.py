@@ -297,6 +297,14 @@ def test_empty_text_in_memory_is_named(data, tmp_path):
         dlforge.train("gpt-tiny", data=["the cat", 5], out=tmp_path / "r", **QUIET)  # was "…got list"
 
 
+
+def test_block_size_none_is_the_models_own(tmp_path):
+    # before: a TypeError (None + 1) while splitting the text; None is "the default", as leaving it out is
+    text = "the cat sat on the mat.\n" * 40
+    dlforge.train("gpt-tiny", data=text, out=tmp_path / "g", block_size=None, max_steps=1, eval_every=1, **QUIET)
+    assert json.loads((tmp_path / "g" / "config.json").read_text())["data"]["block_size"] == 64  # gpt-tiny's
+
+
 @pytest.mark.parametrize("model, option, value, says", [
     ("lstm", "dropout", -0.5, "--dropout: expected a probability in [0, 1), got -0.5"),
     ("gpt-tiny", "dropout", 1.5, "--dropout: expected a probability in [0, 1), got 1.5"),

@@ -334,7 +334,9 @@ class LanguageModelRecipe(Recipe):
     def data_config(self, model: str, data, options: dict, out: Path) -> TextDataConfig:
         """data: a corpus name, a text file or a folder of them, or text in memory (a string with whitespace in
         it, or a list of strings, one per line), which is written to the run directory as corpus.txt."""
-        options = {"block_size": default_block_size(model), "sampling": SAMPLINGS[0], "eval_spread": True, **options}
+        defaults = {"block_size": default_block_size(model), "sampling": SAMPLINGS[0], "eval_spread": True}
+        # None given for one of these is its default, as leaving it out is (block_size=None was a TypeError)
+        options = {**defaults, **{k: v for k, v in options.items() if v is not None or k not in defaults}}
         if isinstance(data, (list, tuple)):
             bad = next((i for i, t in enumerate(data) if not isinstance(t, str)), None)
             if bad is not None:  # was "expected a dataset name or a file for language-model, got list"
