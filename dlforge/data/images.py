@@ -188,12 +188,14 @@ WIDE_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")  # more than 8 bits a
 
 
 def to_8bit(im: "PIL.Image.Image", path: Path) -> "PIL.Image.Image":
-    """A 16-bit, 32-bit integer or float grey image -> mode L, its range scaled to 0..255. PIL's convert("L")
+    """A 16-bit, 32-bit integer or float grey image -> mode L (any other image: as it is), its range scaled to 0..255. PIL's convert("L")
     clips them at 255: a 16-bit digit decoded as a white blob, a float one (0..1) as black, and either was
     classified with no word said. 16-bit: v / 257; 32-bit integers: as they are when all ≤ 255, else as 16-bit;
     floats: 0..1 × 255, or 0..255 as they are."""
     from PIL import Image
 
+    if im.mode not in WIDE_MODES:
+        return im
     a = np.asarray(im)
     lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
     if im.mode == "F":
@@ -235,7 +237,7 @@ def decode_image(path: Path, size: int, mode: str, box: tuple[int, int, int, int
     from PIL import Image
 
     with _open(path) as im:
-        im = (to_8bit(im, path) if im.mode in WIDE_MODES else im).convert(mode)
+        im = to_8bit(im, path).convert(mode)
         if box:
             im = im.crop(box)
         im = im.resize((size, size), Image.Resampling.BILINEAR)

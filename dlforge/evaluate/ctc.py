@@ -12,6 +12,8 @@ prefix search with a fusion hook over a PyTorch model (pyctcdecode needs KenLM n
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -70,7 +72,6 @@ class CharLM:
             raise DlforgeError(f"--lm {handle.path}: its text has none of the recognizer's characters; train it on "
                                f"transcripts in the recognizer's languages")
         if unseen:  # before, silently scored as very unlikely: a model of another language steers every beam away
-            import sys
             print(f"dlforge: note: --lm {handle.path} never saw {len(unseen)} of the recognizer's {len(labels)} "
                   f"characters, scored as very unlikely: {' '.join(repr(c) for c in unseen[:20])}"
                   f"{' …' if len(unseen) > 20 else ''}", file=sys.stderr)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import numbers
 import os
 import sys
 from dataclasses import asdict, fields
@@ -24,7 +23,7 @@ from dlforge.runs import Run, RunConfig, training_lock
 from dlforge.train import checkpoint as ckpt
 from dlforge.train.callbacks import Callback
 from dlforge.train.tasks import Task
-from dlforge.train.trainer import Trainer, TrainConfig, pick_device
+from dlforge.train.trainer import Trainer, TrainConfig, is_int, is_number, pick_device
 
 TRAIN_OPTIONS = tuple(f.name for f in fields(TrainConfig))
 BUDGET = ("epochs", "max_steps", "max_time")  # on --resume: given together or kept together
@@ -380,16 +379,6 @@ def _same_data(recipe: Recipe, model: str, data: Any, options: dict, cfg: RunCon
             if k != "data_dir" and v != cfg.data.get(k):
                 return False
     return True
-
-
-def is_int(v) -> bool:
-    """A whole number as Python takes one (numpy's too), not a bool: what a handle's integer argument must be."""
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def is_number(v) -> bool:
-    """A real number (an int, a float, numpy's), not a bool: what a handle's float argument must be."""
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 def _norm(v):

@@ -26,12 +26,12 @@ from dlforge.diffusion.conditioning import Conditioner, external_encoder
 from dlforge.diffusion.schedulers import DDPMScheduler, make_betas, make_scheduler
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import plots
-from dlforge.recipes.base import Handle, Recipe, is_int, is_number
+from dlforge.recipes.base import Handle, Recipe
 from dlforge.runs import Run, RunConfig, atomic_write_bytes, atomic_write_json
 from dlforge.train import checkpoint as ckpt
 from dlforge.train.callbacks import Callback
 from dlforge.train.tasks import DenoiseTask
-from dlforge.train.trainer import TrainConfig, check_field_types, check_seed
+from dlforge.train.trainer import TrainConfig, check_field_types, check_seed, is_int, is_number
 
 VAL_IMAGES = 1000     # validation loss on this many held-out images, with fixed t and ε
 GRID_PER_PROMPT = 4   # sample grids during training: every class prompt (at most 10) × 4

@@ -24,11 +24,11 @@ from dlforge.data.loader import TokenLoader
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import metrics, plots
 from dlforge.models.sampling import filter_logits, generate_ids  # noqa: F401 (this module's API)
-from dlforge.recipes.base import Handle, Recipe, is_file, is_int, is_number, option_argv
+from dlforge.recipes.base import Handle, Recipe, is_file, option_argv
 from dlforge.registry import get_entry
 from dlforge.runs import Run, RunConfig, atomic_write_json
 from dlforge.train.tasks import LanguageModelTask
-from dlforge.train.trainer import TrainConfig, autocast, check_field_types, check_seed
+from dlforge.train.trainer import TrainConfig, autocast, check_field_types, check_seed, is_int, is_number
 
 TASK = "language-model"
 # The moving average of the weights that new language-model runs validate and load (--ema-decay; 0: none).

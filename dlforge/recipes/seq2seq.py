@@ -22,11 +22,11 @@ from dlforge.data.loader import BatchLoader
 from dlforge.data.text import TOKENIZERS, TextTokenizer, fit_tokenizer
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import plots
-from dlforge.recipes.base import Handle, Recipe, flag, is_file, is_int, is_number
+from dlforge.recipes.base import Handle, Recipe, flag, is_file
 from dlforge.runs import Run, RunConfig, atomic_write_json
 from dlforge.train.distributed import from_env
 from dlforge.train.tasks import Seq2SeqTask
-from dlforge.train.trainer import TrainConfig, autocast, check_field_types
+from dlforge.train.trainer import TrainConfig, autocast, check_field_types, is_int, is_number
 
 TASK = "seq2seq"
 

@@ -34,6 +34,16 @@ SCHEDULES = ("constant", "cosine")
 DECAY_ON = ("all", "matrices")  # --weight-decay-on
 
 
+def is_int(v) -> bool:
+    """A whole number as Python takes one (numpy's too), not a bool: what an integer argument must be."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def is_number(v) -> bool:
+    """A real number (an int, a float, numpy's), not a bool: what a float argument must be."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
 def check_field_types(config) -> None:
     """Each field of a config dataclass (TrainConfig, each recipe's DataConfig) is of its type: an int, float, str
     or bool field, optionally None. A NumPy number counts, and is kept as the Python one, for config.json. From
@@ -56,7 +66,7 @@ SEED_MAX = 2 ** 63 - 1  # torch.Generator's seeds are 64-bit: a larger one was a
 
 def check_seed(seed: int) -> int:
     """The one range of every --seed (training, sampling, generation, evaluation)."""
-    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or not 0 <= seed <= SEED_MAX:
+    if not is_int(seed) or not 0 <= seed <= SEED_MAX:
         raise DlforgeError(f"--seed: expected 0 .. 2^63 - 1, got {seed!r}")  # "a" was a TypeError
     return seed
 
