@@ -119,6 +119,11 @@ def test_bad_data_in_memory_is_one_line():
     with pytest.raises(dlforge.DlforgeError, match="^labels: 'bird' not among the classes \\('cat', 'dog'\\)$"):
         dlforge.train("mlp", data={"images": np.zeros((3, 8, 8), np.uint8), "labels": ["cat", "dog", "bird"],
                                    "classes": ["cat", "dog"]}, out="/nonexistent/x", **QUIET)
+    # before: trained to 100% on the one class, and reported it
+    with pytest.raises(dlforge.DlforgeError, match="^labels: every training image is of class 'cat'; a classifier "
+                                                   "needs images of two classes or more$"):
+        dlforge.train("mlp", data={"images": np.zeros((6, 8, 8), np.uint8), "labels": ["cat"] * 6,
+                                   "classes": ["cat", "dog"]}, out="/nonexistent/x", **QUIET)
     assert not Path("/nonexistent").exists()  # nothing made for a run that never started
 
 

@@ -108,6 +108,9 @@ def write(path: Path, data, classes: list[str] | None = None) -> Path:
     classes = [str(c) for c in (d.get("classes") or classes or range(k))]
     if len(classes) < k:
         raise DlforgeError(f"data: labels go up to {k - 1}, but {len(classes)} classes are named")
+    if len(present := y.unique()) < 2:  # trained to 100% on one class, and reported it, without a word
+        raise DlforgeError(f"labels: every training image is of class {classes[int(present[0])]!r}; a classifier "
+                           f"needs images of two classes or more")
     if tx.shape[1:] != x.shape[1:]:
         raise DlforgeError(f"test_images: shape {tuple(tx.shape[1:])} differs from images' {tuple(x.shape[1:])}")
     path.parent.mkdir(parents=True, exist_ok=True)
