@@ -229,7 +229,7 @@ def cmd_translate(args: argparse.Namespace) -> None:
     if args.attention_map:
         tr.attention_map(args.text[0], args.to, args.attention_map, out[0]["translation"])
     if args.json:
-        _print_json({"translations": out} if len(out) > 1 else out[0])
+        _print_json({"translations": out})  # one shape for one text or many, as predict's {"predictions": [...]}
         return
     for r in out:
         print(r["translation"] if r["translation"] else "(empty translation)")
@@ -245,7 +245,7 @@ def cmd_transcribe(args: argparse.Namespace) -> None:
     if args.alignment:
         tr.alignment_plot(args.audio[0], args.alignment)
     if args.json:
-        _print_json({"transcripts": out} if len(out) > 1 else out[0])
+        _print_json({"transcripts": out})  # one shape for one file or many
         return
     for r in out:
         print(f"{r['audio']}\t{r['text']}" if len(out) > 1 else r["text"])

@@ -57,7 +57,7 @@ def test_translate_greedy_beam_json_and_attention_map(numbers_run, tmp_path, cap
     greedy = json.loads(capsys.readouterr().out)["translations"]
     assert [g["source"] for g in greedy] == ["1234", "77"] and all(isinstance(g["translation"], str) for g in greedy)
     assert main(["translate", str(numbers_run), "1234", "--to", "en", "--beam", "1", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["translation"] == greedy[0]["translation"]
+    assert json.loads(capsys.readouterr().out)["translations"] == greedy[:1]  # one text: the same shape
     assert main(["translate", str(numbers_run), "one thousand", "--to", "digits", "--beam", "3",
                  "--attention-map", str(png)]) == 0
     assert png.stat().st_size > 5000

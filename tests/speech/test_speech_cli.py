@@ -69,6 +69,8 @@ def test_transcribe_cli_and_handle_agree(asr_run, clips, capsys):
     assert tr.transcribe([(wave, rate), str(clips[0])])[1]["text"] == out[0]["text"]
     beam = tr.transcribe(str(clips[0]), beam=8)[0]["text"]
     assert isinstance(beam, str)
+    assert main(["transcribe", str(asr_run), str(clips[0]), "--json"]) == 0  # one file: the same shape as several
+    assert json.loads(capsys.readouterr().out)["transcripts"] == out[:1]
     assert main(["transcribe", str(asr_run), str(clips[0]), "--beam", "4", "--alignment",
                  str(asr_run / "a.png")]) == 0 and (asr_run / "a.png").stat().st_size > 5000
 
