@@ -165,6 +165,22 @@ def test_resume_with_another_optimizer_is_refused_and_leaves_the_run_resumable(c
                        "exit 2, one line; config.json untouched, so a later `--resume` continues")
 
 
+def test_resume_with_a_budget_the_run_has_already_spent_is_refused(cnn_run, capsys, tmp_path):
+    # before: it trained nothing, and config.json's max_steps became 50 on a run at step 123
+    run = tmp_path / "cnn"
+    shutil.copytree(cnn_run, run)
+    config = (run / "config.json").read_bytes()
+    step = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+    assert main(["train", "cnn", *FAST, "--out", str(run), "--resume", "--max-steps", "50"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"dlforge: error: --max-steps 50: counts from the run's start, and {run} is already at step {step}; to train "
+        f"on, give more (e.g. --max-steps {step + 50})"]
+    assert main(["train", "cnn", *FAST, "--out", str(run), "--resume", "--epochs", "2"]) == 2
+    assert "--epochs 2: counts from the run's start, and" in capsys.readouterr().err
+    assert (run / "config.json").read_bytes() == config
+    assert main(["train", "cnn", *FAST, "--out", str(run), "--resume", "--epochs", "3"]) == 0  # its own: re-reports
+
+
 def test_a_second_training_process_on_one_run_is_refused_at_once(cnn_run, capsys, tmp_path, reliability):
     # before, two commands on one run directory (a --resume while it trains, two new runs started together)
     # both trained into it, and it ended with one's checkpoints and the other's config

@@ -417,14 +417,15 @@ def train(model: str, data: Any = None, *, out: str | Path | None = None, resume
                                    f"keeps its data, model and task")
             _check_unchanged(recipe, cfg, data_opts, model_kw, task_opts, out)
             saved = dict(cfg.train)
-            if any(k in train_opts for k in BUDGET):  # a new budget replaces the whole old one
+            old_budget = {k: saved.get(k) for k in BUDGET} if any(k in train_opts for k in BUDGET) else None
+            if old_budget:  # a new budget replaces the whole old one
                 saved.update({k: None for k in BUDGET})
             tcfg = TrainConfig(**{**saved, **train_opts})  # the run's recipe, and what this call changes
             cfg.train = asdict(tcfg)
             dc = recipe.DataConfig(**cfg.data)
             prepared = recipe.prepare(dc, cfg.facts.get("data_seed", tcfg.seed), recipe.load_artifacts(run))
         else:
-            tcfg = TrainConfig(**{**recipe.train_defaults, **train_opts})
+            tcfg, old_budget = TrainConfig(**{**recipe.train_defaults, **train_opts}), None
             dc = recipe.data_config(model, data, data_opts, out)
             recipe.check_task_options(task_opts)
             prepared = recipe.prepare(dc, tcfg.seed)
@@ -443,14 +444,15 @@ def train(model: str, data: Any = None, *, out: str | Path | None = None, resume
             # makes streams) left a run with a config and no checkpoint, and the next try went to runs/NAME-2
             Run.create(out, cfg)
             recipe.save_artifacts(run, prepared)
-        if not fit(trainer, resume, out, cfg, recipe.describe(cfg, prepared, loader, dc)):
+        if not fit(trainer, resume, out, cfg, recipe.describe(cfg, prepared, loader, dc), old_budget):
             return None  # torchrun: rank 0 reports
         handle = recipe.handle(run, device=tcfg.device)
         handle.report = recipe.after_training(handle, prepared)
         return handle
 
 
-def fit(trainer: Trainer, resume: bool, out: Path, cfg: RunConfig, what: str) -> bool:
+def fit(trainer: Trainer, resume: bool, out: Path, cfg: RunConfig, what: str, old_budget: dict | None = None
+        ) -> bool:
     """Resume the trainer from its run's last checkpoint when asked, say what trains on what and what will
     stop it, train. -> whether this process reports (under torchrun only rank 0 does). A resumed run's
     config.json takes the changed options only once the checkpoint has taken them: a refused --resume (another
@@ -458,6 +460,8 @@ def fit(trainer: Trainer, resume: bool, out: Path, cfg: RunConfig, what: str) ->
     say = trainer.world.main  # under torchrun, rank 0 alone says it (every rank printed both lines)
     if resume:
         trainer.resume()
+        if old_budget is not None:
+            _check_budget_left(trainer, old_budget, out)
         Run.create(out, cfg)
         if say:
             print(f"dlforge: resuming {out} at epoch {trainer.epoch + 1}, step {trainer.step}", file=sys.stderr)
@@ -467,6 +471,26 @@ def fit(trainer: Trainer, resume: bool, out: Path, cfg: RunConfig, what: str) ->
               f"{_budget(trainer)}", file=sys.stderr)
     trainer.fit()
     return trainer.world.main
+
+
+def _check_budget_left(trainer: Trainer, old: dict, out: Path) -> None:
+    """A budget given to --resume counts from the run's start: one below what the run has already trained (and
+    not its own) is refused, before config.json takes it. Before, `--resume --max-steps 10` on a run at step 20
+    trained nothing and rewrote the run's budget to 10."""
+    cfg, spent = trainer.cfg, []
+    if cfg.max_steps is not None and cfg.max_steps < trainer.step and cfg.max_steps != old["max_steps"]:
+        spent.append((f"--max-steps {cfg.max_steps}", f"is already at step {trainer.step:,}",
+                      f"--max-steps {trainer.step + cfg.max_steps}"))
+    if cfg.epochs is not None and cfg.epochs < trainer.epoch and cfg.epochs != old["epochs"]:
+        spent.append((f"--epochs {cfg.epochs}", f"has already trained {trainer.epoch} epochs",
+                      f"--epochs {trainer.epoch + cfg.epochs}"))
+    if (cfg.max_time is not None and cfg.max_time * 60 < trainer.elapsed and cfg.max_time != old["max_time"]):
+        spent.append((f"--max-time {cfg.max_time:g}", f"has already trained {trainer.elapsed / 60:.2f} minutes",
+                      f"--max-time {trainer.elapsed / 60 + cfg.max_time:.3g}"))
+    if spent:
+        option, done, more = spent[0]
+        raise DlforgeError(f"{option}: counts from the run's start, and {out} {done}; to train on, give more "
+                           f"(e.g. {more})")
 
 
 def _budget(trainer: Trainer) -> str:
