@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import math
 from dataclasses import dataclass
 
 from dlforge.errors import DlforgeError
@@ -40,8 +41,11 @@ class Limits:
         for name in ("max_body_bytes", "max_pixels", "max_images", "queue_size", "max_batch"):
             if getattr(self, name) < 1:
                 raise DlforgeError(f"--{name.replace('_', '-')}: expected at least 1, got {getattr(self, name)}")
-        if self.timeout_s <= 0 or self.max_wait_ms < 0:
-            raise DlforgeError("--timeout / --max-wait-ms: expected a positive timeout and a wait of 0 or more")
+        # nan passed every comparison: --timeout nan was a traceback, --max-wait-ms nan killed the batcher
+        if not 0 < self.timeout_s < math.inf:
+            raise DlforgeError(f"--timeout: expected a positive, finite number of seconds, got {self.timeout_s}")
+        if not 0 <= self.max_wait_ms < math.inf:
+            raise DlforgeError(f"--max-wait-ms: expected 0 or more milliseconds, finite, got {self.max_wait_ms}")
 
 
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")  # what PIL may open: no format plugin beyond these

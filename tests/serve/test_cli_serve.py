@@ -17,6 +17,9 @@ from tests.serve.conftest import free_port, serve_process
     (["RUN", "--host", "0.0.0.0"], "--host 0.0.0.0: serving beyond this machine needs --token-file FILE"),
     (["RUN", "--token-file", "/nonexistent/token"], "--token-file /nonexistent/token: cannot read it"),
     (["RUN", "--queue-size", "0"], "--queue-size: expected at least 1, got 0"),
+    # before: --timeout nan was a traceback, and --max-wait-ms nan started a server whose batcher died
+    (["RUN", "--timeout", "nan"], "--timeout: expected a positive, finite number of seconds, got nan"),
+    (["RUN", "--max-wait-ms", "inf"], "--max-wait-ms: expected 0 or more milliseconds, finite, got inf"),
 ])
 def test_bad_serve_arguments_are_one_line(args, says, runs, capsys, reliability):
     args = [str(runs["gpt"]) if a == "RUN" else a for a in args]
