@@ -475,13 +475,17 @@ class LanguageModel(Handle):
         return self.tokenizer.decode([0])
 
     def stream(self, prompt: str, max_new_tokens: int = 500, temperature: float = 0.8, top_k: int | None = None,
-               top_p: float | None = None, seed: int = 0, use_cache: bool = True) -> Iterator[str]:
-        """Yield the continuation of `prompt` piece by piece as it is sampled (whole UTF-8 characters)."""
+               top_p: float | None = None, seed: int = 0, use_cache: bool = True, counts: bool = False
+               ) -> Iterator[str] | Iterator[tuple[str, int]]:
+        """Yield the continuation of `prompt` piece by piece as it is sampled (whole UTF-8 characters); with
+        counts, (piece, the number of tokens it decodes) — a bpe character can take several tokens, and
+        re-encoding the text does not give back the tokens sampled (the server's usage counts these)."""
         check_sampling(max_new_tokens, temperature, top_k, top_p)
         check_seed(seed)
         ids = encode_prompt(self.tokenizer, prompt).to(self.device)
-        yield from decode_stream(self.tokenizer, generate_ids(self.model, ids, max_new_tokens, temperature, top_k,
-                                                              top_p, seed, use_cache))
+        pieces = decode_stream(self.tokenizer, generate_ids(self.model, ids, max_new_tokens, temperature, top_k,
+                                                            top_p, seed, use_cache), counts=True)
+        yield from pieces if counts else (text for text, _ in pieces)
 
     def generate(self, prompt: str, max_new_tokens: int = 500, temperature: float = 0.8, top_k: int | None = None,
                  top_p: float | None = None, seed: int = 0, use_cache: bool = True) -> str:
@@ -515,20 +519,21 @@ class LanguageModel(Handle):
 
 
 # ---------------------------------------------------------------- prompts and options
-def decode_stream(tok: textdata.TextTokenizer, ids: Iterator[int]) -> Iterator[str]:
+def decode_stream(tok: textdata.TextTokenizer, ids: Iterator[int], counts: bool = False
+                  ) -> Iterator[str] | Iterator[tuple[str, int]]:
     """The text of token ids as they come, one piece per token once it ends a whole UTF-8 character (bpe: a
     character's bytes may span tokens); the pieces join to tok.decode(all ids). Only the tokens not yet shown
     are decoded, so each token costs the same however long the text is (decoding everything each time is
-    O(n) per token)."""
+    O(n) per token). counts: (piece, how many tokens it decodes)."""
     pending: list[int] = []
     for t in ids:
         pending.append(t)
         text = tok.decode(pending)
         if not text.endswith("\ufffd"):  # ends on a character boundary: what follows decodes on its own
+            yield (text, len(pending)) if counts else text
             pending = []
-            yield text
     if pending:
-        yield tok.decode(pending)
+        yield (tok.decode(pending), len(pending)) if counts else tok.decode(pending)
 
 
 def encode_prompt(tok: textdata.TextTokenizer, prompt: str, option: str = "--prompt") -> torch.Tensor:

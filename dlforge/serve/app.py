@@ -246,6 +246,7 @@ async def _completions(models: dict[str, E.Served], request: Request):
     if len(stops) > 4 or any(not x for x in stops):
         raise RequestError(400, "stop: at most 4 non-empty strings")
     cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    deadline = time.monotonic() + s.limits.timeout_s  # --timeout is the whole request's, however many completions
     seed = b.seed or 0
     top_p = None if b.top_p >= 1 else b.top_p
 
@@ -256,13 +257,13 @@ async def _completions(models: dict[str, E.Served], request: Request):
     async def one(prompt: str, i: int):
         E._sampling_checks(s, prompt, b.max_tokens, "max_tokens")
         ticket = s.worker.admit()
-        gen = s.handle.stream(prompt, b.max_tokens, b.temperature, b.top_k, top_p, seed + i)
+        ticket.deadline = deadline  # before, each completion had a fresh --timeout: 8 of them ran 8 times as long
+        gen = s.handle.stream(prompt, b.max_tokens, b.temperature, b.top_k, top_p, seed + i, counts=True)
         return E._pieces(ticket, gen, await E._first(ticket, gen))
 
-    def usage(prompt_text: str, completion: str) -> dict:
-        tok = s.handle.tokenizer
-        p, c = len(tok.encode(prompt_text)), len(tok.encode(completion)) if completion else 0
-        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+    def usage(prompt_text: str, sampled: int) -> dict:  # the tokens sampled: re-encoding the text counted others
+        p = len(s.handle.tokenizer.encode(prompt_text))
+        return {"prompt_tokens": p, "completion_tokens": sampled, "total_tokens": p + sampled}
 
     def chunk(text: str, finish: str | None) -> dict:
         return {"id": cid, "object": "text_completion", "created": created, "model": b.model,
@@ -274,7 +275,7 @@ async def _completions(models: dict[str, E.Served], request: Request):
         async def events():
             sent = ""
             try:
-                async for p in pieces:
+                async for p, _ in pieces:
                     text, stopped = cut(sent + p)
                     if text[len(sent):]:
                         yield f"data: {json.dumps(chunk(text[len(sent):], None))}\n\n"
@@ -294,14 +295,15 @@ async def _completions(models: dict[str, E.Served], request: Request):
     choices, total = [], {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     for i, (prompt, k) in enumerate((p, k) for p in prompts for k in range(b.n)):
         pieces = await one(prompt, k)
-        text, stopped = "", False
-        async for p in pieces:
+        text, stopped, sampled = "", False, 0
+        async for p, n in pieces:
             text, stopped = cut(text + p)
+            sampled += n
             if stopped:
                 break
         await pieces.aclose()
         choices.append({"text": text, "index": i, "logprobs": None, "finish_reason": "stop" if stopped else "length"})
-        for key, v in usage(prompt, text).items():
+        for key, v in usage(prompt, sampled).items():
             total[key] += v
     return {"id": cid, "object": "text_completion", "created": created, "model": b.model, "choices": choices,
             "usage": total}

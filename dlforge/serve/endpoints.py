@@ -252,7 +252,7 @@ def _sampling_checks(s: Served, prompt: str, max_new: int, field: str = "max_new
         raise RequestError(400, f"{field}: {max_new}; at most {s.limits.max_new_tokens}")
 
 
-async def _first(ticket: Ticket, gen) -> str | None:
+async def _first(ticket: Ticket, gen) -> tuple[str, int] | None:
     """The first piece: a bad prompt (a character the tokenizer does not know) is a 400 before any stream."""
     try:
         return await ticket.run(_next_piece, gen)
@@ -261,8 +261,9 @@ async def _first(ticket: Ticket, gen) -> str | None:
         raise
 
 
-async def _pieces(ticket: Ticket, gen, first: str | None) -> AsyncIterator[str]:
-    """The pieces of one generation, each token sampled in the model's thread; the ticket ends with them."""
+async def _pieces(ticket: Ticket, gen, first: tuple[str, int] | None) -> AsyncIterator[tuple[str, int]]:
+    """The pieces of one generation (handle.stream(..., counts=True): each a piece of text and the number of
+    tokens it decodes), each token sampled in the model's thread; the ticket ends with them."""
     try:
         piece = first
         while piece is not None:
@@ -277,35 +278,37 @@ def sse(event: dict, name: str | None = None) -> str:
     return (f"event: {name}\n" if name else "") + f"data: {json.dumps(event)}\n\n"
 
 
-async def _sse_stream(pieces: AsyncIterator[str], done: Callable[[str], dict]) -> AsyncIterator[str]:
-    text = []
+async def _sse_stream(pieces: AsyncIterator[tuple[str, int]], done: Callable[[str, int], dict]
+                      ) -> AsyncIterator[str]:
+    text, tokens = [], 0
     try:
-        async for p in pieces:
+        async for p, n in pieces:
             text.append(p)
+            tokens += n
             yield sse({"text": p})
     except RequestError as e:  # the timeout, after the 200 was sent: said in the stream
         yield sse({"error": str(e), "status": e.status}, "error")
         return
     finally:  # also when the client goes away mid-stream: its ticket ends now, not at garbage collection
         await pieces.aclose()
-    yield sse(done("".join(text)), "done")
+    yield sse(done("".join(text), tokens), "done")
 
 
 async def generate(s: Served, request: Request) -> Response | dict:
     b = await json_body(request, GenerateBody)
     _sampling_checks(s, b.prompt, b.max_new_tokens)
     ticket = s.worker.admit()
-    gen = s.handle.stream(b.prompt, b.max_new_tokens, b.temperature, b.top_k, b.top_p, b.seed)
+    gen = s.handle.stream(b.prompt, b.max_new_tokens, b.temperature, b.top_k, b.top_p, b.seed, counts=True)
     pieces = _pieces(ticket, gen, await _first(ticket, gen))
-    tok = s.handle.tokenizer
 
-    def done(completion: str) -> dict:
+    def done(completion: str, tokens: int) -> dict:  # tokens: those sampled (re-encoding the text counted others)
         return {"model": s.name, "prompt": b.prompt, "completion": completion, "text": b.prompt + completion,
-                "tokens": len(tok.encode(completion)) if completion else 0}
+                "tokens": tokens}
     if b.stream:
         return StreamingResponse(_sse_stream(pieces, done), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
-    return done("".join([p async for p in pieces]))
+    got = [p async for p in pieces]
+    return done("".join(t for t, _ in got), sum(n for _, n in got))
 
 
 async def next_tokens(s: Served, request: Request) -> dict:

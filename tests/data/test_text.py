@@ -198,5 +198,7 @@ def test_streamed_pieces_join_to_the_decoded_text(kind):
     for ids in [tok.encode(text), *(torch.randint(tok.vocab_size, (200,), generator=gen).tolist() for _ in range(5))]:
         pieces = list(decode_stream(tok, iter(ids)))
         assert "".join(pieces) == tok.decode(ids)
+        counted = list(decode_stream(tok, iter(ids), counts=True))  # the server's usage: the tokens each decodes
+        assert [t for t, _ in counted] == pieces and sum(n for _, n in counted) == len(ids)
         waited += len(ids) - len(pieces)
     assert (waited > 0) == (kind == "bpe")  # char and word: one piece per token; bpe waits for whole characters

@@ -301,6 +301,24 @@ def test_a_body_shorter_than_its_content_length_is_408_within_the_timeout(handle
         assert httpx.post(f"{base}/v1/models/gpt/next", json={"text": "the"}).status_code == 200  # still serving
 
 
+def test_completions_share_one_timeout(handles, monkeypatch):
+    """Before: each of a request's completions had a --timeout of its own, so 8 prompts ran 8 times as long."""
+    def slow(*args, counts=False, **kwargs):
+        for piece in ("a", "b"):
+            time.sleep(0.2)
+            yield (piece, 1) if counts else piece
+    monkeypatch.setattr(handles["gpt"], "stream", slow)
+    app = create_app(handles, Limits(timeout_s=1.0))
+    with live_server(app) as base:
+        t0 = time.perf_counter()
+        r = httpx.post(f"{base}/v1/completions", json={"model": "gpt", "prompt": ["the"] * 8, "max_tokens": 2},
+                       timeout=30)
+        took = time.perf_counter() - t0
+        assert r.status_code == 504 and "timeout" in r.json()["error"] and took < 2.5, (r.text, took)
+        r = httpx.post(f"{base}/v1/completions", json={"model": "gpt", "prompt": ["the"] * 2, "max_tokens": 2})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
+
+
 def test_timeout_is_504_and_the_work_is_cancelled(handles):
     app = create_app(handles, Limits(timeout_s=0.3))
     worker = app.state.models["unet"].worker
