@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Callable
 
@@ -634,4 +635,7 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("dlforge: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `dlforge generate … | head`: the reader has gone, as for any Unix filter (was a traceback)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that exit's flush does not fail again
+        return 141  # 128 + SIGPIPE, what a shell reports for a filter its reader left
     return 0

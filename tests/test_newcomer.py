@@ -338,3 +338,14 @@ def test_bad_pairs_in_memory_are_named_by_their_index(pairs, says, tmp_path):
     with pytest.raises(dlforge.DlforgeError) as e:
         dlforge.train("transformer-tiny", data=pairs, out=tmp_path / "s", max_steps=1, progress=False)
     assert str(e.value) == says and not (tmp_path / "s").exists()
+
+
+def test_output_into_a_closed_pipe_ends_quietly_as_a_unix_filter_does():
+    """`dlforge data list | head -1`: before, a BrokenPipeError traceback (exit 1) once head had gone."""
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-m", "dlforge", "data", "list"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    p.stdout.close()  # the reader is gone before anything is written
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 141 and err == ""
