@@ -32,7 +32,7 @@ import torch
 from dlforge.data.download import cache_dir
 from dlforge.errors import DlforgeError
 
-FORMAT = 1
+FORMAT = 2  # 2: images turned upright by their EXIF orientation (images.as_mode)
 PARALLEL_FROM = 2000   # files: below this the pool's start-up costs more than it saves
 CHUNK = 256            # files a worker decodes per task
 STATS_ROWS = 4096      # rows read at a time to compute the channel statistics

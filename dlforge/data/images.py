@@ -207,6 +207,20 @@ def to_8bit(im: "PIL.Image.Image", path: Path) -> "PIL.Image.Image":
     return Image.fromarray(np.rint(a.astype(np.float64) * scale).astype(np.uint8), "L")
 
 
+def as_mode(im: "PIL.Image.Image", mode: str, what: str | Path) -> "PIL.Image.Image":
+    """A decoded image -> `mode` ('L' or 'RGB'), upright by its EXIF orientation, as a browser or a photo viewer
+    shows it (a phone's JPEG keeps the sensor's rows and a tag that turns them: the playground drew the photo
+    upright and classified it on its side), wide grey images scaled to 8 bits (to_8bit). A mode PIL cannot
+    convert (LAB) is one error naming the image: it was a ValueError, a 500 over HTTP."""
+    from PIL import ImageOps
+    im = to_8bit(ImageOps.exif_transpose(im), what)
+    try:
+        return im.convert(mode)
+    except ValueError:
+        raise DlforgeError(f"{what}: a {im.mode} image cannot be read as {'grey' if mode == 'L' else mode}; "
+                           f"save it as RGB or greyscale") from None
+
+
 @contextmanager
 def _open(path: Path) -> Iterator["PIL.Image.Image"]:
     """The one guarded way to open an image file: its header is checked before anything is decoded, and a
@@ -237,7 +251,7 @@ def decode_image(path: Path, size: int, mode: str, box: tuple[int, int, int, int
     from PIL import Image
 
     with _open(path) as im:
-        im = to_8bit(im, path).convert(mode)
+        im = as_mode(im, mode, path)
         if box:
             im = im.crop(box)
         im = im.resize((size, size), Image.Resampling.BILINEAR)

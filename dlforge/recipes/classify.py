@@ -330,7 +330,7 @@ def _one_image(item: Any, size: int, mode: str) -> torch.Tensor:
         return torch.from_numpy(images.decode_image(Path(item), size, mode).copy())
     if hasattr(item, "convert") and hasattr(item, "resize"):  # a PIL image (PIL is imported only if used)
         from PIL import Image
-        a = np.asarray(images.to_8bit(item, "image").convert(mode).resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+        a = np.asarray(images.as_mode(item, mode, "image").resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
         return torch.from_numpy((a[None] if a.ndim == 2 else a.transpose(2, 0, 1)).copy())
     x = arrays.as_uint8_images(np.asarray(item)[None] if not isinstance(item, torch.Tensor) else item[None], "image")
     return resize(x.float(), size).round().clamp(0, 255).to(torch.uint8)[0] if x.shape[-2:] != (size, size) else x[0]

@@ -295,3 +295,22 @@ def test_images_of_more_than_8_bits_are_scaled_not_clipped(tmp_path):
     Image.fromarray(a.astype(np.float32) - 1).save(tmp_path / "neg.tiff")
     with pytest.raises(DlforgeError, match=r"neg.tiff: a F image with values -1\.\.251; expected floats in 0\.\.1 or"):
         images.decode_image(tmp_path / "neg.tiff", 8, "L")
+
+
+def test_a_photo_is_read_upright_and_a_mode_pil_cannot_convert_is_one_line(tmp_path):
+    """A phone's JPEG keeps the sensor's rows and an EXIF tag that turns them: before, the playground drew such
+    a photo upright and classified it on its side. A LAB image was a ValueError (a 500 over HTTP)."""
+    from dlforge.recipes.classify import _one_image
+    a = np.zeros((16, 16), np.uint8)
+    a[:4] = 255  # the stored rows: bright on top
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "turn 90° clockwise to view": the top of the stored image is the viewer's right
+    Image.fromarray(a).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    for got in (images.decode_image(tmp_path / "phone.jpg", 16, "L")[0],
+                _one_image(Image.open(tmp_path / "phone.jpg"), 16, "L")[0].numpy()):
+        assert got[:, -4:].mean() > 200 and got[:, :8].mean() < 30 and got[:4, 6:10].mean() < 30
+    Image.new("LAB", (8, 8)).save(tmp_path / "lab.tiff")
+    with pytest.raises(DlforgeError, match=r"lab.tiff: a LAB image cannot be read as grey; save it as RGB or grey"):
+        images.decode_image(tmp_path / "lab.tiff", 8, "L")
+    with pytest.raises(DlforgeError, match=r"^image: a LAB image cannot be read as grey; save it as RGB or grey"):
+        _one_image(Image.open(tmp_path / "lab.tiff"), 8, "L")
