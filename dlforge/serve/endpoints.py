@@ -228,7 +228,8 @@ async def predict(s: Served, request: Request) -> dict:
 def classify_info(h) -> dict:
     c, hgt, w = h.config.facts["native_size"]
     return {"classes": h.classes, "image": {"channels": c, "height": hgt, "width": w,
-                                            "model_size": h.config.facts["transform"]["img_size"]}}
+                                            "model_size": h.config.facts["transform"]["img_size"]},
+            "feature_maps": any(isinstance(m, torch.nn.Conv2d) for m in h.model.modules())}  # an mlp has none
 
 
 def classify_setup(s: Served) -> None:

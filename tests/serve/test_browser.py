@@ -109,6 +109,11 @@ def test_translate_and_sample_in_the_page(browser, url, handles, tmp_path):
     want = handles["numbers"].translate(["1234"], to="en")[0]["translation"] or "(empty translation)"
     _wait(d, lambda d: d.find_element(By.ID, "translation-numbers").text == want)
     assert d.find_elements(By.CSS_SELECTOR, "#panel-numbers .heat canvas")
+    d.find_element(By.ID, "text-numbers").clear()  # an error does not leave the last answer beside it
+    d.find_element(By.CSS_SELECTOR, "#panel-numbers button").click()
+    _wait(d, lambda d: d.find_element(By.CSS_SELECTOR, "#panel-numbers .error").text)
+    assert d.find_element(By.ID, "translation-numbers").text == ""
+    assert not d.find_elements(By.CSS_SELECTOR, "#panel-numbers .heat canvas")
     d.find_element(By.CSS_SELECTOR, "#panel-unet button").click()
     _wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#panel-unet .strip img")) >= 10, 60)
     _wait(d, lambda d: "x₀" in d.find_element(By.CSS_SELECTOR, "#panel-unet .col .muted").text, 30)
@@ -127,3 +132,41 @@ def test_the_api_page_renders_without_the_internet(browser, url, client):
     _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".swagger-ui .opblock"))  # drawn from /openapi.json
     paths = {e.get_attribute("data-path") for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
     assert "/v1/completions" in paths and "/v1/models/{name}/predict" in paths, paths
+
+
+def test_the_token_box_and_an_mlp_classifier(browser, tmp_path):
+    """Before: a token holding "€" made fetch throw, and the page stayed blank for the rest of the session (the
+    token was kept); a wrong token or Enter said nothing. An mlp's panel always asked for the first convolution's
+    feature maps, so every drawing was a 400 and no probability was ever shown."""
+    import dlforge
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from dlforge.serve import create_app, load_runs
+    from tests.serve.conftest import live_server
+    dlforge.train("mlp", data="digits", out=tmp_path / "mlp", img_size=8, max_steps=20, progress=False)
+    token = "s3cret-token-0123456789"
+    d = browser
+    status = lambda d: d.find_element(By.ID, "status").text  # noqa: E731
+    with live_server(create_app(load_runs([tmp_path / "mlp"], device="cpu"), token=token)) as url:
+        d.get(url + "/")
+        _wait(d, lambda d: status(d) == "this server needs a token")
+        box = d.find_element(By.ID, "token")
+        box.send_keys("€uro-token")
+        d.find_element(By.ID, "token-go").click()
+        assert status(d) == "a token is printable ASCII characters without spaces" and box.is_displayed()
+        box.clear()
+        box.send_keys("wrong-token\n")  # Enter uses it
+        _wait(d, lambda d: status(d) == "that token was refused; try again")
+        box = d.find_element(By.ID, "token")
+        box.clear()
+        box.send_keys(token + "\n")
+        _wait(d, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+        canvas = d.find_element(By.ID, "canvas-mlp")
+        ActionChains(d).move_to_element_with_offset(canvas, 0, -50).click_and_hold().move_by_offset(0, 50) \
+            .move_by_offset(0, 50).release().perform()
+        _wait(d, lambda d: len(_probabilities(d, "mlp")) == 10)
+        assert d.find_element(By.CSS_SELECTOR, "#panel-mlp .error").text == ""
+        assert "feature maps" not in d.find_element(By.ID, "panel-mlp").text
+        d.get(url + "/")  # the token is kept for the session
+        _wait(d, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+    d.execute_script("sessionStorage.clear()")
