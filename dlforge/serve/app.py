@@ -135,9 +135,7 @@ def create_app(handles: dict[str, Handle], limits: Limits | None = None, token: 
             return out if isinstance(out, Response) else JSONResponse(out)
         content = {"application/json": {"schema": ep.body.model_json_schema()}}
         if ep.multipart:
-            content["multipart/form-data"] = {"schema": {"type": "object", "properties": {
-                "image": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                "top_k": {"type": "integer"}, "feature_maps": {"type": "boolean"}}}}
+            content["multipart/form-data"] = {"schema": E.form_schema(ep)}
         app.add_api_route(f"/v1/models/{{name}}/{ep.action}", call, methods=["POST"], summary=ep.summary,
                           openapi_extra={"requestBody": {"required": True, "content": content}})
 
@@ -154,7 +152,45 @@ def create_app(handles: dict[str, Handle], limits: Limits | None = None, token: 
     async def completions(request: Request):
         return await _completions(models, request)
 
+    app.openapi = lambda: app.openapi_schema or _openapi(app, token is not None)
     return app
+
+
+ERRORS = {400: "a field out of range or of the wrong type, named in the message", 401: "missing or wrong token",
+          404: "no such model, or it has no such endpoint", 408: "the body did not arrive in full within --timeout",
+          411: "no Content-Length (chunked bodies are refused)", 413: "the body is larger than the limit",
+          415: "another Content-Type than the endpoint takes",
+          429: "the model's queue is full: retry after Retry-After seconds",
+          500: "a bug: the server's log names request_id beside the traceback",
+          504: "the request ran past --timeout and was cancelled"}
+
+
+def _openapi(app: FastAPI, token: bool) -> dict:
+    """FastAPI's schema, saying what the server answers: its JSON errors (FastAPI listed only a 422, which the
+    server never sends) and, with a token, the bearer scheme (Swagger UI then has its Authorize button; every
+    "Try it out" was a 401)."""
+    from fastapi.openapi.utils import get_openapi
+    spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    schemas["Error"] = {"type": "object", "required": ["error"], "properties": {
+        "error": {"type": "string"}, "request_id": {"type": "string", "description": "500 only"}}}
+    for ops in spec["paths"].values():
+        for method, op in ops.items():
+            answers = op.setdefault("responses", {})
+            answers.pop("422", None)
+            codes = [400, 404, 408, 411, 413, 415, 429, 500, 504] if method == "post" else [500]
+            if token:
+                codes.append(401)
+                op["security"] = [{"bearer": []}]
+            for code in sorted(codes):
+                answers[str(code)] = {"description": ERRORS[code], "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    if token:
+        spec["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    app.openapi_schema = spec
+    return spec
 
 
 class Guard:

@@ -62,7 +62,7 @@ class SampleBody(Body):
     prompts: list[str] = Field(min_length=1)
     n: int = Field(1, ge=1, description="images per prompt")
     steps: int = Field(20, ge=1)
-    guidance: float = Field(3.0, ge=0, le=50)
+    guidance: float = Field(3.0, ge=0, le=30)  # the handle's own range (the schema said 50)
     sampler: Literal["ddim", "ddpm"] = "ddim"
     seed: int = SEED
     frames: int = Field(0, ge=0, le=50, description="0: none; else the reverse process of the first image at "
@@ -107,7 +107,7 @@ class Endpoint:
     body: type[BaseModel]         # its JSON body (the OpenAPI schema, and the validation)
     fn: Callable                  # async (Served, Request) -> Response | dict
     summary: str
-    multipart: bool = False       # also takes multipart/form-data
+    multipart: str = ""           # also takes multipart/form-data: its files' field (its options: body's others)
 
 
 @dataclass
@@ -172,6 +172,20 @@ async def form_files(request: Request, max_files: int, field: str, what: str,
     return files, fields
 
 
+def form_options(body: type[BaseModel]) -> tuple[str, ...]:
+    """A multipart form's text fields: the JSON body's fields after its first (the base64 files)."""
+    return tuple(list(body.model_fields)[1:])
+
+
+def form_schema(ep: "Endpoint") -> dict:
+    """The OpenAPI schema of ep's multipart form, from what form_files takes (it documented predict's fields
+    for transcribe too)."""
+    props = ep.body.model_json_schema()["properties"]
+    return {"type": "object", "required": [ep.multipart], "properties": {
+        ep.multipart: {"type": "array", "items": {"type": "string", "format": "binary"}},
+        **{k: props[k] for k in form_options(ep.body)}}}
+
+
 def _floats(t: torch.Tensor) -> list:
     return ((t.double() * 1e4).round() / 1e4).tolist()
 
@@ -198,7 +212,7 @@ async def _predict_inputs(s: Served, request: Request) -> tuple[list[bytes], int
         if len(b.images) > s.limits.max_images:
             raise RequestError(400, f"images: {len(b.images)} images; at most {s.limits.max_images} per request")
         return [b64decode(t, f"images.{i}") for i, t in enumerate(b.images)], b.top_k, b.feature_maps
-    files, fields = await form_files(request, s.limits.max_images, "image", "image file", ("top_k", "feature_maps"))
+    files, fields = await form_files(request, s.limits.max_images, "image", "image file", form_options(PredictBody))
     b = validate(PredictBody, {"images": ["x"], **fields})
     return files, b.top_k, b.feature_maps
 
@@ -399,7 +413,7 @@ async def _transcribe_inputs(s: Served, request: Request) -> tuple[list[bytes], 
         if len(b.audio) > s.limits.max_clips:
             raise RequestError(400, f"audio: {len(b.audio)} clips; at most {s.limits.max_clips} per request")
         return [b64decode(t, f"audio.{i}") for i, t in enumerate(b.audio)], b.beam
-    files, fields = await form_files(request, s.limits.max_clips, "audio", "sound file", ("beam",))
+    files, fields = await form_files(request, s.limits.max_clips, "audio", "sound file", form_options(TranscribeBody))
     return files, validate(TranscribeBody, {"audio": ["x"], **fields}).beam
 
 
@@ -434,7 +448,7 @@ def speech_info(h) -> dict:
 FAMILIES: dict[str, Family] = {
     "classify": Family("classifier", classify_info, [
         Endpoint("predict", PredictBody, predict, "image(s) -> top-k classes with probabilities (JSON base64 or "
-                                                  "multipart 'image' files)", multipart=True)], classify_setup),
+                                                  "multipart 'image' files)", multipart="image")], classify_setup),
     "language-model": Family("language-model", lm_info, [
         Endpoint("generate", GenerateBody, generate, "continue a prompt (stream: server-sent events)"),
         Endpoint("next", NextBody, next_tokens, "next-token probabilities (and a gpt's attention)")]),
@@ -444,7 +458,7 @@ FAMILIES: dict[str, Family] = {
         Endpoint("sample", SampleBody, sample, "prompts -> PNG images (and the denoising frames)")]),
     "speech": Family("speech", speech_info, [
         Endpoint("transcribe", TranscribeBody, transcribe, "sound files -> transcripts (JSON base64 or multipart "
-                                                           "'audio' files)", multipart=True)]),
+                                                           "'audio' files)", multipart="audio")]),
 }
 
 

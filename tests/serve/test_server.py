@@ -48,6 +48,14 @@ def test_models_health_and_docs(client):
     assert client.get("/healthz").json() == {"status": "ok", "models": list(models)}
     spec = client.get("/openapi.json").json()
     assert {"/v1/models/{name}/predict", "/v1/models/{name}/generate", "/v1/completions"} <= set(spec["paths"])
+    predict = spec["paths"]["/v1/models/{name}/predict"]["post"]
+    assert set(predict["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]) == {
+        "image", "top_k", "feature_maps"}
+    # what the server answers, not FastAPI's 422, which it never sends
+    assert {"400", "404", "413", "429", "504"} <= set(predict["responses"]) and "422" not in predict["responses"]
+    sample = spec["paths"]["/v1/models/{name}/sample"]["post"]["requestBody"]["content"]["application/json"]
+    assert sample["schema"]["properties"]["guidance"]["maximum"] == 30  # said 50; 31 was refused
+    assert "securitySchemes" not in spec["components"]
     assert client.get("/docs").status_code == 200
 
 
@@ -255,6 +263,9 @@ def test_token_is_required_and_compared(handles):
         assert httpx.get(f"{base}/v1/models", headers={"Authorization": "Basic s3cret-token-0123456789"}
                          ).status_code == 401
         assert httpx.get(f"{base}/").status_code == 200  # the page itself holds no model; its calls send the token
+        spec = httpx.get(f"{base}/openapi.json").json()  # Swagger UI's Authorize button: "Try it out" was a 401
+        assert spec["components"]["securitySchemes"] == {"bearer": {"type": "http", "scheme": "bearer"}}
+        assert spec["paths"]["/v1/models"]["get"]["security"] == [{"bearer": []}]
         assert httpx.get(f"{base}/docs").status_code == 200 and httpx.get(f"{base}/docs-assets/swagger-ui.css"
                                                                          ).status_code == 200  # nor does the API's
 

@@ -52,6 +52,8 @@ def test_models_lists_the_speech_run(server):
     m = httpx.get(f"{url}/v1/models").json()["models"][0]
     assert m["family"] == "speech" and m["name"] == name and set(m["characters"]) == set("yesno")
     assert m["sample_rate"] == 16000
+    form = httpx.get(f"{url}/openapi.json").json()["paths"]["/v1/models/{name}/transcribe"]["post"]["requestBody"]
+    assert set(form["content"]["multipart/form-data"]["schema"]["properties"]) == {"audio", "beam"}  # was predict's
 
 
 def test_uploads_are_transcribed_as_the_handle_does(server):
