@@ -89,7 +89,9 @@ def _decode_sound(source, head: bytes, size: int, max_seconds: float | None, nam
         raise
     except Exception as e:  # noqa: BLE001  soundfile's LibsndfileError / RuntimeError: not audio, a broken header
         kind = "truncated or damaged audio file" if head[:4] in AUDIO_MAGIC else "not a readable audio file"
-        raise DlforgeError(f"{name}: {kind} ({str(e).splitlines()[0][:120]})") from None
+        # libsndfile says "Error opening <_io.BytesIO object at 0x7f…>: Format not recognised": name already says which
+        why = re.sub(r"^Error opening (<[^>]*>|'[^']*'|\S+): ", "", str(e).splitlines()[0] if str(e) else repr(e))
+        raise DlforgeError(f"{name}: {kind} ({why[:120]})") from None
     riff = int.from_bytes(head[4:8], "little")  # libsndfile reads what is there, so a cut file is told by its header;
     # but a WAV written to a pipe (espeak-ng --stdout, ffmpeg to stdout) cannot know its length and says ~2 or 4 GiB
     # (0x7ffff024, 0xffffffff) or 0: those are read as the file's length, as libsndfile does (they were "truncated")
