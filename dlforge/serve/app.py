@@ -11,6 +11,7 @@ import json
 import logging
 import socket
 import sys
+import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -27,12 +28,13 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from dlforge.errors import DlforgeError
 from dlforge.recipes.base import Handle
 from dlforge.serve import endpoints as E
-from dlforge.serve.batching import ModelWorker
+from dlforge.serve.batching import CLIENT_GONE, ModelWorker
 from dlforge.serve.limits import Limits, RequestError
 from dlforge.serve.metrics import Metrics
 
 log = logging.getLogger("dlforge.serve")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+MODEL_LABEL = "dlforge.model"  # the scope's key for a model named in the body (the metrics' label)
 PUBLIC = ("/", "/docs", "/openapi.json")  # the page and the API's description: no model, no data
 DOCS_ASSETS = "/docs-assets"  # Swagger UI's script and style, served here: FastAPI's /docs loads them from a CDN
 
@@ -107,7 +109,7 @@ def create_app(handles: dict[str, Handle], limits: Limits | None = None, token: 
     async def http_error(request: Request, e: HTTPException):  # routing's 404 / 405 as JSON
         return E.error(e.status_code, str(e.detail), getattr(e, "headers", None))
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)  # HEAD: a monitor's check (was 405)
     async def playground() -> HTMLResponse:
         return HTMLResponse(page)
 
@@ -230,19 +232,34 @@ class Guard:
         rid, t0 = uuid.uuid4().hex[:16], time.perf_counter()
         model, endpoint = self.labels(scope["path"])
         started, body_read = False, scope["method"] not in ("POST", "PUT", "PATCH")
+        gone, relay, watcher = threading.Event(), asyncio.Queue(), None
+        CLIENT_GONE.set(gone)  # this request's tickets (batching.Ticket) stop once it is set
+
+        async def watch():
+            """Once the body is in, the one reader of the connection: a disconnect stops the request's work,
+            and each message is passed on (a streaming answer listens for the disconnect too)."""
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    gone.set()
+                await relay.put(message)
+                if message["type"] == "http.disconnect":
+                    return
 
         async def receive_in_time():
             """The body's parts within --timeout: a client that sends less than its Content-Length held the
             request open for ever (past --timeout, which counts from admission to a model's queue)."""
-            nonlocal body_read
+            nonlocal body_read, watcher
             if body_read:
-                return await receive()
+                return await (relay.get() if watcher else receive())
             try:
                 message = await asyncio.wait_for(receive(), max(t0 + self.limits.timeout_s - time.perf_counter(), 0))
             except asyncio.TimeoutError:
                 raise RequestError(408, f"the body did not arrive in full within {self.limits.timeout_s:g} s",
                                    {"Connection": "close"}) from None
             body_read = message["type"] != "http.request" or not message.get("more_body", False)
+            if body_read and message["type"] == "http.request":
+                watcher = asyncio.create_task(watch())
             return message
 
         async def send_with_id(message):
@@ -250,7 +267,9 @@ class Guard:
             if message["type"] == "http.response.start":
                 started = True
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
-                self.metrics.observe(model, endpoint, message["status"], time.perf_counter() - t0)
+                # /v1/completions names its model in the body: _completions puts it in the scope once it is known
+                self.metrics.observe(scope.get(MODEL_LABEL, model), endpoint, message["status"],
+                                     time.perf_counter() - t0)
             await send(message)
         try:
             self.check(scope)
@@ -263,8 +282,13 @@ class Guard:
         except Exception:  # noqa: BLE001  a bug: the log has the traceback, the client the id to find it
             log.exception("request %s: %s %s failed", rid, scope["method"], scope["path"])
             response = E.error(500, f"internal error (request id {rid})", request_id=rid)
-        if not started:  # else the answer is under way (a stream): it ends where it is
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+        if not started and not gone.is_set():  # else the answer is under way (a stream), or no one is listening
             await response(scope, receive, send_with_id)
+        elif not started:
+            self.metrics.observe(scope.get(MODEL_LABEL, model), endpoint, 499, time.perf_counter() - t0)
 
 
 async def _completions(models: dict[str, E.Served], request: Request):
@@ -273,6 +297,7 @@ async def _completions(models: dict[str, E.Served], request: Request):
     s = models.get(b.model)
     if s is None or b.model not in lms:
         raise RequestError(404, f"model: no language model {b.model!r}; loaded: {', '.join(lms) or 'none'}")
+    request.scope[MODEL_LABEL] = b.model  # a name the server knows: the metrics count it under its model
     prompts = [b.prompt] if isinstance(b.prompt, str) else b.prompt
     stops = [b.stop] if isinstance(b.stop, str) else list(b.stop or [])
     if not prompts or len(prompts) * b.n > 8:

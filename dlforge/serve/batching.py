@@ -5,6 +5,7 @@ images of concurrent requests into one forward pass."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,14 @@ from dlforge.serve.metrics import Metrics
 
 
 class Cancelled(Exception):
-    """Raised inside a model's thread (between denoising steps, or tokens) once its request has timed out."""
+    """Raised inside a model's thread (between denoising steps, or tokens) once its request has timed out or
+    its client has gone."""
+
+
+# set by the server's Guard, per request, once the client has closed the connection: the request's tickets stop
+CLIENT_GONE: contextvars.ContextVar[threading.Event] = contextvars.ContextVar("dlforge_client_gone",
+                                                                               default=threading.Event())
+GONE = "the client closed the connection; the request was cancelled"
 
 
 class Ticket:
@@ -26,14 +34,18 @@ class Ticket:
     def __init__(self, worker: "ModelWorker", timeout_s: float):
         self.worker, self.deadline = worker, time.monotonic() + timeout_s
         self.cancelled = threading.Event()
-        self._open = True
+        self.gone = CLIENT_GONE.get()  # before, a request its client had left ran to its end, and those queued
+        self._open = True               # behind it waited for it
+
+    def stopped(self) -> bool:
+        return self.cancelled.is_set() or self.gone.is_set()
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
     def check(self, *_: Any) -> None:
         """A callback for long work (diffusion steps): stop once cancelled."""
-        if self.cancelled.is_set():
+        if self.stopped():
             raise Cancelled
 
     def release(self) -> None:
@@ -53,9 +65,11 @@ class Ticket:
             self.cancelled.set()
             raise RequestError(504, f"the request ran past its {self.worker.limits.timeout_s:g} s timeout and was "
                                     f"cancelled") from None
+        except Cancelled:  # its client has gone (nginx's 499: the answer reaches no one, the metrics count it)
+            raise RequestError(499, GONE) from None
 
     def _guarded(self, fn: Callable, args: tuple) -> Any:
-        if self.cancelled.is_set():  # timed out while it waited in the queue
+        if self.stopped():  # timed out, or its client left, while it waited in the queue
             raise Cancelled
         return fn(*args)
 
@@ -119,7 +133,10 @@ class Batcher:
                     break
                 items.append(item)
                 n += len(item[1])
-            items = [it for it in items if not it[0].cancelled.is_set() and not it[2].done()]
+            for ticket, _, fut in items:
+                if ticket.gone.is_set() and not fut.done():
+                    fut.set_exception(RequestError(499, GONE))
+            items = [it for it in items if not it[0].stopped() and not it[2].done()]
             if not items:
                 continue
             try:

@@ -65,8 +65,8 @@ class SampleBody(Body):
     guidance: float = Field(3.0, ge=0, le=30)  # the handle's own range (the schema said 50)
     sampler: Literal["ddim", "ddpm"] = "ddim"
     seed: int = SEED
-    frames: int = Field(0, ge=0, le=50, description="0: none; else the reverse process of the first image at "
-                                                     "this many steps, noise first")
+    frames: int = Field(0, ge=0, le=50, description="0: none; else (2 or more) the reverse process of the first "
+                                                     "image at this many steps, noise first")
 
 
 class TranscribeBody(Body):
@@ -379,6 +379,8 @@ async def sample(s: Served, request: Request) -> dict:
                                 f"per request")
     if b.steps > lim.max_steps:
         raise RequestError(400, f"steps: {b.steps}; at most {lim.max_steps}")
+    if b.frames == 1:  # the first frame is the noise and the last the image: 1 gave 2
+        raise RequestError(400, "frames: 0 (none) or 2 to 50 (the first is the noise, the last the image)")
     for i, p in enumerate(b.prompts):
         check_len(p, lim.max_prompt_chars, f"prompts.{i}")
     ticket = s.worker.admit()

@@ -143,6 +143,10 @@ def test_openai_completions(client, handles):
     assert r.status_code == 400 and r.json()["error"].startswith("max_tokens: 100000; at most")
     r = client.post("/v1/completions", json={"model": "gpt", "prompt": ""})
     assert r.status_code == 400 and r.json()["error"].startswith("prompt: the text is empty")
+    import re
+    counted = re.findall(r'dlforge_requests_total\{(?=[^}]*endpoint="/v1/completions")[^}]*model="([^"]*)"',
+                         client.get("/metrics").text)
+    assert set(counted) == {"gpt", "-"}, counted  # under the model the body named ("-": none known); all were "-"
 
 
 def test_translate_with_cross_attention(client, handles):
@@ -167,6 +171,9 @@ def test_sample_images_and_frames_equal_the_handle(client, handles):
     got = [np.asarray(Image.open(io.BytesIO(base64.b64decode(i["png"])))) for i in body["images"]]
     assert len(got) == 2 and all(np.array_equal(g, np.asarray(w)) for g, w in zip(got, want))
     assert len(body["frames"]) == 3 and body["frames"][0]["t"] > body["frames"][-1]["t"]
+    r = client.post("/v1/models/unet/sample", json={"prompts": ["a handwritten three"], "steps": 4, "frames": 1})
+    assert r.status_code == 400 and r.json()["error"].startswith("frames: 0 (none) or 2 to 50")  # 1 gave 2 frames
+    assert client.head("/").status_code == 200  # a monitor's check (was 405)
 
 
 def test_metrics_count_requests_latency_and_queue(client):
@@ -328,6 +335,32 @@ def test_completions_share_one_timeout(handles, monkeypatch):
         assert r.status_code == 504 and "timeout" in r.json()["error"] and took < 2.5, (r.text, took)
         r = httpx.post(f"{base}/v1/completions", json={"model": "gpt", "prompt": ["the"] * 2, "max_tokens": 2})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
+
+
+def test_work_whose_client_has_gone_is_cancelled(handles, monkeypatch):
+    """Before: a sample request its client had left ran all its steps, and the requests behind it waited (a
+    2-step sample behind ten abandoned ones took 12.8 s)."""
+    h = handles["unet"]
+    orig, steps = h.sample, []
+
+    def slow(prompts, n, sampler, k, *args, callback=None, **kwargs):
+        for i in range(k):
+            time.sleep(0.05)
+            steps.append(k)
+            callback(i)
+        return orig(prompts, n, sampler, 2, *args, callback=callback, **kwargs)
+    monkeypatch.setattr(h, "sample", slow)
+    app = create_app(handles)
+    with live_server(app) as base:
+        body = {"prompts": ["a handwritten one"], "steps": 100}
+        for _ in range(3):  # 3 × 100 steps × 50 ms: 15 s, had they run to their end
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(f"{base}/v1/models/unet/sample", json=body, timeout=0.3)
+        t0 = time.perf_counter()
+        r = httpx.post(f"{base}/v1/models/unet/sample", json={**body, "steps": 2}, timeout=30)
+        assert r.status_code == 200 and time.perf_counter() - t0 < 3, time.perf_counter() - t0
+        assert steps.count(100) < 30 and app.state.models["unet"].worker.pending == 0
+        assert app.state.metrics.requests.labels("unet", "sample", "499")._value.get() == 3  # nginx's "client closed"
 
 
 def test_timeout_is_504_and_the_work_is_cancelled(handles):
