@@ -131,6 +131,10 @@ def test_mlp_with_hidden_sizes_and_activation(tmp_path, capsys):
     (["train", "cnn", "--img-size", "2"], "--img-size"),
     (["train", "cnn", "--lr", "inf"], "--lr: expected a positive number, got inf"),  # was taken, and lost the run
     (["train", "cnn", "--positive-class", "3"], "--positive-class: applies to --loss bce only"),  # was ignored
+    (["train", "cnn", "--optimizer", "sgd", "--beta2", "0.5"],  # were ignored, and kept in the config
+     "--beta2: applies to --optimizer adam or adamw only; this run's --optimizer is sgd"),
+    (["train", "cnn", "--min-lr-ratio", "0.3"], "--min-lr-ratio: applies to --lr-schedule cosine only; this run's "
+                                                "--lr-schedule is constant"),
     (["train", "cnn", "--seed", "99999999999999999999"], "--seed: expected 0 .. 2^63 - 1"),  # was a traceback
     (["train", "cnn", "--data-dir", "/nonexistent"], "--data-dir: the digits dataset is bundled with scikit-learn; "
                                                     "it takes no --data-dir"),  # was ignored, and kept in the config

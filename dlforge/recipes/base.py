@@ -23,7 +23,7 @@ from dlforge.runs import Run, RunConfig, training_lock
 from dlforge.train import checkpoint as ckpt
 from dlforge.train.callbacks import Callback
 from dlforge.train.tasks import Task
-from dlforge.train.trainer import Trainer, TrainConfig, is_int, is_number, pick_device
+from dlforge.train.trainer import Trainer, TrainConfig, check_applies, is_int, is_number, pick_device
 
 TRAIN_OPTIONS = tuple(f.name for f in fields(TrainConfig))
 BUDGET = ("epochs", "max_steps", "max_time")  # on --resume: given together or kept together
@@ -398,6 +398,7 @@ def train(model: str, data: Any = None, *, out: str | Path | None = None, resume
     if out is not None and not isinstance(out, (str, os.PathLike)):  # 5 was pathlib's TypeError
         raise DlforgeError(f"out: expected a run directory (str or Path), got {out!r}")
     recipe = recipe_for(get_entry(model).task)
+    given = set(options)  # the user's, not the budget table's (check_applies)
     if not resume:  # a resumed run keeps the recipe it was made with
         options = recipe.budget_options(model, options)
     train_opts, data_opts, model_kw, task_opts = recipe.split_options(model, options)
@@ -434,6 +435,7 @@ def train(model: str, data: Any = None, *, out: str | Path | None = None, resume
                             train=asdict(tcfg), task_options=recipe.full_task_options(task_opts),
                             facts={**recipe.facts(prepared, dc), "data_seed": tcfg.seed})
             run = Run(out)  # written (config.json, tokenizers) once the model, loader and trainer are built
+        check_applies(tcfg, given & set(train_opts))
         torch.manual_seed(tcfg.seed)
         net = recipe.ready_model(create_model(cfg.model, **cfg.model_kwargs), cfg)
         task = recipe.make_task(cfg, net)

@@ -13,7 +13,7 @@ import numbers
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -134,6 +134,23 @@ class TrainConfig:
         for opt, ok, want in checks:
             if not ok:
                 raise DlforgeError(f"{opt}: expected {want}, got {getattr(self, opt[2:].replace('-', '_'))!r}")
+
+
+# options that mean something only with another's value: given without it, each was silently ignored
+APPLIES_WITH = {"beta2": ("optimizer", ("adam", "adamw")), "momentum": ("optimizer", ("sgd", "rmsprop")),
+                "min_lr_ratio": ("lr_schedule", ("cosine",)), "decay_steps": ("lr_schedule", ("cosine",))}
+
+
+def check_applies(cfg: TrainConfig, given: Iterable[str]) -> None:
+    """Refuse an option given (`given`: the names the user set) that this run's other choices ignore
+    (--beta2 with sgd, --min-lr-ratio with a constant rate), naming both."""
+    for name in given:
+        if name in APPLIES_WITH:
+            other, values = APPLIES_WITH[name]
+            if getattr(cfg, other) not in values:
+                flag = other.replace("_", "-")
+                raise DlforgeError(f"--{name.replace('_', '-')}: applies to --{flag} {' or '.join(values)} only; "
+                                   f"this run's --{flag} is {getattr(cfg, other)}")
 
 
 def pick_device(name: str) -> torch.device:
