@@ -33,6 +33,17 @@ def _seed(text: str) -> int:
     return check_seed(seed)  # its DlforgeError passes through argparse: one line, as any out-of-range option
 
 
+BEAMS, WITH_LM = "to beam search (--beam 2 or more)", "with --lm (shallow fusion with a language model)"
+
+
+def _refuse_unused(given: dict, names: tuple[str, ...], used: bool, when: str) -> None:
+    """An option given that this command's other choices ignore is refused by name: --length-penalty at --beam 1,
+    --lm-weight without --lm, backprop's --momentum with adam were each accepted and ignored."""
+    for name in names:
+        if given.get(name) is not None and not used:
+            raise DlforgeError(f"--{name.replace('_', '-')}: applies {when} only")
+
+
 def _print_json(obj: dict) -> None:
     print(json.dumps(_short_floats(obj), default=float))
 
@@ -169,6 +180,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     for k in given:
         if k not in EVAL_OPTIONS[task]:
             raise DlforgeError(f"--{k.replace('_', '-')}: does not apply to evaluating a {task} run")
+    _refuse_unused(given, ("length_penalty",), given.get("beam", 1) > 1, BEAMS)
+    _refuse_unused(given, ("lm_weight", "lm_bonus"), "lm" in given, WITH_LM)
     report = handle.evaluate(quiet=args.json, **given)
     if args.json:
         _print_json(report)
@@ -223,10 +236,11 @@ def cmd_next(args: argparse.Namespace) -> None:
 def cmd_translate(args: argparse.Namespace) -> None:
     from dlforge.evaluate.plots import figure_path
     from dlforge.recipes.seq2seq import Translator
+    _refuse_unused(vars(args), ("length_penalty",), args.beam > 1, BEAMS)
     tr = Translator(_open(args.run, "seq2seq"), device=args.device)
     if args.attention_map:
         figure_path(args.attention_map)  # before translating
-    out = tr.translate(args.text, args.to, args.beam, args.length_penalty)
+    out = tr.translate(args.text, args.to, args.beam, 1.0 if args.length_penalty is None else args.length_penalty)
     if args.attention_map:
         tr.attention_map(args.text[0], args.to, args.attention_map, out[0]["translation"])
     if args.json:
@@ -241,8 +255,10 @@ def cmd_translate(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- speech recognition
 def cmd_transcribe(args: argparse.Namespace) -> None:
     from dlforge.recipes.transcribe import Transcriber
+    _refuse_unused(vars(args), ("lm_weight", "lm_bonus"), args.lm is not None, WITH_LM)
     tr = Transcriber(_open(args.run, "speech"), device=args.device)
-    out = tr.transcribe(args.audio, args.beam, args.lm, args.lm_weight, args.lm_bonus)
+    out = tr.transcribe(args.audio, args.beam, args.lm, **{k: getattr(args, k) for k in ("lm_weight", "lm_bonus")
+                                                           if getattr(args, k) is not None})
     if args.alignment:
         tr.alignment_plot(args.audio[0], args.alignment)
     if args.json:
@@ -261,8 +277,8 @@ def _add_transcribe(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beam", type=int, default=1, help="prefix beam-search width (1: greedy, the default)")
     p.add_argument("--lm", help="a character language-model run (dlforge train lstm --data-file TRANSCRIPTS.txt) "
                                 "for shallow fusion (implies beam search; --beam 8 is a good start)")
-    p.add_argument("--lm-weight", type=float, default=0.5, help="weight w of log p_LM (default 0.5)")
-    p.add_argument("--lm-bonus", type=float, default=0.0, help="score bonus per character with --lm (default 0)")
+    p.add_argument("--lm-weight", type=float, help="with --lm: weight w of log p_LM (default 0.5)")
+    p.add_argument("--lm-bonus", type=float, help="with --lm: score bonus per character (default 0)")
     p.add_argument("--alignment", help="write the first file's log-mel spectrogram and CTC alignment to this PNG")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
@@ -364,8 +380,10 @@ def _add_noise(p: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------- the NumPy engine
 def cmd_backprop(args: argparse.Namespace) -> None:
     from dlforge.scratch.train import BackpropConfig, run_backprop
+    _refuse_unused(vars(args), ("momentum",), args.optimizer == "sgd", "to --optimizer sgd")
     cfg = BackpropConfig(data=args.data, hidden=args.hidden, activation=args.activation, optimizer=args.optimizer,
-                         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, epochs=args.epochs,
+                         lr=args.lr, momentum=0.9 if args.momentum is None else args.momentum,
+                         weight_decay=args.weight_decay, epochs=args.epochs,
                          batch_size=args.batch_size, seed=args.seed, dtype=args.dtype, trace=args.trace,
                          json=args.json, data_dir=args.data_dir)
     run_backprop(cfg)
@@ -510,7 +528,8 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
 
 def _add_decoding(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beam", type=int, default=1, help="seq2seq: beam width (1: greedy)")
-    p.add_argument("--length-penalty", type=float, default=1.0, help="seq2seq: GNMT length penalty α for beams")
+    p.add_argument("--length-penalty", type=float, help="seq2seq, with --beam 2 or more: GNMT length penalty α "
+                                                        "(default 1)")
 
 
 def _add_translate(p: argparse.ArgumentParser) -> None:
@@ -567,7 +586,7 @@ def _add_backprop(p: argparse.ArgumentParser) -> None:
     p.add_argument("--activation", default="relu", help="relu | sigmoid | tanh")
     p.add_argument("--optimizer", default="adam", help="adam | sgd")
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--momentum", type=float, help="sgd's momentum (default 0.9)")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=64)

@@ -139,6 +139,12 @@ def test_mlp_with_hidden_sizes_and_activation(tmp_path, capsys):
     (["train", "cnn", "--data-dir", "/nonexistent"], "--data-dir: the digits dataset is bundled with scikit-learn; "
                                                     "it takes no --data-dir"),  # was ignored, and kept in the config
     (["train", "cnn", "--device", "cuda"], "--device"),
+    # accepted and ignored before
+    (["translate", "/nonexistent/run", "12", "--length-penalty", "2"], "--length-penalty: applies to beam search "
+                                                                      "(--beam 2 or more) only"),
+    (["transcribe", "/nonexistent/run", "a.wav", "--lm-weight", "0.9"], "--lm-weight: applies with --lm (shallow "
+                                                                        "fusion with a language model) only"),
+    (["backprop", "--momentum", "0.5"], "--momentum: applies to --optimizer sgd only"),
     (["eval", "/nonexistent/run"], "not a dlforge run directory"),
     (["predict", "/nonexistent/run", "x.png"], "not a dlforge run directory"),
 ])
