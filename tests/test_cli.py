@@ -145,6 +145,7 @@ def test_mlp_with_hidden_sizes_and_activation(tmp_path, capsys):
     (["transcribe", "/nonexistent/run", "a.wav", "--lm-weight", "0.9"], "--lm-weight: applies with --lm (shallow "
                                                                         "fusion with a language model) only"),
     (["backprop", "--momentum", "0.5"], "--momentum: applies to --optimizer sgd only"),
+    (["train", "cnn", "--data", "arrays"], "--data arrays: images and labels given in Python"),  # "None: not a …"
     (["eval", "/nonexistent/run"], "not a dlforge run directory"),
     (["predict", "/nonexistent/run", "x.png"], "not a dlforge run directory"),
 ])

@@ -466,6 +466,9 @@ def load_arrays(data_dir: str | None = None, img_size: int = 48, splits: tuple[s
                 skip_bad: bool = False) -> ImageData:
     """Images given in memory to dlforge.train, kept in the run directory (data/arrays.py)."""
     from dlforge.data import arrays
+    if data_dir is None:  # `--data arrays` on the command line: "None: not a dlforge in-memory dataset"
+        raise DlforgeError("--data arrays: images and labels given in Python, dlforge.train(model, data=(images, "
+                           "labels)); on the command line give --data-dir FOLDER (a sub-folder per class) or a dataset")
     tx, ty, vx, vy, classes = arrays.read(data_dir)
     return ImageData("arrays", tx, ty, vx, vy, classes, source=str(data_dir))
 
