@@ -112,9 +112,12 @@ def _prepare_text(args: argparse.Namespace) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> None:
-    from dlforge.registry import entries
-    for e in entries():
-        print(f"{e.name:<14} {e.task:<16} {e.doc}")
+    from dlforge.registry import ALIASES, entries
+    rows = [(e.name, e.task, e.doc) for e in entries()]
+    rows += [(alias, "", f"= {name}") for alias, name in ALIASES.items()]
+    width = max(len(n) for n, _, _ in rows)  # transformer-base was wider than the column
+    for name, task, doc in rows:
+        print(f"{name:<{width}}  {task:<14}  {doc}")
 
 
 def cmd_summary(args: argparse.Namespace) -> None:

@@ -23,6 +23,12 @@ class ModelEntry:
 
 
 _MODELS: dict[str, ModelEntry] = {}
+ALIASES = {"diffusion": "unet"}  # `dlforge train diffusion`: the default text-to-image denoiser
+
+
+def canonical(name: str) -> str:
+    """A model's registered name (an alias is the model it stands for; anything else as it is)."""
+    return ALIASES.get(name, name) if isinstance(name, str) else name
 
 
 def register_model(name: str, task: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -41,9 +47,9 @@ def _load_families() -> None:
 
 def get_entry(name: str) -> ModelEntry:
     _load_families()
-    if name not in _MODELS:
-        raise DlforgeError(f"unknown model {name!r}; expected one of: {', '.join(sorted(_MODELS))}")
-    return _MODELS[name]
+    if canonical(name) not in _MODELS:
+        raise DlforgeError(f"unknown model {name!r}; expected one of: {', '.join(sorted([*_MODELS, *ALIASES]))}")
+    return _MODELS[canonical(name)]
 
 
 def create_model(name: str, **kwargs) -> nn.Module:

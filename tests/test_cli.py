@@ -371,3 +371,15 @@ def test_eval_needs_only_the_test_files(tiny_idx_dir, tmp_path, capsys):
     assert main(["eval", str(out)]) == 2
     assert capsys.readouterr().err == (f"dlforge: error: --data-dir {tiny_idx_dir}: missing t10k-labels-idx1-ubyte "
                                        f"(raw or .gz) for mnist\n")
+
+
+def test_the_diffusion_alias_is_a_model_name_everywhere(capsys):
+    """`dlforge train diffusion` worked, but `models` did not list it and `summary diffusion` was 'unknown model'."""
+    assert main(["models"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert any(r.split() == ["diffusion", "=", "unet"] for r in rows)
+    assert len({r.index(r.split()[1]) for r in rows if not r.startswith("diffusion")}) == 1  # one column for tasks
+    assert main(["summary", "diffusion"]) == 0
+    alias = capsys.readouterr().out
+    assert main(["summary", "unet"]) == 0
+    assert alias.replace("diffusion (denoise)", "unet (denoise)") == capsys.readouterr().out

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 
 from dlforge.errors import DlforgeError
-from dlforge.registry import create_model, get_entry
+from dlforge.registry import canonical, create_model, get_entry
 from dlforge.runs import Run, RunConfig, training_lock
 from dlforge.train import checkpoint as ckpt
 from dlforge.train.callbacks import Callback
@@ -390,8 +390,7 @@ def train(model: str, data: Any = None, *, out: str | Path | None = None, resume
     """Train `model` (a registered name) on `data` into a run directory, or continue it (resume=True).
     options: the command line's, without dashes (epochs=3, lr=1e-3, block_size=64, ...).
     -> the run's handle with `.report` (None on a torchrun process other than rank 0)."""
-    if model == "diffusion":  # `dlforge train diffusion`: the default text-to-image denoiser
-        model = "unet"
+    model = canonical(model)  # `dlforge train diffusion`: unet (config.json keeps the registered name)
     callbacks = _check_callbacks(callbacks)
     if not isinstance(resume, bool):  # "yes" (or "no") resumed
         raise DlforgeError(f"resume: expected True or False, got {resume!r}")
