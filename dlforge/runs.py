@@ -95,19 +95,37 @@ class RunConfig:
         return {"model": {"name": self.model, "kwargs": self.model_kwargs},
                 "task": {"name": self.task, **self.task_options}}
 
-    def to_dict(self) -> dict:
+    def to_dict(self, run_dir: Path | None = None) -> dict:
+        """run_dir: the data the run keeps in its own directory (data in memory: corpus.txt, data.safetensors,
+        pairs.tsv, captions.csv) is written as "./NAME", relative to it, so that the run can be moved or copied
+        (its absolute path read the old place's files, or none)."""
+        data = self.data
+        if run_dir is not None:
+            home = Path(run_dir).resolve()
+            data = {k: f"./{Path(v).relative_to(home).as_posix()}" if k in DATA_PATHS and isinstance(v, str)
+                    and Path(v).is_absolute() and Path(v).is_relative_to(home) else v for k, v in data.items()}
         return {"format": RUN_FORMAT, "task": self.task, "model": {"name": self.model, "kwargs": self.model_kwargs},
-                "data": self.data, "task_options": self.task_options, "train": self.train, "facts": self.facts}
+                "data": data, "task_options": self.task_options, "train": self.train, "facts": self.facts}
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "config.json") -> "RunConfig":
+    def from_dict(cls, d: dict, where: str = "config.json", run_dir: Path | None = None) -> "RunConfig":
+        """run_dir: where "./NAME" data paths (to_dict) are, made absolute again (a user's own paths are stored
+        absolute, so a "./" path is always the run's)."""
         try:
             if d.get("format", 1) == 1:
                 d = _from_format_1(d)
-            return cls(task=d["task"], model=d["model"]["name"], model_kwargs=d["model"]["kwargs"], data=d["data"],
+            data = d["data"]
+            if run_dir is not None and isinstance(data, dict):
+                home = Path(run_dir).resolve()
+                data = {k: str(home / v[2:]) if k in DATA_PATHS and isinstance(v, str) and v.startswith("./") else v
+                        for k, v in data.items()}
+            return cls(task=d["task"], model=d["model"]["name"], model_kwargs=d["model"]["kwargs"], data=data,
                        train=d["train"], task_options=d.get("task_options", {}), facts=d.get("facts", {}))
         except (KeyError, TypeError, AttributeError) as e:
             raise DlforgeError(f"{where}: not a dlforge run config (missing {e})") from None
+
+
+DATA_PATHS = ("name", "data_file", "data_dir")  # the data config's keys that may hold a path
 
 
 def _from_format_1(d: dict) -> dict:
@@ -182,7 +200,7 @@ class Run:
         run = cls(path)
         try:
             run.path.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(run.path / "config.json", config.to_dict())
+            atomic_write_json(run.path / "config.json", config.to_dict(run.path))
         except OSError as e:
             raise DlforgeError(f"--out {path}: cannot write the run directory ({e.strerror})") from None
         return run
@@ -207,7 +225,7 @@ class Run:
             raise DlforgeError(f"{p}: unreadable run config ({e})") from None
         if not isinstance(d, dict):
             raise DlforgeError(f"{p}: not a dlforge run config (expected a JSON object)")
-        return RunConfig.from_dict(d, str(p))
+        return RunConfig.from_dict(d, str(p), self.path)
 
     def log(self, record: dict) -> None:
         """Append one JSON line to metrics.jsonl (line-buffered; a crash loses at most that line)."""

@@ -86,3 +86,25 @@ def test_diffusion_with_fewer_than_50_timesteps(tmp_path, gray_arrays, one_threa
     assert (run.path / "samples.png").is_file()
     images = dlforge.load(run.path).sample("a big square", n=2)
     assert [im.size for im in images] == [(8, 8), (8, 8)]
+
+
+def test_a_run_trained_on_data_in_memory_can_be_moved(tmp_path, gray_arrays, one_thread):
+    """config.json kept the absolute path of the run's own copy of the data (corpus.txt, data.safetensors): a
+    moved or renamed run could not evaluate or resume ("--data-file …/old/corpus.txt: no such file"), and a
+    copied one read the original's files. Now it is "./NAME", relative to the run directory."""
+    import json
+    import shutil
+    text = "the cat sat on the mat.\nthe dog sat on the log.\n" * 20
+    dlforge.train("gpt-tiny", data=text, out=tmp_path / "lm", block_size=8, width=16, layers=1, heads=1,
+                  batch_size=4, max_steps=2, progress=False)
+    x, y = gray_arrays
+    dlforge.train("mlp", data=(x, y), out=tmp_path / "clf", img_size=8, hidden=[16], max_steps=2, progress=False)
+    assert json.loads((tmp_path / "lm" / "config.json").read_text())["data"]["data_file"] == "./corpus.txt"
+    assert json.loads((tmp_path / "clf" / "config.json").read_text())["data"]["data_dir"] == "./data.safetensors"
+    for name in ("lm", "clf"):
+        shutil.move(tmp_path / name, tmp_path / f"{name}-moved")
+        run = dlforge.load(tmp_path / f"{name}-moved")
+        assert run.evaluate()["loss"] > 0
+    resumed = dlforge.train("gpt-tiny", out=tmp_path / "lm-moved", resume=True, max_steps=3, progress=False)
+    assert resumed.report and json.loads((tmp_path / "lm-moved" / "config.json").read_text())["data"][
+        "data_file"] == "./corpus.txt"
