@@ -164,7 +164,8 @@ def training_lock(path: Path) -> Iterator[None]:
         fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as e:
         raise DlforgeError(f"--out {path}: cannot write the run directory ({e.strerror})") from None
-    try:
+    held = False  # a process refused here must not remove the lock and folder of the one that holds them (two
+    try:          # started together both saw no folder; the loser removed the winner's .lock, and its folder)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -172,16 +173,17 @@ def training_lock(path: Path) -> Iterator[None]:
                                f"end (then --resume), or choose another --out") from None
         except OSError:  # a file system without locks: train unguarded, as before
             pass
+        held = True
         yield
     finally:
-        os.close(fd)
-        if made and not (path / "config.json").exists():
+        if held and made and not (path / "config.json").exists():
             (path / ".lock").unlink(missing_ok=True)
             for folder in made:
                 try:
                     folder.rmdir()
                 except OSError:  # not empty: what the run wrote before it failed stays
                     break
+        os.close(fd)  # after the clean-up: the lock is ours until the folder is gone
 
 
 class Run:

@@ -100,3 +100,20 @@ def test_channels_last_model_with_fused_adam_resumes_exactly(tmp_path):
     step(b, opt_b, 3)
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)
+
+
+def test_a_process_refused_the_lock_leaves_the_new_folder_and_its_lock_to_their_holder(tmp_path, monkeypatch):
+    """Two `dlforge train` started together into a new --out both saw no folder; the one refused the lock then
+    removed the folder and .lock of the one training (its later --resume refusals were lost)."""
+    import fcntl
+
+    from dlforge.runs import training_lock
+
+    def taken(fd, op):  # another process holds it: it made the folder a moment after this one looked
+        raise BlockingIOError
+    monkeypatch.setattr(fcntl, "flock", taken)
+    run = tmp_path / "new" / "run"
+    with pytest.raises(DlforgeError, match="another dlforge process is training this run now"):
+        with training_lock(run):
+            pass
+    assert (run / ".lock").is_file()
