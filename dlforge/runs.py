@@ -237,6 +237,19 @@ class Run:
         except OSError as e:
             raise write_error(self.path / "metrics.jsonl", e) from None
 
+    def trained_without_last(self) -> str | None:
+        """What shows that a run whose checkpoints/last.safetensors is missing had trained (it was lost, not
+        never written), or None. The first metrics line is logged just before the first checkpoint, so one
+        line alone can be a kill in between; two cannot."""
+        if self.checkpoint("best").is_file():
+            return f"{self.checkpoint('best')} is there"
+        if (self.path / "report.json").is_file():
+            return "its report.json is there"
+        records = self.metrics()
+        if len(records) >= 2:
+            return f"metrics.jsonl records {len(records)} evaluations, the last at step {records[-1].get('step')}"
+        return None
+
     def metrics(self) -> list[dict]:
         p = self.path / "metrics.jsonl"
         if not p.exists():

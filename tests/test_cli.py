@@ -192,6 +192,24 @@ def test_resume_with_a_budget_the_run_has_already_spent_is_refused(cnn_run, caps
     assert main(["train", "cnn", *FAST, "--out", str(run), "--resume", "--epochs", "3"]) == 0  # its own: re-reports
 
 
+def test_a_run_whose_last_checkpoint_was_lost_is_not_trained_again_from_step_0(cnn_run, capsys, tmp_path):
+    # before: --resume said "the run stopped before its first checkpoint", started at step 0 and overwrote the
+    # best checkpoint, metrics and report of the trained run; predict said it had never checkpointed
+    run = tmp_path / "cnn"
+    shutil.copytree(cnn_run, run)
+    (run / "checkpoints" / "last.safetensors").unlink()
+    before = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert main(["train", "cnn", *FAST, "--out", str(run), "--resume", "--epochs", "4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"dlforge: error: {run / 'checkpoints' / 'last.safetensors'}: missing, but this run has trained "
+                   f"({run / 'checkpoints' / 'best.safetensors'} is there); restore it (or copy "
+                   f"checkpoints/best.safetensors to it, to go on from the best), or train into another --out"]
+    assert {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    shutil.rmtree(run / "checkpoints")
+    assert main(["predict", str(run), str(tmp_path / "x.png")]) == 2
+    assert "missing, but this run has trained (its report.json is there)" in capsys.readouterr().err
+
+
 def test_a_second_training_process_on_one_run_is_refused_at_once(cnn_run, capsys, tmp_path, reliability):
     # before, two commands on one run directory (a --resume while it trains, two new runs started together)
     # both trained into it, and it ended with one's checkpoints and the other's config

@@ -260,6 +260,8 @@ def load_model(run: Run, which: str = "best") -> tuple[torch.nn.Module, dict[str
     if which not in ("best", "last"):  # any other name read the last checkpoint without a word
         raise DlforgeError(f"which: expected 'best' or 'last', got {which!r}")
     path = run.checkpoint(which) if run.checkpoint(which).is_file() else run.checkpoint("last")
+    if not path.is_file() and (trained := run.trained_without_last()):  # said "stopped before its first one"
+        raise DlforgeError(f"{path}: missing, but this run has trained ({trained}); restore {run.checkpoints}")
     if not path.is_file():
         raise DlforgeError(f"{run.path}: no checkpoint yet (the run stopped before its first one); "
                            f"continue it with: dlforge train {cfg.model} --out {run.path} --resume")
