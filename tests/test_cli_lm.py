@@ -268,3 +268,19 @@ def test_a_runs_text_changed_since_is_named_when_its_characters_are_new(tmp_path
     assert capsys.readouterr().err == (f"dlforge: error: --data-file {text}: the text has characters the char "
                                        f"tokenizer never saw: 'Ø'; the run's tokenizer was made from the text as it "
                                        f"was\n")
+
+
+def test_resume_on_a_text_file_that_changed_is_refused(tmp_path, capsys):
+    """The run records its text's sha256; before, --resume read the changed file without a word."""
+    text = tmp_path / "t.txt"
+    text.write_text(_text(100))
+    run = tmp_path / "r"
+    assert main(["train", "gpt-tiny", "--data-file", str(text), *FAST, "--max-steps", "3", "--out", str(run)]) == 0
+    capsys.readouterr()
+    text.write_text(_text(100, seed=1))  # other lines, the same characters
+    config = (run / "config.json").read_bytes()
+    assert main(["train", "gpt-tiny", "--out", str(run), "--resume", "--max-steps", "6", "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"dlforge: error: --resume {run}: --data-file {text} has changed since the run began (its sha256 differs); "
+        f"a resumed run reads the same data: restore it, or train a new run"]
+    assert (run / "config.json").read_bytes() == config

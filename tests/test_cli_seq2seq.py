@@ -133,6 +133,12 @@ def test_an_untrained_byte_level_model_is_evaluated_and_its_attention_drawn(tmp_
     a = Translator(run).cross_attention("123", None, translation="\ufffd" * 200)
     assert len(a["output_tokens"]) == 128 and a["output_tokens"][-1] == "…"
     assert a["layers"][0].shape[1] == 128
+    capsys.readouterr()
+    tsv.write_text("".join(f"{n}\t{n}\n" for n in range(100, 400)))  # another task: eval says so (it did not)
+    assert main(["eval", str(run), "--limit", "2"]) == 0
+    assert f"dlforge: note: --data-file {tsv} changed since training (sha256 differs)" in capsys.readouterr().err
+    assert main(["train", "transformer-tiny", "--out", str(run), "--resume", "--max-steps", "4"]) == 2
+    assert "has changed since the run began (its sha256 differs)" in capsys.readouterr().err
 
 
 def test_tsv_corpus_char_tokenizer_with_bleu(tmp_path, capsys):

@@ -450,6 +450,9 @@ class Translator(Handle):
         _check_decoding(beam, length_penalty)
         dc, (src_tok, tgt_tok), model, dev = self.data_config, self.artifacts, self.model, self.device
         data = prepare(dc, self.config.facts.get("data_seed", 0), (src_tok, tgt_tok), with_train=False)
+        if data.sha256 != self.config.facts.get("sha256", data.sha256):  # as a language model's evaluate says
+            print(f"dlforge: note: {dc.source} changed since training (sha256 differs): the test pairs may "
+                  f"not be the run's own", file=sys.stderr)
         test = data.test
         if limit is not None:  # the first `limit` test pairs of each direction
             if limit < 1:
