@@ -155,7 +155,10 @@ class TextTokenizer:
     def load(cls, path: Path) -> "TextTokenizer":
         if not Path(path).is_file():
             raise DlforgeError(f"{path}: tokenizer not found")
-        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+        try:
+            return cls.from_json(Path(path).read_text(encoding="utf-8"))
+        except (DlforgeError, OSError, UnicodeDecodeError) as e:  # it did not say which file
+            raise DlforgeError(f"{path}: {e}") from None
 
 
 def train_bpe(text: str, vocab_size: int, specials: tuple[str, ...] = (), split_digits: bool = False) -> TextTokenizer:

@@ -202,3 +202,10 @@ def test_streamed_pieces_join_to_the_decoded_text(kind):
         assert [t for t, _ in counted] == pieces and sum(n for _, n in counted) == len(ids)
         waited += len(ids) - len(pieces)
     assert (waited > 0) == (kind == "bpe")  # char and word: one piece per token; bpe waits for whole characters
+
+
+def test_a_damaged_tokenizer_file_is_named(tmp_path):
+    bad = tmp_path / "tokenizer.json"
+    bad.write_text('{"vocab": []}')  # before: "unreadable tokenizer file (KeyError: 'kind')", naming no file
+    with pytest.raises(DlforgeError, match=f"^{bad}: unreadable tokenizer file \\(KeyError: 'kind'\\)$"):
+        textdata.TextTokenizer.load(bad)
