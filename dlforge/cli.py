@@ -178,6 +178,9 @@ EVAL_OPTIONS = {"classify": ("data", "data_dir"), "seq2seq": ("beam", "length_pe
 def cmd_eval(args: argparse.Namespace) -> None:
     import dlforge
     handle = dlforge.load(args.run, device=args.device)
+    if not os.access(handle.path, os.W_OK):  # before: it evaluated in full, then failed to write and showed nothing
+        raise DlforgeError(f"{handle.path}: read-only; eval writes report.json and its plots into the run "
+                           f"directory: copy the run somewhere writable first (cp -r)")
     task = handle.config.task
     given = {k: v for k, v in vars(args).items() if k not in ("command", "fn", "run", "device", "json")}
     for k in given:

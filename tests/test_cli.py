@@ -1,5 +1,6 @@
 """End to end through the command line, on tiny real data (digits at 8×8)."""
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -208,6 +209,21 @@ def test_a_run_whose_last_checkpoint_was_lost_is_not_trained_again_from_step_0(c
     shutil.rmtree(run / "checkpoints")
     assert main(["predict", str(run), str(tmp_path / "x.png")]) == 2
     assert "missing, but this run has trained (its report.json is there)" in capsys.readouterr().err
+
+
+def test_eval_of_a_read_only_run_says_so_before_it_evaluates(cnn_run, capsys, monkeypatch):
+    # before: it evaluated in full, then failed to write report.json and printed no figure. access(2) is what a
+    # read-only mount answers (EROFS, for root too; the tests run as root, for whom chmod 555 is no bar)
+    from dlforge.recipes.classify import Classifier
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == cnn_run and mode == os.W_OK
+                        else real(p, mode))
+    monkeypatch.setattr(Classifier, "evaluate", lambda *a, **k: pytest.fail("it evaluated"))
+    run = cnn_run
+    assert main(["eval", str(run), "--json"]) == 2
+    assert capsys.readouterr().err.strip() == (f"dlforge: error: {run}: read-only; eval writes report.json and its "
+                                               f"plots into the run directory: copy the run somewhere writable "
+                                               f"first (cp -r)")
 
 
 def test_a_second_training_process_on_one_run_is_refused_at_once(cnn_run, capsys, tmp_path, reliability):
