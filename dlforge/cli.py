@@ -414,7 +414,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="end with one JSON line of the test figures")
     t = p.add_argument_group("training (every model)")
     t.add_argument("--epochs", type=int, help="default 5, or as many as --max-steps needs; unbounded with --max-time")
-    t.add_argument("--batch-size", type=int, help="default 64")
+    t.add_argument("--batch-size", type=int, help="default 64; speech 32")
     t.add_argument("--lr", type=float, help="default 1e-3")
     t.add_argument("--weight-decay", type=float, help="default 1e-4")
     t.add_argument("--weight-decay-on", help="all (default) | matrices: weight matrices, embeddings and kernels, "
@@ -425,7 +425,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     t.add_argument("--precision", help="fp32 (default) | bf16 | fp16 (autocast)")
     t.add_argument("--max-steps", type=int, help="stop at a clean checkpoint after N optimiser steps")
     t.add_argument("--max-time", type=float, help="stop at a clean checkpoint after this many minutes")
-    t.add_argument("--grad-clip", type=float, help="clip the global gradient norm to this value")
+    t.add_argument("--grad-clip", type=float, help="clip the global gradient norm to this value (default: none; "
+                                                   "speech 5)")
     t.add_argument("--grad-accum", type=int, help="run each batch as K micro-batches (less memory, the same step)")
     t.add_argument("--early-stop", type=int, help="stop after N evaluations without a lower validation loss")
     t.add_argument("--lr-schedule", help="constant (default) | cosine (decays to --min-lr-ratio·lr by the end of "
@@ -433,7 +434,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     t.add_argument("--warmup-steps", type=int, help="linear learning-rate warm-up over N steps")
     t.add_argument("--min-lr-ratio", type=float, help="cosine floor as a fraction of --lr (default 0.1)")
     t.add_argument("--decay-steps", type=int, help="cosine length in steps (default: the training budget)")
-    t.add_argument("--beta2", type=float, help="Adam's second-moment decay (default 0.999; 0.99 for small LMs)")
+    t.add_argument("--beta2", type=float, help="adam/adamw's second-moment decay (default 0.999; the --max-time "
+                                                 "budget table's GPT and LSTM rows 0.99)")
     t.add_argument("--eval-every", type=int, help="evaluate and checkpoint every N steps (default: each epoch; "
                                                   "diffusion 500)")
     t.add_argument("--ema-decay", type=float, help="classifiers, language models and diffusion: the moving average "
@@ -623,14 +625,33 @@ COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
 }
 
 
+class _Defaults(argparse.HelpFormatter):
+    """--help shows each option's default where it has one and its help does not already say it (predict's
+    --top-k 3, generate's --temperature 0.8, serve's --port 8000, ... were never shown). train's options have
+    no defaults here (SUPPRESS): their help texts say them."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        d = action.default
+        if (d in (None, False, argparse.SUPPRESS) or "default" in text or not action.option_strings
+                or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+            return text
+        shown = ",".join(map(str, d)) if isinstance(d, (list, tuple)) else d
+        return f"{text} (default {shown})".lstrip()
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="dlforge", description="Train, evaluate and sample deep-learning models.")
     ap.add_argument("--version", action="version", version=f"dlforge {__import__('dlforge').__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (add, fn, help_) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_,
+        p = sub.add_parser(name, help=help_, description=help_, formatter_class=_Defaults,
                            argument_default=argparse.SUPPRESS if name == "train" else None)
         add(p)
+        for action in p._actions:  # an option without a help text still shows its default
+            if action.help is None and action.option_strings and action.default not in (None, False,
+                                                                                        argparse.SUPPRESS):
+                action.help = "default %(default)s"
         p.set_defaults(fn=fn)
     return ap
 

@@ -417,3 +417,15 @@ def test_the_diffusion_alias_is_a_model_name_everywhere(capsys):
     alias = capsys.readouterr().out
     assert main(["summary", "unet"]) == 0
     assert alias.replace("diffusion (denoise)", "unet (denoise)") == capsys.readouterr().out
+
+
+def test_help_shows_the_defaults_that_apply(capsys):
+    """predict's --top-k 3, generate's --temperature 0.8, serve's --port 8000 were never shown; train's
+    --batch-size said 64 for speech runs too (32), --beta2 '0.99 for small LMs' (only the budget table's rows)."""
+    for argv, says in ((["predict", "--help"], r"--top-k TOP_K\s+default 3\n"),
+                       (["serve", "--help"], r"--port PORT\s+default 8000\n"),
+                       (["backprop", "--help"], r"--lr LR\s+default 0.001\n"),
+                       (["train", "--help"], r"--batch-size BATCH_SIZE\s+default 64; speech 32\n")):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert re.search(says, capsys.readouterr().out), argv
