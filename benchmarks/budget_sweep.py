@@ -466,7 +466,7 @@ def plot(sweep: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=["gpt", "lstm"], choices=sorted(CANDIDATES))
     ap.add_argument("--budgets", nargs="+", type=float, help="minutes (default: each model's grid, 3 10 30)")
     ap.add_argument("--candidates", nargs="+", help="only these candidates (default: each budget's grid)")

@@ -49,7 +49,7 @@ def run(data: str, epochs: int, val_fraction: float | None = None, seed: int = 0
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", choices=["digits", "fashion-mnist", "both"], default="both")
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--val-fraction", type=float,

@@ -75,7 +75,7 @@ def flops_per_image() -> tuple[float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--max-steps", type=int, default=100, help="training steps per run (0: full epochs)")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--pairs", type=int, default=3, help="reference/dlforge pairs, run A B A B "

@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.pairs import cpu_name, report, save_options, saved_path
+from benchmarks.pairs import command, cpu_name, report, save_options, saved_path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -231,7 +231,7 @@ def images_benchmark(out: Path, env: dict, pairs: int) -> dict:
     import shutil
     root = write_png_folder(out / "fashion-png")
     shutil.rmtree(out / "cache" / "images", ignore_errors=True)  # the cache's build is part of the figure
-    results = {"machine": cpu_name(), "folder": str(root), "cache": cache_build(root)}
+    results = {"command": command(), "machine": cpu_name(), "folder": str(root), "cache": cache_build(root)}
     c = results["cache"]
     print(f"image cache: {c['images']:,} PNG files decoded in {c['build_s']:.1f} s ({c['images_per_s']:,.0f} "
           f"images/s), {c['cache_mb']:.0f} MB; reopened in {c['reopen_s']:.2f} s", flush=True)
@@ -251,7 +251,7 @@ def images_benchmark(out: Path, env: dict, pairs: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="250,1000,2000", help="corpus sizes in MB")
     ap.add_argument("--skip-disk-vs-memory", action="store_true")
     ap.add_argument("--images", action="store_true", help="the image benchmark instead of the text one "
@@ -274,7 +274,8 @@ def main() -> None:
     files = sources()
     available = sum(f.stat().st_size for f in files) / 1e6
     print(f"{len(files):,} source files, {available:,.0f} MB of real text", flush=True)
-    results = {"machine": cpu_name(), "source_files": len(files), "source_mb": available, "sizes": []}
+    results = {"command": command(), "machine": cpu_name(), "source_files": len(files), "source_mb": available,
+               "sizes": []}
     sizes = [int(s) for s in args.sizes.split(",")]
     small = build(out / f"corpus-{sizes[0]}", sizes[0], files)
     prepare_env = {**env, "DLFORGE_CACHE": str((out / "cache-prepare").resolve())}  # not the training runs' cache

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.pairs import report, save_options, saved_path
+from benchmarks.pairs import command, report, save_options, saved_path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -43,7 +43,7 @@ def dlforge(*argv: str) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="fashion-mnist")
     ap.add_argument("--minutes", type=float, default=40.0, help="diffusion training budget (--max-time)")
     ap.add_argument("--classifier-epochs", type=int, default=8, help="the judge's epochs (cosine learning rate)")
@@ -74,7 +74,8 @@ def main() -> None:
     suffix = "-" + args.suffix.lstrip("-") if args.suffix else ""  # a value may not start with a dash on the line
     out = args.work / args.data
     cls, dif = out / "classifier", out / "diffusion"
-    res: dict = {"benchmark": "diffusion_quality", "data": args.data, "recipe": args.recipe, "model": args.model}
+    res: dict = {"benchmark": "diffusion_quality", "command": command(), "data": args.data, "recipe": args.recipe,
+                 "model": args.model}
     if not (cls / "report.json").is_file():
         r = dlforge("train", "cnn", "--data", args.data, "--img-size", "28", "--epochs", str(args.classifier_epochs),
                     "--lr-schedule", "cosine", "--out", str(cls), "--no-progress", "--json")

@@ -24,7 +24,7 @@ import onnxruntime as ort
 import torch
 
 import dlforge
-from benchmarks.pairs import ROOT, report, save_options, saved_path
+from benchmarks.pairs import ROOT, command, report, save_options, saved_path
 from dlforge.models.layers import KVCache
 
 
@@ -141,13 +141,14 @@ def bench_gpt(run: str, seconds: float, new_tokens: int = 64) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cnn", help="a cnn run on fashion-mnist")
     ap.add_argument("--gpt", help="a gpt-small run")
     ap.add_argument("--seconds", type=float, default=3.0, help="timing per measurement")
     save_options(ap, ROOT / "benchmarks" / "results" / "export.json")
     a = ap.parse_args()
-    result = {"torch": torch.__version__, "onnxruntime": ort.__version__, "threads": torch.get_num_threads()}
+    result = {"command": command(), "torch": torch.__version__, "onnxruntime": ort.__version__,
+              "threads": torch.get_num_threads()}
     path = saved_path(a)
     if path is not None and path.is_file():  # a family not measured this time keeps its last figures
         result = {**json.loads(path.read_text()), **result}

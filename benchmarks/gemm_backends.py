@@ -14,14 +14,14 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.pairs import cpu_name, report, save_options, saved_path
+from benchmarks.pairs import command, cpu_name, report, save_options, saved_path
 from dlforge.perf import best_gflops, lstm_gflops, matmul_peak
 
 RESULT = Path(__file__).resolve().parent / "results" / "gemm-backends.json"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=2048)
     ap.add_argument("--reps", type=int, default=10)
     save_options(ap, RESULT)
@@ -36,7 +36,7 @@ def main() -> None:
               "onednn_conv1x1_channels_last_gflops": round(
                   best_gflops(lambda: torch.nn.functional.conv2d(xc, wc), flops, args.reps), 1),
               "lstm_layer_gflops": round(lstm_gflops(), 1),  # what the budget table converts LSTM rows by
-              "command": "python -m benchmarks.gemm_backends"}
+              "command": command()}
     report(result, saved_path(args))
 
 

@@ -15,7 +15,6 @@ reported: the median and min–max of tokens/s, and of the speed-up of each pair
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -25,7 +24,7 @@ import torch
 
 from dlforge.recipes.language_model import generate_ids  # the handle's loop (dlforge.models.sampling)
 from dlforge.registry import create_model
-from benchmarks.pairs import cpu_name, save_options, saved_path, spread
+from benchmarks.pairs import command, cpu_name, report, save_options, saved_path, spread
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = ("gpt-tiny", "gpt-small", "gpt")
@@ -105,17 +104,12 @@ def main() -> None:
         return
     load = os.getloadavg()[0]
     res = {"benchmark": f"batch-1 generation, {args.tokens} new tokens, with and without the KV cache",
-           "command": "python -m benchmarks.generation " + " ".join(
-               a for a in (f"--run {args.run}" if args.run else "", f"--threads {args.threads}" if args.threads else "",
-                           f"--tokens {args.tokens}" if args.tokens != 500 else "",
-                           f"--pairs {args.pairs}" if args.pairs != 3 else "") if a),
+           "command": command(),
            "weights": "trained" if args.run else "random (seed 0): speed does not depend on the weights",
            "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
                        "threads": torch.get_num_threads(), "torch": torch.__version__, "load_average_1min": load},
            "results": [measure(label, model, args.tokens, max(1, args.pairs)) for label, model in models]}
-    print(json.dumps(res, indent=2))
-    if path := saved_path(args):
-        path.write_text(json.dumps(res, indent=2) + "\n")
+    report(res, saved_path(args), indent=2)
 
 
 if __name__ == "__main__":

@@ -345,7 +345,7 @@ def lockstep_benchmark(args, work: Path) -> dict:
 def main() -> None:
     if sys.argv[1:2] == ["_locked-dlforge"]:
         sys.exit(locked_dlforge(sys.argv[2:]))
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("what", choices=("steps", "quality", "lockstep"))
     ap.add_argument("--pairs", type=int, default=3, help="steps: nanoGPT/dlforge pairs, run A B A B")
     ap.add_argument("--steps", type=int, help="training steps per run (steps: 100; quality: 1574)")

@@ -13,11 +13,10 @@ Run them one at a time: they measure the whole machine.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-from benchmarks.pairs import flop_counter, train_cli
+from benchmarks.pairs import command, flop_counter, report, train_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -126,11 +125,11 @@ def main() -> None:
     else:
         res = {"throughput": [throughput(m, s, prec) for m in args.models
                               for prec, s in (("fp32", args.steps), ("bf16", args.bf16_steps))]}
-    print(json.dumps(res, indent=2))
+    res = {**res, "command": command()}
+    tag = args.what + ("-" + args.model if args.what == "train" else "")
     if args.save:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        tag = args.what + ("-" + args.model if args.what == "train" else "")
-        (RESULTS / f"lm-{tag}.json").write_text(json.dumps(res, indent=2) + "\n")
+    report(res, RESULTS / f"lm-{tag}.json" if args.save else None, indent=2)
 
 
 if __name__ == "__main__":

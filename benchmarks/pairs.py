@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import platform
 import statistics
 import subprocess
@@ -79,6 +80,12 @@ def saved_path(args, default: Path | None = None) -> Path | None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def command() -> str:
+    """The command line that ran this benchmark, to reproduce it: `python -m benchmarks.NAME` and its arguments
+    as given (quoted for a shell). Hand-written commands dropped some (--models, --n, --reps)."""
+    return shlex.join(["python", "-m", f"benchmarks.{Path(sys.argv[0]).stem}", *sys.argv[1:]])
 
 
 def report(result: dict, path: Path | None, indent: int = 1) -> None:

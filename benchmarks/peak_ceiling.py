@@ -40,7 +40,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from benchmarks.pairs import cpu_name, flop_counter, matmul_peak, save_options, saved_path
+from benchmarks.pairs import command, cpu_name, flop_counter, matmul_peak, report, save_options, saved_path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -240,7 +240,7 @@ def ab(steps: int, rounds: int, switch: str) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=20, help="steps per timing (default 20)")
     ap.add_argument("--models", nargs="+", default=["cnn-train", "cnn-eval", "gpt-train"],
                     choices=["cnn-train", "cnn-eval", "gpt-train"])
@@ -260,13 +260,10 @@ def main() -> None:
     if args.ab is not None:
         if args.ab < 1:
             sys.exit("--ab: expected 1 or more rounds")
-        result = {"benchmark": "peak_ceiling --ab",
-                  "command": "python -m benchmarks.peak_ceiling " + " ".join(sys.argv[1:]),
+        result = {"benchmark": "peak_ceiling --ab", "command": command(),
                   "machine": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                   "rows": [ab(args.steps, args.ab, args.ab_switch)]}
-        print(json.dumps(result, indent=1))
-        if path := saved_path(args):
-            path.write_text(json.dumps(result, indent=1) + "\n")
+        report(result, saved_path(args))
         return
     if args.conv_weight_grad == "onednn":
         import dlforge.models.conv
@@ -276,12 +273,10 @@ def main() -> None:
     for name in args.models:
         rows.append(measure(name, makers[name], args.steps))
         print(json.dumps(rows[-1]), file=sys.stderr)
-    result = {"benchmark": "peak_ceiling", "command": "python -m benchmarks.peak_ceiling " + " ".join(sys.argv[1:]),
+    result = {"benchmark": "peak_ceiling", "command": command(),
               "machine": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(),
               "conv_weight_grad": args.conv_weight_grad, "rows": rows}
-    print(json.dumps(result, indent=1))
-    if path := saved_path(args):
-        path.write_text(json.dumps(result, indent=1) + "\n")
+    report(result, saved_path(args))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
+from benchmarks.pairs import command
 from dlforge.registry import create_model
 from dlforge.scratch import MLP, Adam
 from dlforge.scratch.data import Arrays, load_arrays
@@ -75,7 +76,7 @@ def run_engine(data: Arrays, sizes, batches, lr: float, init: list) -> tuple[flo
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -93,7 +94,7 @@ def main() -> None:
     t_sps = statistics.median(s for s, _ in torch_runs)
     e_sps = statistics.median(s for s, _ in engine_runs)
     print(json.dumps({
-        "benchmark": "scratch_vs_torch", "data": "digits", "model": list(sizes),
+        "benchmark": "scratch_vs_torch", "command": command(), "data": "digits", "model": list(sizes),
         "optimizer": "adam",
         "epochs": args.epochs, "batch_size": args.batch_size, "steps": len(batches),
         "engine_steps_per_s": round(e_sps, 1), "torch_steps_per_s": round(t_sps, 1),

@@ -150,7 +150,7 @@ def png_b64(size: int = 28) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cnn"), ap.add_argument("--gpt"), ap.add_argument("--unet")
     ap.add_argument("--seconds", type=float, default=5.0, help="measured seconds per level (default 5)")
     save_options(ap, ROOT / "benchmarks" / "results" / "serve-load.json")

@@ -91,7 +91,7 @@ def evaluate(run: Path, **kw) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=30.0, help="ASR training budget (--max-time)")
     ap.add_argument("--lm-minutes", type=float, default=2.0, help="character LM training budget")
     ap.add_argument("--run", type=Path, help="an ASR run already trained (skip step 1)")

@@ -78,9 +78,13 @@ def test_out_alone_saves_save_alone_writes_the_default_and_neither_writes_nothin
 def test_a_benchmark_given_only_out_writes_its_result_there(tmp_path):
     # before, --out without --save ran the benchmark and wrote nothing
     out = tmp_path / "gemm.json"
-    subprocess.run([sys.executable, "-m", "benchmarks.gemm_backends", "--n", "64", "--reps", "1", "--out", str(out)],
-                   cwd=ROOT, check=True, capture_output=True)
+    r = subprocess.run([sys.executable, "-m", "benchmarks.gemm_backends", "--n", "64", "--reps", "1", "--out",
+                        str(out)], cwd=ROOT, check=True, capture_output=True, text=True)
     assert json.loads(out.read_text())["n"] == 64
+    # the command that reproduces it (it was "python -m benchmarks.gemm_backends", without --n and --reps), in
+    # the result printed as one JSON line, the last
+    assert json.loads(r.stdout.strip().splitlines()[-1])["command"] == (
+        f"python -m benchmarks.gemm_backends --n 64 --reps 1 --out {out}")
 
 
 def test_a_benchmarks_out_is_a_json_file_and_its_work_folder_is_work(tmp_path, capsys):
