@@ -107,8 +107,10 @@ def train_rss(folder: Path, out: Path, env: dict) -> dict:
             "--no-progress", "--out", str(out)]
     rss, wall, err = peak_rss_run(argv, env)
     m = re.search(r"tokenized ([\d,.]+) MB into ([\d,]+) tokens in ([\d.]+) s \(([\d.]+) MB/s\)", err)
+    facts = json.loads((out / "config.json").read_text())["facts"]  # the line is printed only past 1 s: a small
+    # corpus said "None tokens"; the run's own count is always there (tokens/s: only where the line says it)
     return {"peak_rss_mb": rss, "wall_s": wall, "tokenize_mb_s": float(m.group(4)) if m else None,
-            "tokens": int(m.group(2).replace(",", "")) if m else None}
+            "tokens": facts["train_tokens"] + facts["val_tokens"]}
 
 
 def disk_vs_memory(out: Path) -> dict:
@@ -288,8 +290,9 @@ def main() -> None:
         folder = build(out / f"corpus-{mb}", mb, files)
         r = {"corpus_mb": mb, **train_rss(folder, out / f"run-{mb}", env)}
         results["sizes"].append(r)
-        print(f"{mb} MB: peak RSS {r['peak_rss_mb']:.0f} MB, {r['wall_s']:.0f} s, {r['tokens']} tokens, "
-              f"tokenized at {r['tokenize_mb_s']} MB/s", flush=True)
+        rate = f"tokenized at {r['tokenize_mb_s']} MB/s" if r["tokenize_mb_s"] else "tokenized in under 1 s"
+        print(f"{mb} MB: peak RSS {r['peak_rss_mb']:.0f} MB, {r['wall_s']:.0f} s, {r['tokens']:,} tokens, {rate}",
+              flush=True)
     if not args.skip_disk_vs_memory:
         from dlforge.errors import DlforgeError
         try:

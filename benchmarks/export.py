@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -79,6 +80,9 @@ def bench_cnn(run: str, seconds: float) -> dict:
 def bench_gpt(run: str, seconds: float, new_tokens: int = 64) -> dict:
     from dlforge.recipes.language_model import TextDataConfig, prepare
     lm = dlforge.load(run, device="cpu")
+    if lm.model.block_size < 16 + new_tokens:  # was the generator's error, a traceback after the export
+        sys.exit(f"--gpt {run}: its context is {lm.model.block_size} tokens; this benchmark generates {new_tokens} "
+                 f"after a 16-token prompt (a gpt-small run has 256)")
     folder = Path(lm.export(Path(run) / "onnx", int8=True)["out"])
     meta = json.loads((folder / "model.json").read_text())
     model, L, H, hd = lm.model, meta["layers"], meta["heads"], meta["head_dim"]
