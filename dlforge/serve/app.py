@@ -195,6 +195,15 @@ def _openapi(app: FastAPI, token: bool) -> dict:
     return spec
 
 
+def _local_host(host: bytes) -> bool:
+    """A Host header naming this machine's loopback (any port), or none (HTTP/1.0)."""
+    text = host.decode("latin-1").strip().lower()
+    if not text:
+        return True
+    name = text[1:text.find("]")] if text.startswith("[") else text.rsplit(":", 1)[0]
+    return name in LOCAL_HOSTS or name == "localhost."
+
+
 class Guard:
     """Pure ASGI middleware around every request (cheaper than BaseHTTPMiddleware, which costs a task and
     a stream per request): a request id, the token, the body size, errors as JSON and the metrics."""
@@ -213,6 +222,12 @@ class Guard:
 
     def check(self, scope) -> None:
         headers = dict(scope["headers"])
+        if self.token is None and not _local_host(headers.get(b"host", b"")):
+            # no token: a loopback server. A page elsewhere could rename its own host to 127.0.0.1 (DNS
+            # rebinding) and read every answer; its requests name that other host (as Jupyter checks)
+            raise RequestError(403, f"Host: {headers[b'host'].decode('latin-1')[:80]}: this server answers requests "
+                                    f"to 127.0.0.1, localhost or [::1] only; to be reached by another name, serve "
+                                    f"with --token-file")
         if self.token is not None and scope["path"] not in PUBLIC and not scope["path"].startswith(DOCS_ASSETS + "/"):
             scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.token):  # any case: RFC 7235

@@ -256,6 +256,21 @@ def test_body_size_and_length_limits(client, url):
 
 
 # ---------------------------------------------------------------- the token, the queue, the timeout, a bug
+def test_a_loopback_server_answers_only_requests_to_a_loopback_name(client, handles):
+    """Before: any Host was served, so a web page could rebind its own name to 127.0.0.1 (DNS rebinding) and
+    read the answers of a server that has no token. With a token (required beyond loopback) any name is fine."""
+    for host in ("localhost:8000", "127.0.0.1", "[::1]:8000", "LOCALHOST"):
+        assert client.get("/v1/models", headers={"Host": host}).status_code == 200, host
+    r = client.get("/v1/models", headers={"Host": "evil.example:8000"})
+    assert r.status_code == 403 and r.json()["error"].startswith("Host: evil.example:8000: this server answers "
+                                                                 "requests to 127.0.0.1, localhost or [::1] only")
+    assert client.get("/", headers={"Host": "127.0.0.1.evil.example"}).status_code == 403
+    with live_server(create_app(handles, token="s3cret-token-0123456789")) as base:
+        r = httpx.get(f"{base}/v1/models", headers={"Host": "dlforge.example",
+                                                    "Authorization": "Bearer s3cret-token-0123456789"})
+        assert r.status_code == 200
+
+
 def test_token_is_required_and_compared(handles):
     app = create_app(handles, token="s3cret-token-0123456789")
     with live_server(app) as base:
@@ -311,7 +326,7 @@ def test_a_body_shorter_than_its_content_length_is_408_within_the_timeout(handle
         host, port = base.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=10) as sock:
             t0 = time.perf_counter()
-            sock.sendall(b"POST /v1/models/gpt/next HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            sock.sendall(b"POST /v1/models/gpt/next HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                          b"Content-Length: 100\r\n\r\n{\"text\": ")
             answer = sock.recv(4096).decode()
             assert time.perf_counter() - t0 < 5
