@@ -656,6 +656,21 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _parse(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """parse_args, but an option the command does not know is named with the command and the nearest one it
+    does (Python 3.11's argparse suggests nothing: `train --max-stpes` said only "unrecognized arguments")."""
+    import difflib
+    args, unknown = ap.parse_known_args(argv)
+    if unknown:
+        sub = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+        known = [o for a in sub._actions for o in a.option_strings if o.startswith("--")]
+        flag = next((u.split("=")[0] for u in unknown if u.startswith("--")), None)
+        near = difflib.get_close_matches(flag, known, n=1) if flag else []
+        ap.error(f"{args.command}: unrecognized arguments: {' '.join(unknown)}"
+                 + (f" (did you mean {near[0]}?)" if near else ""))
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     from dlforge.perf import denormals_flushed, tune_allocator
     tune_allocator()
@@ -663,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
     # were on return, for a program that calls main() itself
     with denormals_flushed():
         try:
-            args = parser().parse_args(argv)
+            args = _parse(parser(), argv)
         except DlforgeError as e:  # an option's type that checks its range (--seed)
             print(f"dlforge: error: {e}", file=sys.stderr)
             return 2

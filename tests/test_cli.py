@@ -429,3 +429,11 @@ def test_help_shows_the_defaults_that_apply(capsys):
         with pytest.raises(SystemExit):
             main(argv)
         assert re.search(says, capsys.readouterr().out), argv
+
+
+def test_a_misspelt_option_is_named_with_its_command_and_the_nearest_option(capsys):
+    with pytest.raises(SystemExit) as e:  # before: "unrecognized arguments: --max-stpes 3", and nothing more
+        main(["train", "cnn", "--max-stpes", "3"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == ("dlforge: error: train: unrecognized arguments: --max-stpes "
+                                                         "3 (did you mean --max-steps?)")
