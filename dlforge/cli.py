@@ -76,16 +76,16 @@ def cmd_data(args: argparse.Namespace) -> None:
         return _prepare_text(args)
     from dlforge.data.images import DATASETS
     from dlforge.data.text import CORPORA, corpus_path
-    print(f"{'name':<15} {'where':<48} description")
-    for name, info in DATASETS.items():
-        print(f"{name:<15} {info.where():<48} {info.description}")
-    for name, c in CORPORA.items():
-        where = str(corpus_path(name)) if corpus_path(name).is_file() else "downloaded on first use"
-        print(f"{name:<15} {where:<48} {c.description} (text, for language models)")
-    print(f"{'numbers':<15} {'made offline by num2words':<48} 0..999,999 in words <-> digits: pt, es, pl, it, "
-          f"sr, en (pairs, for the transformer)")
-    print(f"{'spoken-numbers':<15} {'made offline by num2words + espeak-ng':<48} the same numbers spoken at 16 kHz by "
-          f"eSpeak NG voices (speech, for asr-lstm / asr-gru)")
+    rows = [(name, info.where(), info.description) for name, info in DATASETS.items()]
+    rows += [(name, str(corpus_path(name)) if corpus_path(name).is_file() else "downloaded on first use",
+              f"{c.description} (text, for language models)") for name, c in CORPORA.items()]
+    rows += [("numbers", "made offline by num2words", "0..999,999 in words <-> digits: pt, es, pl, it, sr, en "
+              "(pairs, for the transformer)"),
+             ("spoken-numbers", "made offline by num2words + espeak-ng", "the same numbers spoken at 16 kHz by eSpeak "
+              "NG voices (speech, for asr-lstm / asr-gru)")]
+    wide = [max(len(r[i]) for r in rows + [("name", "where", "")]) for i in (0, 1)]  # a cache path overflowed
+    for name, where, description in [("name", "where", "description"), *rows]:
+        print(f"{name:<{wide[0]}}  {where:<{wide[1]}}  {description}")
 
 
 def _prepare_text(args: argparse.Namespace) -> None:
