@@ -457,7 +457,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     c.add_argument("--activation", help="mlp activation: relu | sigmoid | tanh")
     c.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    help="keep NCHW tensors (channels-last is the default: 1.4x faster CNN evaluation on CPU)")
-    lm = p.add_argument_group("language models (rnn, lstm, gru, gpt)")
+    lm = p.add_argument_group("language models (rnn, lstm, gru, gpt); --data-file, --tokenizer, --vocab-size, "
+                              "--layers, --width, --heads and --dropout also serve the models below")
     lm.add_argument("--data-file", help="train on any UTF-8 text file (seq2seq: a source<TAB>target file)")
     lm.add_argument("--tokenizer", help="char | word | bpe (trained on the corpus); default char (bpe for "
                                         "transformer)")
@@ -466,10 +467,10 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     lm.add_argument("--block-size", type=int, help="gpt: context window; rnn: truncated-BPTT length "
                                                    "(default: the variant's, 128 for rnn/lstm/gru)")
     lm.add_argument("--layers", type=int, help="number of layers (unet: residual blocks per level)")
-    lm.add_argument("--heads", type=int, help="attention heads")
+    lm.add_argument("--heads", type=int, help="attention heads (gpt, transformer, unet)")
     lm.add_argument("--width", type=int, help="gpt, transformer: model width; rnn: hidden and embedding size; "
                                               "unet: base channels")
-    lm.add_argument("--dropout", type=float)
+    lm.add_argument("--dropout", type=float, help="dropout probability (gpt, rnns, transformer, unet, asr)")
     lm.add_argument("--pos-encoding", help="gpt: learned | sinusoidal")
     lm.add_argument("--no-tie-weights", dest="tie_weights", action="store_const", const=False,
                     help="separate input embedding and output head weights")
