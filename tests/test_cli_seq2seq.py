@@ -64,8 +64,12 @@ def test_translate_greedy_beam_json_and_attention_map(numbers_run, tmp_path, cap
 
 
 def test_eval_json_per_direction(numbers_run, capsys):
+    full = (numbers_run / "report.json").read_bytes()
     assert main(["eval", str(numbers_run), "--json", "--limit", "10", "--beam", "2"]) == 0
     r = json.loads(capsys.readouterr().out)
+    # part of the test split is reported beside the full report, not over it (it replaced it)
+    assert (numbers_run / "report.json").read_bytes() == full
+    assert json.loads((numbers_run / "report-limit10.json").read_text()) == r
     assert r["test_pairs"] == 20 and set(r["per_direction"]) == {"all", "digits->en", "en->digits"}
     assert 0 <= r["exact_match"] <= 1 and r["cer"] >= 0 and r["sentences_per_s"] > 0
 

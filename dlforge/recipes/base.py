@@ -253,6 +253,14 @@ def recipe_for(task: str) -> Recipe:
     return importlib.import_module(f"dlforge.recipes.{RECIPES[task]}").RECIPE
 
 
+def report_path(run_path: Path, limit: int | None = None, split: str = "test") -> Path:
+    """report.json holds the evaluation of the whole test split; one of part of it (--limit N) or of the
+    validation split is written beside it (report-limit50.json, report-val.json), never over it: a quick
+    `eval --limit 50` replaced the full report."""
+    parts = [p for p in ("val" if split == "val" else "", f"limit{limit}" if limit is not None else "") if p]
+    return Path(run_path) / (f"report-{'-'.join(parts)}.json" if parts else "report.json")
+
+
 def load_model(run: Run, which: str = "best") -> tuple[torch.nn.Module, dict[str, torch.Tensor], Path]:
     """The run's model (name and keyword arguments from config.json) with the weights of checkpoint
     `which` (the last one where there is no such file). -> (model, every tensor of the checkpoint, path)."""

@@ -22,7 +22,7 @@ from dlforge.data.loader import BatchLoader
 from dlforge.data.text import TOKENIZERS, TextTokenizer, fit_tokenizer
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import plots
-from dlforge.recipes.base import Handle, Recipe, flag, is_file
+from dlforge.recipes.base import Handle, Recipe, flag, is_file, report_path
 from dlforge.runs import Run, RunConfig, atomic_write_json
 from dlforge.train.distributed import from_env
 from dlforge.train.tasks import Seq2SeqTask
@@ -433,7 +433,9 @@ class Seq2SeqRecipe(Recipe):
                 f"{len(data.val):,} val pairs; {len(loader)} batches of {loader.batch_size} per epoch)")
 
     def after_training(self, handle: "Translator", data: PairData) -> dict:
-        return handle.evaluate(limit=200 if not handle.config.data.get("data_file") else None, quiet=False)
+        # the run's own report (report.json), on the first 200 test numbers of each direction for speed
+        return handle.evaluate(limit=200 if not handle.config.data.get("data_file") else None, quiet=False,
+                               _report="report.json")
 
 
 class Translator(Handle):
@@ -444,7 +446,7 @@ class Translator(Handle):
         return PairDataConfig(**self.config.data)
 
     def evaluate(self, beam: int = 1, length_penalty: float = 1.0, limit: int | None = None,
-                 quiet: bool = True) -> dict:
+                 quiet: bool = True, _report: str | None = None) -> dict:
         """Exact match and character error rate per direction on the held-out test pairs (BLEU for user
         corpora), decoding speed, report.json, learning curves and a cross-attention map."""
         _check_decoding(beam, length_penalty)
@@ -475,7 +477,8 @@ class Translator(Handle):
                   "sentences_per_s": len(test) / max(seconds, 1e-9), "per_direction": per,
                   "examples": [{"source": p.src, "to": p.to, "reference": p.tgt, "output": h}
                                for p, h in list(zip(test, hyps))[:: max(1, len(test) // 12)][:12]]}
-        atomic_write_json(self.path / "report.json", report)
+        path = self.path / _report if _report else report_path(self.path, limit)
+        atomic_write_json(path, report)
         records = self.run.metrics()
         written = ["learning_curves.png"] if records and plots.plot_lm_curves(records, self.path / "learning_curves.png") \
             else []
@@ -490,7 +493,7 @@ class Translator(Handle):
                 if g != "all":
                     print(f"  {g:<14} exact match {100 * v['exact_match']:6.2f}%   CER {100 * v['cer']:5.2f}%   "
                           f"({v['pairs']} pairs)")
-            print(f"report: {self.path / 'report.json'}" + (f"; plots: {', '.join(written)}" if written else ""))
+            print(f"report: {path}" + (f"; plots: {', '.join(written)}" if written else ""))
         return report
 
     def translate(self, texts: str | list[str], to: str | None = None, beam: int = 1,

@@ -22,7 +22,7 @@ from dlforge.data import speech as S
 from dlforge.data.features import SpeechLoader, log_mel, pad_features
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import ctc, plots
-from dlforge.recipes.base import Handle, Recipe, is_file
+from dlforge.recipes.base import Handle, Recipe, is_file, report_path
 from dlforge.registry import create_model
 from dlforge.runs import Run, RunConfig, atomic_write_json
 from dlforge.train.tasks import CTCTask
@@ -363,7 +363,8 @@ class Transcriber(Handle):
                   "per_language": {g: v for g, v in per.items() if g != "all"},
                   "examples": [{"reference": r, "output": h, "language": g} for r, h, g in
                                list(zip(refs, hyps, groups))[:: max(1, len(idx) // 12)][:12]]}
-        atomic_write_json(self.path / "report.json", report)
+        path = report_path(self.path, limit, split)
+        atomic_write_json(path, report)
         written = []
         records = self.run.metrics()
         if records and plots.plot_lm_curves(records, self.path / "learning_curves.png", "CTC loss (nats / char)"):
@@ -377,7 +378,7 @@ class Transcriber(Handle):
                   f"({torch.get_num_threads()} threads)")
             for g, v in report["per_language"].items():
                 print(f"  {g:<6} WER {100 * v['wer']:6.2f}%   CER {100 * v['cer']:5.2f}%   ({v['clips']} clips)")
-            print(f"report: {self.path / 'report.json'}" + (f"; plots: {', '.join(written)}" if written else ""))
+            print(f"report: {path}" + (f"; plots: {', '.join(written)}" if written else ""))
         return report
 
 

@@ -111,7 +111,8 @@ def test_eval_reports_wer_and_cer_per_language_and_the_real_time_factor(asr_run,
     for v in [r, *r["per_language"].values()]:
         assert 0 <= v["cer"] and 0 <= v["wer"]
     assert 0 < r["real_time_factor"] < 5 and r["decoding"] == "beam 4"
-    assert (asr_run / "alignment.png").is_file() and (asr_run / "report.json").is_file()
+    assert (asr_run / "alignment.png").is_file() and json.loads((asr_run / "report-limit2.json").read_text()) == r
+    assert json.loads((asr_run / "report.json").read_text())["test_clips"] > 4  # the full report, kept
     assert main(["eval", str(asr_run), "--length-penalty", "1"]) == 2  # a seq2seq option
 
 
