@@ -328,6 +328,7 @@ def test_a_model_option_out_of_range_names_itself(model, option, value, says, tm
     ({"callbacks": [object()]}, "callbacks[0]: expected a Callback (subclass dlforge.train.callbacks.Callback), got "
                                 "object, which has no on_start()"),
     ({"callbacks": "x"}, "callbacks: expected a list of Callback objects (dlforge.train.callbacks), got str"),
+    ({"callbacks": [Callback]}, "callbacks[0]: Callback is a class; pass an instance, Callback()"),  # a TypeError
     ({"out": 5}, "out: expected a run directory (str or Path), got 5"),
     ({"hidden": [-1]}, "--hidden: expected positive integers such as [256, 128], got [-1]"),
     ({"hidden": [0]}, "--hidden: expected positive integers such as [256, 128], got [0]"),

@@ -310,6 +310,8 @@ def _check_callbacks(callbacks) -> list:
                            f"{type(callbacks).__name__}")
     callbacks = list(callbacks)
     for i, cb in enumerate(callbacks):
+        if isinstance(cb, type):  # its hooks are functions wanting `self`: a TypeError at the start of training
+            raise DlforgeError(f"callbacks[{i}]: {cb.__name__} is a class; pass an instance, {cb.__name__}()")
         missing = [m for m in HOOKS if not callable(getattr(cb, m, None))]
         if missing:
             raise DlforgeError(f"callbacks[{i}]: expected a Callback (subclass dlforge.train.callbacks.Callback), got "
