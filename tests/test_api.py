@@ -201,6 +201,21 @@ def test_callbacks_receive_every_event_in_order(tmp_path):
                           ("epoch", 2), ("end", 6)]
 
 
+def test_a_stop_requested_in_on_start_keeps_the_checkpoint_it_names(tmp_path, capsys):
+    """Before: "checkpoint …/last.safetensors" was said but none written, and dlforge.train then raised 'no
+    checkpoint yet'."""
+    class NotToday(Callback):
+        def on_start(self, trainer):
+            trainer.request_stop("not today")
+    x, y = _digits(200)
+    run = dlforge.train("mlp", data=(x, y), out=tmp_path / "r", img_size=8, hidden=(8,), max_steps=5,
+                        callbacks=[NotToday()], **QUIET)
+    assert read_meta(tmp_path / "r" / "checkpoints" / "last.safetensors")["step"] == 0 and run.report["accuracy"] >= 0
+    assert f"dlforge: not today at step 0; checkpoint {tmp_path / 'r' / 'checkpoints' / 'last.safetensors'}" in \
+        capsys.readouterr().err
+    assert dlforge.train("mlp", out=tmp_path / "r", resume=True, max_steps=5, **QUIET).report  # and it goes on
+
+
 def test_early_stop_after_n_evaluations_without_progress(tmp_path, capsys):
     x, y = _digits(300)
     # a learning rate too small to move any weight: the validation loss never improves after the first one

@@ -541,9 +541,13 @@ class Trainer:
             self._tick()
             record = self._end_epoch(rate)
         interrupted = interrupted or self._signalled()  # e.g. during the last epoch's evaluation
-        if self.stop_reason is not None and not stopped and self.world.main:
-            print(f"dlforge: {self.stop_reason} at step {self.step}; checkpoint {self.run.checkpoint('last')}",
-                  file=sys.stderr)
+        if self.stop_reason is not None and not stopped:
+            if not self.run.checkpoint("last").is_file():  # stopped in on_start: the checkpoint it names (there was
+                self._tick()                                 # none, and the run could not be loaded or reported)
+                self.save("last")
+            if self.world.main:
+                print(f"dlforge: {self.stop_reason} at step {self.step}; checkpoint {self.run.checkpoint('last')}",
+                      file=sys.stderr)
         for cb in self.callbacks:
             cb.on_end(self)
         if self.tb:
