@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from dlforge.errors import DlforgeError
 from dlforge.recipes.base import Handle, recipe_for
 from dlforge.recipes.base import train as _train
@@ -37,7 +39,16 @@ def train(model: str, data: Any = None, *, out: str | Path | None = None, resume
     Data in memory is written into the run directory, so that the run rebuilds from its own files.
     out: the run directory (default runs/MODEL-DATA, numbered); resume: continue it from its last checkpoint.
     callbacks: train.callbacks.Callback objects (events that receive the trainer)."""
-    return _train(model, data, out=out, resume=resume, callbacks=callbacks, **options)
+    with caller_rng_kept():
+        return _train(model, data, out=out, resume=resume, callbacks=callbacks, **options)
+
+
+def caller_rng_kept():
+    """torch's global random state (CPU and every CUDA device) as it was before: training seeds it with --seed,
+    and building a model draws its initial weights from it, so the caller's own torch.manual_seed(123) was
+    silently replaced by dlforge's."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    return torch.random.fork_rng(devices=devices)
 
 
 def load(path: str | Path, device: str = "auto", which: str = "best", ema: bool = True) -> Handle:
@@ -49,4 +60,5 @@ def load(path: str | Path, device: str = "auto", which: str = "best", ema: bool 
             raise DlforgeError(f"{name}: expected {'a run directory (str or Path)' if name == 'path' else want.__name__}"
                                f", got {value!r}")
     run = Run.open(path)
-    return recipe_for(run.config.task).handle(run, device=device, which=which, ema=ema)
+    with caller_rng_kept():  # the model is built (its random initial weights drawn) before the checkpoint loads
+        return recipe_for(run.config.task).handle(run, device=device, which=which, ema=ema)

@@ -108,3 +108,16 @@ def test_a_run_trained_on_data_in_memory_can_be_moved(tmp_path, gray_arrays, one
     resumed = dlforge.train("gpt-tiny", out=tmp_path / "lm-moved", resume=True, max_steps=3, progress=False)
     assert resumed.report and json.loads((tmp_path / "lm-moved" / "config.json").read_text())["data"][
         "data_file"] == "./corpus.txt"
+
+
+def test_train_and_load_leave_the_callers_random_state_as_it_was(tmp_path, gray_arrays, one_thread):
+    """Before: dlforge.train seeded torch's global generator with its --seed, and dlforge.load drew a model's
+    initial weights from it, so the caller's torch.manual_seed(123) was silently replaced."""
+    import torch
+    x, y = gray_arrays
+    torch.manual_seed(123)
+    want = torch.rand(3)
+    torch.manual_seed(123)
+    run = dlforge.train("mlp", data=(x, y), out=tmp_path / "r", img_size=8, hidden=[16], max_steps=2, progress=False)
+    dlforge.load(run.path)
+    assert torch.equal(torch.rand(3), want)
