@@ -121,3 +121,28 @@ def test_train_and_load_leave_the_callers_random_state_as_it_was(tmp_path, gray_
     run = dlforge.train("mlp", data=(x, y), out=tmp_path / "r", img_size=8, hidden=[16], max_steps=2, progress=False)
     dlforge.load(run.path)
     assert torch.equal(torch.rand(3), want)
+
+
+def test_a_handle_reports_into_its_run_only_while_it_holds_the_runs_model(tmp_path, gray_arrays, one_thread):
+    """Before: a handle loaded before the run trained on wrote its older model's figures over report.json under the
+    checkpoint's name; ema=False wrote the raw weights' figures there without a word; and a handle of a run moved
+    away made a new folder of plots at the old place."""
+    import json
+    import shutil
+    x, y = gray_arrays
+    kw = dict(img_size=8, hidden=[16], eval_every=5, progress=False)
+    run = dlforge.train("mlp", data=(x, y), out=tmp_path / "r", max_steps=5, **kw)
+    old = dlforge.load(run.path)
+    dlforge.train("mlp", out=tmp_path / "r", resume=True, max_steps=10, **kw)
+    report = (tmp_path / "r" / "report.json").read_bytes()
+    with pytest.raises(dlforge.DlforgeError, match=r"best.safetensors: the run has trained on since this handle "
+                                                   r"loaded it \(step 5 then, 10 now\); dlforge.load it again"):
+        old.evaluate()
+    raw = dlforge.load(run.path, ema=False).evaluate()
+    assert json.loads((tmp_path / "r" / "report-raw.json").read_text())["loss"] == raw["loss"]
+    assert (tmp_path / "r" / "report.json").read_bytes() == report
+    fresh = dlforge.load(run.path)
+    shutil.move(tmp_path / "r", tmp_path / "moved")
+    with pytest.raises(dlforge.DlforgeError, match="no run there any more"):
+        fresh.evaluate()
+    assert not (tmp_path / "r").exists()

@@ -63,6 +63,8 @@ class Handle:
         averaged = {k[len("task.ema."):]: v for k, v in self.tensors.items() if k.startswith("task.ema.")}
         if ema and averaged:
             ckpt.restore_averaged(model, averaged, self.checkpoint)
+        self.raw = bool(averaged) and not ema  # the raw weights of a run whose own are the averaged ones
+        self.loaded_step = (ckpt.read_meta(self.checkpoint) or {}).get("step")
         self.model = self.recipe.ready_model(model, self.config).to(self.device).eval()
         self.report: dict | None = None  # set by dlforge.train: the evaluation at the end of training
 
@@ -73,6 +75,27 @@ class Handle:
     def __repr__(self) -> str:
         n = sum(p.numel() for p in self.model.parameters())
         return f"<{type(self).__name__} {self.config.model} ({n / 1e6:.2f}M parameters) at {self.path}>"
+
+    def report_path(self, folder: Path | None = None, limit: int | None = None, split: str = "test") -> Path:
+        """Where this handle's evaluation writes its report (report_path()), once it is sure to be the run's:
+        the run is still where the handle loaded it (a moved or deleted run got a new folder of plots at its old
+        place) and its checkpoint is still the one loaded (a handle loaded before the run trained on wrote an
+        older model's figures over the run's report, under the checkpoint's name). A handle of the raw weights
+        (ema=False) reports beside the run's own: report-raw.json."""
+        self.check_current()
+        path = report_path(folder or self.path, limit, split)
+        return path.with_name(path.name.replace("report", "report-raw", 1)) if self.raw else path
+
+    def check_current(self) -> None:
+        """The run is where this handle loaded it, and its checkpoint the one loaded (see report_path): each
+        family's evaluate asks first, before it reads the run's data or computes anything."""
+        if not (self.path / "config.json").is_file():
+            raise DlforgeError(f"{self.path}: no run there any more (moved or deleted since it was loaded); "
+                               f"dlforge.load it from where it is now")
+        now = (ckpt.read_meta(self.checkpoint) or {}).get("step")
+        if now != self.loaded_step:
+            raise DlforgeError(f"{self.checkpoint}: the run has trained on since this handle loaded it (step "
+                               f"{self.loaded_step} then, {now} now); dlforge.load it again to evaluate it")
 
     def export(self, out: str | Path | None = None, format: str = "onnx", int8: bool = False) -> dict:
         """The run as ONNX graphs + model.json in `out` (default RUN/onnx), checked with ONNX Runtime."""

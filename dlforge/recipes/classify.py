@@ -256,6 +256,7 @@ class Classifier(Handle):
         """Test loss/accuracy, per-class report and confusion matrix of the best checkpoint; report.json and
         plots in the run directory. On other data (data= another dataset with the same classes, or
         data_dir= other files) the report goes to RUN/eval-<data>/, never over the run's own."""
+        self.check_current()
         cfg, task = self.config, self.task
         dest = self.path
         if _data is None:
@@ -285,15 +286,16 @@ class Classifier(Handle):
                   "per_class": figs["per_class"], "confusion_matrix": figs["confusion_matrix"], "classes": names}
         if task.loss == "mse":
             report["mae"] = (out[:, 0] - _data.test_y.float()).abs().mean().item()
+        path = self.report_path(dest)
         dest.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(dest / "report.json", report)
+        atomic_write_json(path, report)
         written = self._plots(dest, report, _data, losses, y_pred, names)
         if not quiet:
             print(f"\ntest loss = {report['loss']:.4f} | test accuracy = {100 * report['accuracy']:.2f}% "
                   f"({len(y_true)} images, {report['eval_images_per_s']:.0f} images/s)\n")
             print(figs["report_text"])
             print(metrics.format_confusion(figs["confusion_matrix"], names))
-            print(f"\nreport: {dest / 'report.json'}; plots: {', '.join(written)}")
+            print(f"\nreport: {path}; plots: {', '.join(written)}")
         return report
 
     def _check_same_classes(self, data: images.ImageData) -> None:

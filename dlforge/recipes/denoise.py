@@ -453,6 +453,7 @@ class Diffuser(Handle):
         with the same figures for n held-out real images (floor) and for noise (ceiling); sampling speed."""
         if not 10 <= n <= 20000:
             raise DlforgeError(f"--n: expected 10..20000 evaluation images, got {n}")
+        self.check_current()
         cfg, model, cond_fn = self.config, self.model, self.cond_fn
         dc = DiffusionDataConfig(**cfg.data)
         report = {"run": str(self.path), "checkpoint": str(self.checkpoint), "sampler": sampler, "guidance": guidance,
@@ -479,13 +480,14 @@ class Diffuser(Handle):
                               self.path / "eval_samples.png", f"{sampler.upper()} {report['steps']} steps, guidance "
                               f"{guidance:g}: prompt accuracy {100 * report['prompt_accuracy']:.1f}%", cols=8)
         report = {**self._training_figures(), **report}  # an evaluation replaced the training's, and lost them
-        atomic_write_json(self.path / "report.json", report)
+        path = self.report_path()
+        atomic_write_json(path, report)
         if not quiet:
             print(f"{sampler.upper()} {report['steps']} steps, guidance {guidance:g}, {n} images: prompt accuracy "
                   f"{100 * report['prompt_accuracy']:.2f}% | Fréchet distance {report['frechet']:.3f} (real held-out "
                   f"{report['frechet_real']:.3f}, noise {report['frechet_noise']:.3f}) | kernel distance "
                   f"{report['kid']:.4f} (real {report['kid_real']:.4f}, noise {report['kid_noise']:.4f}) | "
-                  f"{report['images_per_s']:.1f} images/s\nreport: {self.path / 'report.json'}; samples: eval_samples.png")
+                  f"{report['images_per_s']:.1f} images/s\nreport: {path}; samples: eval_samples.png")
         return report
 
 

@@ -431,6 +431,7 @@ class LanguageModel(Handle):
     def evaluate(self, quiet: bool = True, _data: TextData | None = None) -> dict:
         """Validation loss, perplexity, bits per character and next-token accuracy of the best checkpoint over
         the whole validation text; report.json, learning curves and (gpt) attention maps."""
+        self.check_current()
         cfg, tok, model = self.config, self.tokenizer, self.model
         dc = TextDataConfig(**cfg.data)
         data = _data
@@ -447,7 +448,8 @@ class LanguageModel(Handle):
                   **figures(r["loss"], len(data.val) / max(data.val_chars, 1)),
                   "eval_tokens_per_s": r["tokens"] / max(seconds, 1e-9),
                   "best_val_loss_during_training": min((m["val_loss"] for m in records if "val_loss" in m), default=None)}
-        atomic_write_json(self.path / "report.json", report)
+        path = self.report_path()
+        atomic_write_json(path, report)
         written = ["learning_curves.png"] if records and plots.plot_lm_curves(records, self.path / "learning_curves.png") \
             else []
         if hasattr(model, "attention_maps"):  # a gpt: what each head looks at in a stretch of validation text
@@ -458,7 +460,7 @@ class LanguageModel(Handle):
         if not quiet:
             print(f"\nvalidation loss = {report['loss']:.4f} | perplexity = {report['perplexity']:.2f} | "
                   f"bits per character = {report['bpc']:.4f} | next-token accuracy = {100 * report['accuracy']:.2f}% "
-                  f"({r['tokens']:,} tokens)\nreport: {self.path / 'report.json'}"
+                  f"({r['tokens']:,} tokens)\nreport: {path}"
                   + (f"; plots: {', '.join(written)}" if written else ""))
         return report
 

@@ -22,7 +22,7 @@ from dlforge.data.loader import BatchLoader
 from dlforge.data.text import TOKENIZERS, TextTokenizer, fit_tokenizer
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import plots
-from dlforge.recipes.base import Handle, Recipe, flag, is_file, report_path
+from dlforge.recipes.base import Handle, Recipe, flag, is_file
 from dlforge.runs import Run, RunConfig, atomic_write_json
 from dlforge.train.distributed import from_env
 from dlforge.train.tasks import Seq2SeqTask
@@ -435,7 +435,7 @@ class Seq2SeqRecipe(Recipe):
     def after_training(self, handle: "Translator", data: PairData) -> dict:
         # the run's own report (report.json), on the first 200 test numbers of each direction for speed
         return handle.evaluate(limit=200 if not handle.config.data.get("data_file") else None, quiet=False,
-                               _report="report.json")
+                               _runs_own=True)
 
 
 class Translator(Handle):
@@ -446,10 +446,11 @@ class Translator(Handle):
         return PairDataConfig(**self.config.data)
 
     def evaluate(self, beam: int = 1, length_penalty: float = 1.0, limit: int | None = None,
-                 quiet: bool = True, _report: str | None = None) -> dict:
+                 quiet: bool = True, _runs_own: bool = False) -> dict:
         """Exact match and character error rate per direction on the held-out test pairs (BLEU for user
         corpora), decoding speed, report.json, learning curves and a cross-attention map."""
         _check_decoding(beam, length_penalty)
+        self.check_current()
         dc, (src_tok, tgt_tok), model, dev = self.data_config, self.artifacts, self.model, self.device
         data = prepare(dc, self.config.facts.get("data_seed", 0), (src_tok, tgt_tok), with_train=False)
         if data.sha256 != self.config.facts.get("sha256", data.sha256):  # as a language model's evaluate says
@@ -477,7 +478,7 @@ class Translator(Handle):
                   "sentences_per_s": len(test) / max(seconds, 1e-9), "per_direction": per,
                   "examples": [{"source": p.src, "to": p.to, "reference": p.tgt, "output": h}
                                for p, h in list(zip(test, hyps))[:: max(1, len(test) // 12)][:12]]}
-        path = self.path / _report if _report else report_path(self.path, limit)
+        path = self.report_path(limit=None if _runs_own else limit)
         atomic_write_json(path, report)
         records = self.run.metrics()
         written = ["learning_curves.png"] if records and plots.plot_lm_curves(records, self.path / "learning_curves.png") \

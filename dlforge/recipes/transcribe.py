@@ -22,7 +22,7 @@ from dlforge.data import speech as S
 from dlforge.data.features import SpeechLoader, log_mel, pad_features
 from dlforge.errors import DlforgeError
 from dlforge.evaluate import ctc, plots
-from dlforge.recipes.base import Handle, Recipe, is_file, report_path
+from dlforge.recipes.base import Handle, Recipe, is_file
 from dlforge.registry import create_model
 from dlforge.runs import Run, RunConfig, atomic_write_json
 from dlforge.train.tasks import CTCTask
@@ -334,6 +334,7 @@ class Transcriber(Handle):
         _check_decoding(beam, lm_weight, lm_bonus)
         if split not in ("test", "val"):
             raise DlforgeError(f"split: expected test or val, got {split!r}")
+        self.check_current()
         dc = SpeechDataConfig(**self.config.data)
         data = prepare(dc, self.config.facts.get("data_seed", 0), self.labels, with_train=False)
         test = data.test if split == "test" else data.val
@@ -363,7 +364,7 @@ class Transcriber(Handle):
                   "per_language": {g: v for g, v in per.items() if g != "all"},
                   "examples": [{"reference": r, "output": h, "language": g} for r, h, g in
                                list(zip(refs, hyps, groups))[:: max(1, len(idx) // 12)][:12]]}
-        path = report_path(self.path, limit, split)
+        path = self.report_path(limit=limit, split=split)
         atomic_write_json(path, report)
         written = []
         records = self.run.metrics()
