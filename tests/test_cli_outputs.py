@@ -39,7 +39,8 @@ CASES = {
                                   BLOCKED, None),
     "train --out": (["train", "mlp", "--data", "digits", "--epochs", "1", "--no-progress", "--out", "file.txt/run"],
                     "file.txt/run", None),
-    "eval: report.json": (["eval", "seq2seq", "--limit", "2"], "seq2seq/report.json", "seq2seq/report.json"),
+    "eval: report.json": (["eval", "seq2seq", "--limit", "2"], "seq2seq/report-limit2.json",
+                          "seq2seq/report-limit2.json"),
     "eval: a figure": (["eval", "classify"], "classify/confusion_matrix.png", "classify/confusion_matrix.png"),
 }
 
