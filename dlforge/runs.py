@@ -97,28 +97,28 @@ class RunConfig:
 
     def to_dict(self, run_dir: Path | None = None) -> dict:
         """run_dir: the data the run keeps in its own directory (data in memory: corpus.txt, data.safetensors,
-        pairs.tsv, captions.csv) is written as "./NAME", relative to it, so that the run can be moved or copied
-        (its absolute path read the old place's files, or none)."""
+        pairs.tsv, captions.csv) is written as "{run}/NAME", relative to it, so that the run can be moved or
+        copied (its absolute path read the old place's files, or none). Not "./NAME": runs made before dlforge
+        stored --data-dir absolute may hold a user's "./A", relative to where they were trained."""
         data = self.data
         if run_dir is not None:
             home = Path(run_dir).resolve()
-            data = {k: f"./{Path(v).relative_to(home).as_posix()}" if k in DATA_PATHS and isinstance(v, str)
+            data = {k: f"{RUN_DIR}/{Path(v).relative_to(home).as_posix()}" if k in DATA_PATHS and isinstance(v, str)
                     and Path(v).is_absolute() and Path(v).is_relative_to(home) else v for k, v in data.items()}
         return {"format": RUN_FORMAT, "task": self.task, "model": {"name": self.model, "kwargs": self.model_kwargs},
                 "data": data, "task_options": self.task_options, "train": self.train, "facts": self.facts}
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "config.json", run_dir: Path | None = None) -> "RunConfig":
-        """run_dir: where "./NAME" data paths (to_dict) are, made absolute again (a user's own paths are stored
-        absolute, so a "./" path is always the run's)."""
+        """run_dir: where "{run}/NAME" data paths (to_dict) are, made absolute again."""
         try:
             if d.get("format", 1) == 1:
                 d = _from_format_1(d)
             data = d["data"]
             if run_dir is not None and isinstance(data, dict):
                 home = Path(run_dir).resolve()
-                data = {k: str(home / v[2:]) if k in DATA_PATHS and isinstance(v, str) and v.startswith("./") else v
-                        for k, v in data.items()}
+                data = {k: str(home / v[len(RUN_DIR) + 1:]) if k in DATA_PATHS and isinstance(v, str)
+                        and v.startswith(RUN_DIR + "/") else v for k, v in data.items()}
             return cls(task=d["task"], model=d["model"]["name"], model_kwargs=d["model"]["kwargs"], data=data,
                        train=d["train"], task_options=d.get("task_options", {}), facts=d.get("facts", {}))
         except (KeyError, TypeError, AttributeError) as e:
@@ -126,6 +126,7 @@ class RunConfig:
 
 
 DATA_PATHS = ("name", "data_file", "data_dir")  # the data config's keys that may hold a path
+RUN_DIR = "{run}"  # config.json's name for the run's own directory in those paths
 
 
 def _from_format_1(d: dict) -> dict:

@@ -91,7 +91,7 @@ def test_diffusion_with_fewer_than_50_timesteps(tmp_path, gray_arrays, one_threa
 def test_a_run_trained_on_data_in_memory_can_be_moved(tmp_path, gray_arrays, one_thread):
     """config.json kept the absolute path of the run's own copy of the data (corpus.txt, data.safetensors): a
     moved or renamed run could not evaluate or resume ("--data-file …/old/corpus.txt: no such file"), and a
-    copied one read the original's files. Now it is "./NAME", relative to the run directory."""
+    copied one read the original's files. Now it is "{run}/NAME", relative to the run directory."""
     import json
     import shutil
     text = "the cat sat on the mat.\nthe dog sat on the log.\n" * 20
@@ -99,15 +99,15 @@ def test_a_run_trained_on_data_in_memory_can_be_moved(tmp_path, gray_arrays, one
                   batch_size=4, max_steps=2, progress=False)
     x, y = gray_arrays
     dlforge.train("mlp", data=(x, y), out=tmp_path / "clf", img_size=8, hidden=[16], max_steps=2, progress=False)
-    assert json.loads((tmp_path / "lm" / "config.json").read_text())["data"]["data_file"] == "./corpus.txt"
-    assert json.loads((tmp_path / "clf" / "config.json").read_text())["data"]["data_dir"] == "./data.safetensors"
+    assert json.loads((tmp_path / "lm" / "config.json").read_text())["data"]["data_file"] == "{run}/corpus.txt"
+    assert json.loads((tmp_path / "clf" / "config.json").read_text())["data"]["data_dir"] == "{run}/data.safetensors"
     for name in ("lm", "clf"):
         shutil.move(tmp_path / name, tmp_path / f"{name}-moved")
         run = dlforge.load(tmp_path / f"{name}-moved")
         assert run.evaluate()["loss"] > 0
     resumed = dlforge.train("gpt-tiny", out=tmp_path / "lm-moved", resume=True, max_steps=3, progress=False)
     assert resumed.report and json.loads((tmp_path / "lm-moved" / "config.json").read_text())["data"][
-        "data_file"] == "./corpus.txt"
+        "data_file"] == "{run}/corpus.txt"
 
 
 def test_train_and_load_leave_the_callers_random_state_as_it_was(tmp_path, gray_arrays, one_thread):
@@ -146,3 +146,14 @@ def test_a_handle_reports_into_its_run_only_while_it_holds_the_runs_model(tmp_pa
     with pytest.raises(dlforge.DlforgeError, match="no run there any more"):
         fresh.evaluate()
     assert not (tmp_path / "r").exists()
+
+
+def test_a_relative_data_dir_of_a_run_made_before_absolute_paths_is_left_as_it_was(tmp_path):
+    """Classify runs made before dlforge stored --data-dir absolute may say "./A" (where they were trained):
+    only "{run}/…" names the run's own directory."""
+    from dlforge.runs import RUN_FORMAT, RunConfig
+    d = {"format": RUN_FORMAT, "task": "classify", "model": {"name": "mlp", "kwargs": {}}, "train": {},
+         "data": {"name": "folder", "data_dir": "./A"}}
+    assert RunConfig.from_dict(d, run_dir=tmp_path).data["data_dir"] == "./A"
+    d["data"]["data_dir"] = "{run}/data.safetensors"
+    assert RunConfig.from_dict(d, run_dir=tmp_path).data["data_dir"] == str(tmp_path.resolve() / "data.safetensors")
