@@ -157,3 +157,15 @@ def test_a_relative_data_dir_of_a_run_made_before_absolute_paths_is_left_as_it_w
     assert RunConfig.from_dict(d, run_dir=tmp_path).data["data_dir"] == "./A"
     d["data"]["data_dir"] = "{run}/data.safetensors"
     assert RunConfig.from_dict(d, run_dir=tmp_path).data["data_dir"] == str(tmp_path.resolve() / "data.safetensors")
+
+
+def test_a_saved_runs_training_options_can_be_given_back_whole(tmp_path, gray_arrays, one_thread):
+    """config.json's "train" holds --beta2 and --momentum (one of them always ignored) and the cosine's options
+    on a constant rate: given back whole from Python, at their defaults, they train; changed, they are refused."""
+    import json
+    x, y = gray_arrays
+    dlforge.train("mlp", data=(x, y), out=tmp_path / "a", img_size=8, hidden=[16], max_steps=2, progress=False)
+    train = json.loads((tmp_path / "a" / "config.json").read_text())["train"]
+    assert dlforge.train("mlp", data=(x, y), out=tmp_path / "b", img_size=8, hidden=[16], **train).report
+    with pytest.raises(dlforge.DlforgeError, match="^--momentum: applies to --optimizer sgd or rmsprop only"):
+        dlforge.train("mlp", data=(x, y), out=tmp_path / "c", img_size=8, hidden=[16], **{**train, "momentum": 0.5})

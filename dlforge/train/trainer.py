@@ -143,9 +143,11 @@ APPLIES_WITH = {"beta2": ("optimizer", ("adam", "adamw")), "momentum": ("optimiz
 
 def check_applies(cfg: TrainConfig, given: Iterable[str]) -> None:
     """Refuse an option given (`given`: the names the user set) that this run's other choices ignore
-    (--beta2 with sgd, --min-lr-ratio with a constant rate), naming both."""
+    (--beta2 with sgd, --min-lr-ratio with a constant rate), naming both. One left at its default changes
+    nothing and passes: a Python caller may hand back a whole saved config["train"], which holds them all."""
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
     for name in given:
-        if name in APPLIES_WITH:
+        if name in APPLIES_WITH and getattr(cfg, name) != defaults[name]:
             other, values = APPLIES_WITH[name]
             if getattr(cfg, other) not in values:
                 flag = other.replace("_", "-")
