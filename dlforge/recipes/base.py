@@ -277,8 +277,9 @@ def recipe_for(task: str) -> Recipe:
 
 
 def report_path(run_path: Path, limit: int | None = None, split: str = "test") -> Path:
-    """report.json holds the evaluation of the whole test split; one of part of it (--limit N) or of the
-    validation split is written beside it (report-limit50.json, report-val.json), never over it: a quick
+    """report.json holds the run's own evaluation (the test split; the built-in numbers translator's end of
+    training: 200 test numbers per direction); one a user asks of part of it (--limit N) or of the validation
+    split is written beside it (report-limit50.json, report-val.json), never over it: a quick
     `eval --limit 50` replaced the full report."""
     parts = [p for p in ("val" if split == "val" else "", f"limit{limit}" if limit is not None else "") if p]
     return Path(run_path) / (f"report-{'-'.join(parts)}.json" if parts else "report.json")

@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from dlforge.errors import DlforgeError
@@ -71,8 +71,11 @@ def info(s: E.Served) -> dict:
             + (["/v1/completions"] if h.config.task == "language-model" else []), **s.family.info(h)}
 
 
-def create_app(handles: dict[str, Handle], limits: Limits | None = None, token: str | None = None) -> FastAPI:
-    """The app serving `handles` ({name: handle}); with `token`, every API request needs Authorization: Bearer."""
+def create_app(handles: dict[str, Handle], limits: Limits | None = None, token: str | None = None,
+               hosts: tuple[str, ...] | None = None) -> FastAPI:
+    """The app serving `handles` ({name: handle}); with `token`, every API request needs Authorization: Bearer;
+    with `hosts`, only requests whose Host names one of them are answered (serve: the loopback names, when it
+    has no token). An app embedded elsewhere (a TestClient's "testserver") answers any Host."""
     limits = limits or Limits()
     metrics = Metrics()
     models = served_models(handles, limits, metrics)
@@ -103,7 +106,8 @@ def create_app(handles: dict[str, Handle], limits: Limits | None = None, token: 
     app.state.models, app.state.metrics, app.state.limits = models, metrics, limits
     actions = {e.action for s in models.values() for e in s.family.endpoints}
 
-    app.add_middleware(Guard, models=models, actions=actions, metrics=metrics, limits=limits, token=token)
+    app.add_middleware(Guard, models=models, actions=actions, metrics=metrics, limits=limits, token=token,
+                       hosts=hosts)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException):  # routing's 404 / 405 as JSON
@@ -195,22 +199,24 @@ def _openapi(app: FastAPI, token: bool) -> dict:
     return spec
 
 
-def _local_host(host: bytes) -> bool:
-    """A Host header naming this machine's loopback (any port), or none (HTTP/1.0)."""
+def _host_in(host: bytes, names: tuple[str, ...]) -> bool:
+    """A Host header naming one of `names` (any port; a trailing dot allowed), or none (HTTP/1.0)."""
     text = host.decode("latin-1").strip().lower()
     if not text:
         return True
     name = text[1:text.find("]")] if text.startswith("[") else text.rsplit(":", 1)[0]
-    return name in LOCAL_HOSTS or name == "localhost."
+    return name.rstrip(".") in names
 
 
 class Guard:
     """Pure ASGI middleware around every request (cheaper than BaseHTTPMiddleware, which costs a task and
     a stream per request): a request id, the token, the body size, errors as JSON and the metrics."""
 
-    def __init__(self, app, models: dict, actions: set, metrics: Metrics, limits: Limits, token: str | None):
+    def __init__(self, app, models: dict, actions: set, metrics: Metrics, limits: Limits, token: str | None,
+                 hosts: tuple[str, ...] | None = None):
         self.app, self.models, self.actions, self.metrics, self.limits = app, models, actions, metrics, limits
         self.token = None if token is None else token.encode()
+        self.hosts = hosts
 
     def labels(self, path: str) -> tuple[str, str]:
         """(model, endpoint) for the metrics: only names the server knows (a client cannot mint labels)."""
@@ -222,8 +228,8 @@ class Guard:
 
     def check(self, scope) -> None:
         headers = dict(scope["headers"])
-        if self.token is None and not _local_host(headers.get(b"host", b"")):
-            # no token: a loopback server. A page elsewhere could rename its own host to 127.0.0.1 (DNS
+        if self.hosts is not None and not _host_in(headers.get(b"host", b""), self.hosts):
+            # serve without a token (loopback): a page elsewhere could rename its own host to 127.0.0.1 (DNS
             # rebinding) and read every answer; its requests name that other host (as Jupyter checks)
             raise RequestError(403, f"Host: {headers[b'host'].decode('latin-1')[:80]}: this server answers requests "
                                     f"to 127.0.0.1, localhost or [::1] only; to be reached by another name, serve "
@@ -273,6 +279,8 @@ class Guard:
                 raise RequestError(408, f"the body did not arrive in full within {self.limits.timeout_s:g} s",
                                    {"Connection": "close"}) from None
             body_read = message["type"] != "http.request" or not message.get("more_body", False)
+            if message["type"] == "http.disconnect":  # the client left during its upload
+                gone.set()
             if body_read and message["type"] == "http.request":
                 watcher = asyncio.create_task(watch())
             return message
@@ -292,6 +300,8 @@ class Guard:
             return
         except RequestError as e:
             response = E.error(e.status, str(e), e.headers)
+        except ClientDisconnect:  # Starlette's, reading a body whose client left: a 499, not a bug's traceback
+            gone.set()
         except DlforgeError as e:  # the handle names the command line's option; a client sent a JSON field
             response = E.error(400, E.as_field(str(e)))
         except Exception:  # noqa: BLE001  a bug: the log has the traceback, the client the id to find it
@@ -428,7 +438,7 @@ def serve(runs: list[str | Path], host: str = "127.0.0.1", port: int = 8000, tok
     limits = limits or Limits()
     sock = listen(host, port)  # before the runs load: a port in use is one line, not uvicorn's log and exit 3
     try:
-        app = create_app(load_runs(runs, device), limits, token)
+        app = create_app(load_runs(runs, device), limits, token, hosts=LOCAL_HOSTS if token is None else None)
     except BaseException:
         sock.close()
         raise

@@ -93,6 +93,8 @@ async def _hammer(base: str, cases, seconds: float, record: bool):
 def test_64_clients_for_20_seconds(runs, handles):
     cases = _cases(handles)
     with serve_process([runs[k] for k in ("digits", "gpt", "numbers", "unet")]) as (proc, base):
+        # serve without a token answers loopback names only (DNS rebinding: test_server checks the rest)
+        assert httpx.get(f"{base}/healthz", headers={"Host": "evil.example"}).status_code == 403
         asyncio.run(_hammer(base, cases, WARMUP_S, False))
         rss_warm = _rss(proc.pid)
         t0 = time.monotonic()
