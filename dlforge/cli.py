@@ -634,7 +634,7 @@ class _Defaults(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         d = action.default
-        if (d in (None, False, argparse.SUPPRESS) or "default" in text or not action.option_strings
+        if (d in (None, False, argparse.SUPPRESS) or "default" in text or not action.option_strings or action.nargs == 0
                 or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
             return text
         shown = ",".join(map(str, d)) if isinstance(d, (list, tuple)) else d
@@ -650,8 +650,8 @@ def parser() -> argparse.ArgumentParser:
                            argument_default=argparse.SUPPRESS if name == "train" else None)
         add(p)
         for action in p._actions:  # an option without a help text still shows its default
-            if action.help is None and action.option_strings and action.default not in (None, False,
-                                                                                        argparse.SUPPRESS):
+            if (action.help is None and action.option_strings and action.nargs != 0  # a flag: its default is
+                    and action.default not in (None, False, argparse.SUPPRESS)):    # no value ("--no-progress  True")
                 action.help = "default %(default)s"
         p.set_defaults(fn=fn)
     return ap

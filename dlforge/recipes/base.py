@@ -523,9 +523,11 @@ def _check_budget_left(trainer: Trainer, old: dict, out: Path) -> None:
     if cfg.max_steps is not None and cfg.max_steps < trainer.step and cfg.max_steps != old["max_steps"]:
         spent.append((f"--max-steps {cfg.max_steps}", f"is already at step {trainer.step:,}",
                       f"--max-steps {trainer.step + cfg.max_steps}"))
-    if cfg.epochs is not None and cfg.epochs < trainer.epoch and cfg.epochs != old["epochs"]:
-        spent.append((f"--epochs {cfg.epochs}", f"has already trained {trainer.epoch} epochs",
-                      f"--epochs {trainer.epoch + cfg.epochs}"))
+    per_epoch = max(len(trainer.train), 1)  # in steps: a run part-way through an epoch has passed the one before
+    if cfg.epochs is not None and cfg.epochs * per_epoch < trainer.step and cfg.epochs != old["epochs"]:
+        done = trainer.step / per_epoch
+        spent.append((f"--epochs {cfg.epochs}", f"has already trained {done:.3g} epochs ({trainer.step:,} steps)",
+                      f"--epochs {math.ceil(done) + cfg.epochs}"))
     if (cfg.max_time is not None and cfg.max_time * 60 < trainer.elapsed and cfg.max_time != old["max_time"]):
         spent.append((f"--max-time {cfg.max_time:g}", f"has already trained {trainer.elapsed / 60:.2f} minutes",
                       f"--max-time {trainer.elapsed / 60 + cfg.max_time:.3g}"))
