@@ -115,6 +115,10 @@ def test_next_tokens_and_attention(client, handles):
     att = body["attention"]
     assert att["tokens"] == list("the ca") and len(att["layers"]) == 2 and np.array(att["layers"][0]).shape == (2, 6, 6)
     assert np.allclose(np.array(att["layers"][1]).sum(-1), 1, atol=1e-3)
+    r = client.post("/v1/models/gpt/next", json={"text": "the ca", "attention": True, "attention_last": 3})
+    last = r.json()["attention"]  # the playground asks for the last 48: a long context was 12.9 MB a keystroke
+    assert last["tokens"] == list("e ca")[-3:] and np.array(last["layers"][0]).shape == (2, 3, 3)
+    assert np.allclose(np.array(last["layers"][1]), np.array(att["layers"][1])[:, -3:, -3:])
 
 
 def test_openai_completions(client, handles):
