@@ -281,6 +281,6 @@ def test_resume_on_a_text_file_that_changed_is_refused(tmp_path, capsys):
     config = (run / "config.json").read_bytes()
     assert main(["train", "gpt-tiny", "--out", str(run), "--resume", "--max-steps", "6", "--no-progress"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"dlforge: error: --resume {run}: --data-file {text} has changed since the run began (its sha256 differs); "
+        f"dlforge: error: --resume {run}: {text} has changed since the run began (its sha256 differs); "
         f"a resumed run reads the same data: restore it, or train a new run"]
     assert (run / "config.json").read_bytes() == config

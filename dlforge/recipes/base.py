@@ -462,7 +462,7 @@ def train(model: str, data: Any = None, *, out: str | Path | None = None, resume
             prepared = recipe.prepare(dc, cfg.facts.get("data_seed", tcfg.seed), recipe.load_artifacts(run))
             was, now = cfg.facts.get("sha256"), getattr(prepared, "sha256", None)
             if was and now and was != now:  # it resumed on other text or pairs without a word
-                source = getattr(dc, "source", None) or cfg.data.get("data_file") or cfg.data.get("name")
+                source = cfg.data.get("data_file") or cfg.data.get("name")  # the file, however it was given
                 raise DlforgeError(f"--resume {out}: {source} has changed since the run began (its sha256 "
                                    f"differs); a resumed run reads the same data: restore it, or train a new run")
         else:

@@ -87,7 +87,8 @@ def train_epoch(net: MLP, data: Arrays, cfg: BackpropConfig, rng: np.random.Gene
     """One pass over shuffled mini-batches; returns (mean loss, accuracy) seen during training."""
     order = rng.permutation(len(data.train_x))
     starts = range(0, len(order), cfg.batch_size)
-    bar = tqdm(starts, desc=f"Epoch {epoch}/{cfg.epochs}", file=out, leave=False, unit="step")
+    # the bar on stderr, as train's: on stdout it put carriage returns into what a pipe reads
+    bar = tqdm(starts, desc=f"Epoch {epoch}/{cfg.epochs}", file=sys.stderr, leave=False, unit="step")
     total_loss, correct = 0.0, 0
     for start in bar:
         idx = order[start:start + cfg.batch_size]

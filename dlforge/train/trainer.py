@@ -306,9 +306,10 @@ class Trainer:
         path = self.run.checkpoint("last")
         if not path.is_file() and (trained := self.run.trained_without_last()):  # it started again from step 0,
             # and overwrote the best checkpoint, the metrics and the report of the run it had been
-            raise DlforgeError(f"{path}: missing, but this run has trained ({trained}); restore it (or copy "
-                               f"checkpoints/best.safetensors to it, to go on from the best), or train into another "
-                               f"--out")
+            best = self.run.checkpoint("best").is_file()  # the way on from the best only where there is one
+            raise DlforgeError(f"{path}: missing, but this run has trained ({trained}); restore it"
+                               + (" (or copy checkpoints/best.safetensors to it, to go on from the best)" if best else "")
+                               + ", or train into another --out")
         if not path.is_file() and (self.run.path / "config.json").is_file():
             if self.world.main:
                 print(f"dlforge: note: {path} does not exist yet (the run stopped before its first checkpoint); "

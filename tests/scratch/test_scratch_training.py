@@ -86,9 +86,10 @@ def test_run_backprop_digits_json_and_trace(capsys):
 def test_run_backprop_human_output_goes_to_stdout(capsys):
     run_backprop(BackpropConfig(data="moons", hidden=(16,), activation="tanh", optimizer="sgd",
                                 lr=0.1, epochs=2, dtype="float64"))
-    out, _ = capsys.readouterr()
+    out, err = capsys.readouterr()
     assert "[Epoch 1] loss = " in out and "[Epoch 2] loss = " in out
     assert "Step 1 - forward pass" not in out
+    assert "\r" not in out and "Epoch 1/2" in err  # the progress bar on stderr, as train's (it was on stdout)
 
 
 def test_plot_activations_writes_png(tmp_path):
