@@ -44,6 +44,13 @@ def _refuse_unused(given: dict, names: tuple[str, ...], used: bool, when: str) -
             raise DlforgeError(f"--{name.replace('_', '-')}: applies {when} only")
 
 
+def _print_table(rows: list[tuple[str, ...]]) -> None:
+    """Rows in columns as wide as what they hold (the last column as it is)."""
+    wide = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(f"{c:<{w}}" for c, w in zip(r, wide)) + "  " + r[-1])
+
+
 def _print_json(obj: dict) -> None:
     print(json.dumps(_short_floats(obj), default=float))
 
@@ -83,9 +90,7 @@ def cmd_data(args: argparse.Namespace) -> None:
               "(pairs, for the transformer)"),
              ("spoken-numbers", "made offline by num2words + espeak-ng", "the same numbers spoken at 16 kHz by eSpeak "
               "NG voices (speech, for asr-lstm / asr-gru)")]
-    wide = [max(len(r[i]) for r in rows + [("name", "where", "")]) for i in (0, 1)]  # a cache path overflowed
-    for name, where, description in [("name", "where", "description"), *rows]:
-        print(f"{name:<{wide[0]}}  {where:<{wide[1]}}  {description}")
+    _print_table([("name", "where", "description"), *rows])  # a cache path overflowed a fixed column
 
 
 def _prepare_text(args: argparse.Namespace) -> None:
@@ -113,11 +118,8 @@ def _prepare_text(args: argparse.Namespace) -> None:
 
 def cmd_models(args: argparse.Namespace) -> None:
     from dlforge.registry import ALIASES, entries
-    rows = [(e.name, e.task, e.doc) for e in entries()]
-    rows += [(alias, "", f"= {name}") for alias, name in ALIASES.items()]
-    width = max(len(n) for n, _, _ in rows)  # transformer-base was wider than the column
-    for name, task, doc in rows:
-        print(f"{name:<{width}}  {task:<14}  {doc}")
+    _print_table([(e.name, e.task, e.doc) for e in entries()]  # transformer-base was wider than its column
+                 + [(alias, "", f"= {name}") for alias, name in ALIASES.items()])
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
@@ -626,19 +628,16 @@ COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
 }
 
 
-class _Defaults(argparse.HelpFormatter):
+def _show_defaults(p: argparse.ArgumentParser) -> None:
     """--help shows each option's default where it has one and its help does not already say it (predict's
-    --top-k 3, generate's --temperature 0.8, serve's --port 8000, ... were never shown). train's options have
-    no defaults here (SUPPRESS): their help texts say them."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        d = action.default
-        if (d in (None, False, argparse.SUPPRESS) or "default" in text or not action.option_strings or action.nargs == 0
-                or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
-            return text
-        shown = ",".join(map(str, d)) if isinstance(d, (list, tuple)) else d
-        return f"{text} (default {shown})".lstrip()
+    --top-k 3, generate's --temperature 0.8, serve's --port 8000, ... were never shown). A flag's default is no
+    value, and train's options have none here (SUPPRESS): their help texts say them."""
+    for a in p._actions:
+        d = a.default
+        if (a.option_strings and a.nargs != 0 and d not in (None, False, argparse.SUPPRESS)
+                and "default" not in (a.help or "")):
+            shown = str(",".join(map(str, d)) if isinstance(d, (list, tuple)) else d).replace("%", "%%")
+            a.help = f"{a.help} (default {shown})" if a.help else f"default {shown}"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -646,13 +645,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"dlforge {__import__('dlforge').__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (add, fn, help_) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_, formatter_class=_Defaults,
+        p = sub.add_parser(name, help=help_, description=help_,
                            argument_default=argparse.SUPPRESS if name == "train" else None)
         add(p)
-        for action in p._actions:  # an option without a help text still shows its default
-            if (action.help is None and action.option_strings and action.nargs != 0  # a flag: its default is
-                    and action.default not in (None, False, argparse.SUPPRESS)):    # no value ("--no-progress  True")
-                action.help = "default %(default)s"
+        _show_defaults(p)
         p.set_defaults(fn=fn)
     return ap
 

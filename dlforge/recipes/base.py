@@ -59,12 +59,12 @@ class Handle:
         self.recipe = recipe_for(self.config.task)
         self.device = pick_device(device)
         self.artifacts = self.recipe.load_artifacts(self.run)
-        model, self.tensors, self.checkpoint = load_model(self.run, which)
+        model, self.tensors, self.checkpoint, meta = load_model(self.run, which)
         averaged = {k[len("task.ema."):]: v for k, v in self.tensors.items() if k.startswith("task.ema.")}
         if ema and averaged:
             ckpt.restore_averaged(model, averaged, self.checkpoint)
         self.raw = bool(averaged) and not ema  # the raw weights of a run whose own are the averaged ones
-        self.loaded_step = (ckpt.read_meta(self.checkpoint) or {}).get("step")
+        self.loaded_step = meta.get("step")  # what check_current compares the checkpoint's header with
         self.model = self.recipe.ready_model(model, self.config).to(self.device).eval()
         self.report: dict | None = None  # set by dlforge.train: the evaluation at the end of training
 
@@ -77,18 +77,16 @@ class Handle:
         return f"<{type(self).__name__} {self.config.model} ({n / 1e6:.2f}M parameters) at {self.path}>"
 
     def report_path(self, folder: Path | None = None, limit: int | None = None, split: str = "test") -> Path:
-        """Where this handle's evaluation writes its report (report_path()), once it is sure to be the run's:
-        the run is still where the handle loaded it (a moved or deleted run got a new folder of plots at its old
-        place) and its checkpoint is still the one loaded (a handle loaded before the run trained on wrote an
-        older model's figures over the run's report, under the checkpoint's name). A handle of the raw weights
-        (ema=False) reports beside the run's own: report-raw.json."""
-        self.check_current()
+        """Where this handle's evaluation writes its report (report_path()); a handle of the raw weights
+        (ema=False) reports beside the run's own: report-raw.json. Each evaluate has asked check_current first."""
         path = report_path(folder or self.path, limit, split)
         return path.with_name(path.name.replace("report", "report-raw", 1)) if self.raw else path
 
     def check_current(self) -> None:
-        """The run is where this handle loaded it, and its checkpoint the one loaded (see report_path): each
-        family's evaluate asks first, before it reads the run's data or computes anything."""
+        """The run is where this handle loaded it (a moved or deleted run got a new folder of plots at its old
+        place), and its checkpoint the one loaded (a handle loaded before the run trained on wrote an older
+        model's figures over the run's report, under the checkpoint's name): each family's evaluate asks first,
+        before it reads the run's data or computes anything."""
         if not (self.path / "config.json").is_file():
             raise DlforgeError(f"{self.path}: no run there any more (moved or deleted since it was loaded); "
                                f"dlforge.load it from where it is now")
@@ -285,9 +283,10 @@ def report_path(run_path: Path, limit: int | None = None, split: str = "test") -
     return Path(run_path) / (f"report-{'-'.join(parts)}.json" if parts else "report.json")
 
 
-def load_model(run: Run, which: str = "best") -> tuple[torch.nn.Module, dict[str, torch.Tensor], Path]:
+def load_model(run: Run, which: str = "best") -> tuple[torch.nn.Module, dict[str, torch.Tensor], Path, dict]:
     """The run's model (name and keyword arguments from config.json) with the weights of checkpoint
-    `which` (the last one where there is no such file). -> (model, every tensor of the checkpoint, path)."""
+    `which` (the last one where there is no such file). -> (model, every tensor of the checkpoint, path, its
+    metadata)."""
     cfg = run.config
     if which not in ("best", "last"):  # any other name read the last checkpoint without a word
         raise DlforgeError(f"which: expected 'best' or 'last', got {which!r}")
@@ -302,7 +301,7 @@ def load_model(run: Run, which: str = "best") -> tuple[torch.nn.Module, dict[str
         raise DlforgeError(f"{path}: holds model {meta.get('model', {}).get('name')!r}, the run says {cfg.model!r}")
     model = create_model(cfg.model, **cfg.model_kwargs)
     ckpt.restore_model(model, tensors, path)
-    return model, tensors, path
+    return model, tensors, path, meta
 
 
 def out_dir(model: str, out: str | Path | None, resume: bool, data_label: str) -> Path:
@@ -519,22 +518,20 @@ def _check_budget_left(trainer: Trainer, old: dict, out: Path) -> None:
     """A budget given to --resume counts from the run's start: one below what the run has already trained (and
     not its own) is refused, before config.json takes it. Before, `--resume --max-steps 10` on a run at step 20
     trained nothing and rewrote the run's budget to 10."""
-    cfg, spent = trainer.cfg, []
-    if cfg.max_steps is not None and cfg.max_steps < trainer.step and cfg.max_steps != old["max_steps"]:
-        spent.append((f"--max-steps {cfg.max_steps}", f"is already at step {trainer.step:,}",
-                      f"--max-steps {trainer.step + cfg.max_steps}"))
-    per_epoch = max(len(trainer.train), 1)  # in steps: a run part-way through an epoch has passed the one before
-    if cfg.epochs is not None and cfg.epochs * per_epoch < trainer.step and cfg.epochs != old["epochs"]:
-        done = trainer.step / per_epoch
-        spent.append((f"--epochs {cfg.epochs}", f"has already trained {done:.3g} epochs ({trainer.step:,} steps)",
-                      f"--epochs {math.ceil(done) + cfg.epochs}"))
-    if (cfg.max_time is not None and cfg.max_time * 60 < trainer.elapsed and cfg.max_time != old["max_time"]):
-        spent.append((f"--max-time {cfg.max_time:g}", f"has already trained {trainer.elapsed / 60:.2f} minutes",
-                      f"--max-time {trainer.elapsed / 60 + cfg.max_time:.3g}"))
-    if spent:
-        option, done, more = spent[0]
+    def refuse(option: str, done: str, more: str) -> None:
         raise DlforgeError(f"{option}: counts from the run's start, and {out} {done}; to train on, give more "
                            f"(e.g. {more})")
+    cfg, step = trainer.cfg, trainer.step
+    if cfg.max_steps is not None and cfg.max_steps < step and cfg.max_steps != old["max_steps"]:
+        refuse(f"--max-steps {cfg.max_steps}", f"is already at step {step:,}", f"--max-steps {step + cfg.max_steps}")
+    per_epoch = max(len(trainer.train), 1)  # in steps: a run part-way through an epoch has passed the one before
+    if cfg.epochs is not None and cfg.epochs * per_epoch < step and cfg.epochs != old["epochs"]:
+        done = step / per_epoch
+        refuse(f"--epochs {cfg.epochs}", f"has already trained {done:.3g} epochs ({step:,} steps)",
+               f"--epochs {math.ceil(done) + cfg.epochs}")
+    if cfg.max_time is not None and cfg.max_time * 60 < trainer.elapsed and cfg.max_time != old["max_time"]:
+        refuse(f"--max-time {cfg.max_time:g}", f"has already trained {trainer.elapsed / 60:.2f} minutes",
+               f"--max-time {trainer.elapsed / 60 + cfg.max_time:.3g}")
 
 
 def _budget(trainer: Trainer) -> str:
