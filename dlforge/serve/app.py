@@ -342,8 +342,7 @@ async def _completions(models: dict[str, E.Served], request: Request):
 
     async def one(prompt: str, i: int):
         E._sampling_checks(s, prompt, b.max_tokens, "max_tokens")
-        ticket = s.worker.admit()
-        ticket.deadline = deadline  # before, each completion had a fresh --timeout: 8 of them ran 8 times as long
+        ticket = s.worker.admit(deadline)  # before, each completion had a fresh --timeout: 8 ran 8 times as long
         gen = s.handle.stream(prompt, b.max_tokens, b.temperature, b.top_k, top_p, seed + i, counts=True)
         return E._pieces(ticket, gen, await E._first(ticket, gen))
 

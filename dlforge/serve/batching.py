@@ -31,8 +31,8 @@ GONE = "the client closed the connection; the request was cancelled"
 class Ticket:
     """One admitted request: its deadline, and the flag that stops its work once the deadline has passed."""
 
-    def __init__(self, worker: "ModelWorker", timeout_s: float):
-        self.worker, self.deadline = worker, time.monotonic() + timeout_s
+    def __init__(self, worker: "ModelWorker", deadline: float):
+        self.worker, self.deadline = worker, deadline
         self.cancelled = threading.Event()
         self.gone = CLIENT_GONE.get()  # before, a request its client had left ran to its end, and those queued
         self._open = True               # behind it waited for it
@@ -81,14 +81,15 @@ class ModelWorker:
         self.pending = 0  # admitted requests not yet answered (only touched on the event loop)
         metrics.queue.labels(name).set(0)
 
-    def admit(self) -> Ticket:
-        """A ticket for one more request, or 429 when the model's queue is full."""
+    def admit(self, deadline: float | None = None) -> Ticket:
+        """A ticket for one more request, or 429 when the model's queue is full. deadline (time.monotonic()):
+        default --timeout from now; a request of several parts (completions) gives all its parts the same one."""
         if self.pending >= self.limits.queue_size:
             raise RequestError(429, f"model {self.name!r} is busy ({self.pending} requests queued); retry shortly",
                                {"Retry-After": "1"})
         self.pending += 1
         self.metrics.queue.labels(self.name).set(self.pending)
-        return Ticket(self, self.limits.timeout_s)
+        return Ticket(self, time.monotonic() + self.limits.timeout_s if deadline is None else deadline)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
